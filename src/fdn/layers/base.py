@@ -1,0 +1,62 @@
+r"""The contract shared by every invertible layer, and their composition."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["InvertibleLayer", "SequentialFlow"]
+
+
+class InvertibleLayer(nn.Module):
+    r"""A bijection with a tractable log-determinant.
+
+    Every layer implements two methods with one return type:
+
+    - ``forward(x) -> (y, logdet)``: the encoding direction, with
+      ``logdet = log|det dy/dx|`` per sample;
+    - ``inverse(y) -> (x, logdet)``: the decoding direction, with
+      ``logdet = log|det dx/dy|``, the negative of the forward's.
+
+    ``logdet`` is always a ``(B,)`` tensor in nats, never ``None`` or a Python float, so a
+    composition only ever sums tensors.
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class SequentialFlow(InvertibleLayer):
+    r"""Invertible layers applied in order; the inverse runs them in reverse order.
+
+    Arguments:
+        layers: the layers, in the encoding direction.
+
+    Example:
+        >>> import torch
+        >>> from fdn.layers import ActNorm, Squeeze
+        >>> flow = SequentialFlow(Squeeze(), ActNorm(12))
+        >>> z, logdet = flow(torch.rand(2, 3, 8, 8))
+        >>> z.shape, logdet.shape
+        (torch.Size([2, 12, 4, 4]), torch.Size([2]))
+    """
+
+    def __init__(self, *layers: InvertibleLayer) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, layer_logdet = layer(x)
+            logdet = logdet + layer_logdet
+        return x, logdet
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = y.new_zeros(y.shape[0])
+        for layer in reversed(self.layers):
+            y, layer_logdet = layer.inverse(y)
+            logdet = logdet + layer_logdet
+        return y, logdet

@@ -1,0 +1,210 @@
+r"""FDN: the flow that encodes a noisy image, drops its noise channels and decodes the rest."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fdn.layers import ActNorm, AffineCoupling, InvConv1x1, SequentialFlow, Squeeze
+
+__all__ = ["FDN", "DownscaleFlowBlock", "FDNConfig", "StepOfFlow"]
+
+
+@dataclass(frozen=True)
+class FDNConfig:
+    r"""Everything that fixes the architecture of an FDN; model files store it.
+
+    Arguments:
+        in_channels: image channels, 3 for colour and 1 for grey.
+        num_blocks: DownScale Flow Blocks, each a Squeeze then ``steps_per_block`` steps.
+        steps_per_block: Steps of Flow per block.
+        hidden_channels: growth ``gc`` of the coupling's Dense Blocks.
+        clean_fraction: the fraction of latent channels that hold the clean code z_C.
+        clamp: bound alpha of the couplings' log-scale.
+    """
+
+    in_channels: int = 3
+    num_blocks: int = 2
+    steps_per_block: int = 8
+    hidden_channels: int = 32
+    clean_fraction: float = 0.75
+    clamp: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "num_blocks", "steps_per_block", "hidden_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.clamp, (int, float)) or not self.clamp > 0:
+            raise ValueError(f"clamp must be a positive number, got {self.clamp!r}")
+        if not isinstance(self.clean_fraction, (int, float)) or not 0 < self.clean_fraction < 1:
+            raise ValueError(f"clean_fraction must be in (0, 1), got {self.clean_fraction!r}")
+        clean = self.clean_fraction * self.latent_channels
+        if abs(clean - round(clean)) > 1e-9:
+            raise ValueError(
+                f"clean_fraction {self.clean_fraction} of {self.latent_channels} latent "
+                f"channels is not a whole number of channels"
+            )
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of z: each Squeeze multiplies them by 4."""
+        return self.in_channels * 4**self.num_blocks
+
+    @property
+    def clean_channels(self) -> int:
+        """Channels of z_C, the first ones of z; the remaining ones are z_N."""
+        return round(self.clean_fraction * self.latent_channels)
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this for the Squeezes."""
+        return 2**self.num_blocks
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class StepOfFlow(SequentialFlow):
+    r"""ActNorm, then an invertible 1x1 convolution, then an affine coupling.
+
+    Arguments:
+        channels: channels C of the input.
+        split: channels of the coupling's first part (the image's channel count in FDN).
+        hidden_channels: growth of the coupling's Dense Blocks.
+        clamp: bound of the coupling's log-scale.
+    """
+
+    def __init__(
+        self, channels: int, split: int, hidden_channels: int = 32, clamp: float = 1.0
+    ) -> None:
+        super().__init__(
+            ActNorm(channels),
+            InvConv1x1(channels),
+            AffineCoupling(channels, split, hidden_channels, clamp),
+        )
+
+
+class DownscaleFlowBlock(SequentialFlow):
+    r"""A checkerboard Squeeze (C -> 4C channels, half the size), then Steps of Flow.
+
+    Arguments:
+        in_channels: channels C before the Squeeze.
+        steps: Steps of Flow after the Squeeze.
+        split: channels of each coupling's first part.
+        hidden_channels: growth of the couplings' Dense Blocks.
+        clamp: bound of the couplings' log-scale.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        steps: int,
+        split: int,
+        hidden_channels: int = 32,
+        clamp: float = 1.0,
+    ) -> None:
+        channels = 4 * in_channels
+        super().__init__(
+            Squeeze(),
+            *(StepOfFlow(channels, split, hidden_channels, clamp) for _ in range(steps)),
+        )
+
+
+class FDN(SequentialFlow):
+    r"""The Flow-based image Denoising Network.
+
+    ``encode`` maps a noisy image y to a latent z ~ N(0, I) of ``config.latent_channels``
+    channels at 1 / 2^num_blocks of the size; ``disentangle`` zeroes the noise code z_N
+    (the last channels); ``decode`` runs the exact inverse. ``denoise`` chains the three on
+    an image of any size. The log-det of ``encode`` is the flow's, per sample, in nats.
+
+    References:
+        | Disentangling Noise from Images: A Flow-Based Image Denoising Neural Network
+        | (Liu et al., Sensors 2022), https://doi.org/10.3390/s22249844
+
+    Arguments:
+        in_channels: image channels, 3 for colour and 1 for grey.
+        num_blocks: DownScale Flow Blocks.
+        steps_per_block: Steps of Flow per block.
+        hidden_channels: growth of the couplings' Dense Blocks.
+        clean_fraction: fraction of the latent channels that are z_C.
+        clamp: bound of the couplings' log-scale.
+
+    Example:
+        >>> import torch
+        >>> model = FDN(hidden_channels=4, steps_per_block=1).eval()
+        >>> z, logdet = model.encode(torch.rand(1, 3, 8, 8))
+        >>> z.shape
+        torch.Size([1, 48, 2, 2])
+        >>> model.denoise(torch.rand(1, 3, 7, 5)).shape
+        torch.Size([1, 3, 7, 5])
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_blocks: int = 2,
+        steps_per_block: int = 8,
+        hidden_channels: int = 32,
+        clean_fraction: float = 0.75,
+        clamp: float = 1.0,
+    ) -> None:
+        config = FDNConfig(
+            in_channels, num_blocks, steps_per_block, hidden_channels, clean_fraction, clamp
+        )
+        blocks = (
+            DownscaleFlowBlock(
+                in_channels * 4**k, steps_per_block, in_channels, hidden_channels, clamp
+            )
+            for k in range(num_blocks)
+        )
+        super().__init__(*blocks)
+        self.config = config
+
+    @classmethod
+    def from_config(cls, config: FDNConfig) -> FDN:
+        return cls(**config.to_dict())
+
+    def _check_image(self, y: Tensor) -> None:
+        if y.dim() != 4 or y.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected a (B, {self.config.in_channels}, H, W) image batch, "
+                f"got shape {tuple(y.shape)}"
+            )
+
+    def encode(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Maps a noisy batch y (H, W multiples of ``size_multiple``) to ``(z, logdet)``."""
+        self._check_image(y)
+        return self(y)
+
+    def disentangle(self, z: Tensor) -> Tensor:
+        """Returns z_hat: z with its noise channels z_N set to 0 (paper eq. 4)."""
+        mask = torch.zeros_like(z[:1, :, :1, :1])
+        mask[:, : self.config.clean_channels] = 1
+        return z * mask
+
+    def decode(self, z_hat: Tensor) -> Tensor:
+        """The exact inverse of ``encode``."""
+        return self.inverse(z_hat)[0]
+
+    def denoise(self, y: Tensor) -> Tensor:
+        """Denoises a batch of any size: pad, encode, disentangle, decode, crop, clamp to [0, 1].
+
+        The bottom and right edges are reflect-padded to a multiple of ``size_multiple``
+        (replicate-padded where the image is too small to reflect).
+        """
+        self._check_image(y)
+        height, width = y.shape[-2:]
+        multiple = self.config.size_multiple
+        pad_h, pad_w = -height % multiple, -width % multiple
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            y = F.pad(y, (0, pad_w, 0, pad_h), mode=mode)
+        z, _ = self.encode(y)
+        x = self.decode(self.disentangle(z))
+        return x[..., :height, :width].clamp(0, 1)

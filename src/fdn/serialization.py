@@ -1,0 +1,152 @@
+r"""Model files: one safetensors file holding the weights, with the config in its metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from fdn._version import __version__
+from fdn.model import FDN, FDNConfig
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "load_model", "save_model"]
+
+FORMAT = "fdn.model"
+FORMAT_VERSION = "1"
+
+# Leading bytes of the checkpoint formats that people will hand us by mistake: a pickle
+# (torch.save before 1.6), a zip archive (torch.save since 1.6).
+_PICKLE_MAGIC = b"\x80"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        super().__init__(f"{os.fspath(path)}: {problem}")
+        self.path = os.fspath(path)
+        self.problem = problem
+
+
+def save_model(model: FDN, path: str | os.PathLike) -> Path:
+    """Writes ``model`` to ``path`` as safetensors, with its config, atomically.
+
+    The file is written next to its destination and renamed over it, so an interrupted save
+    never leaves a partial file. Returns the path.
+    """
+    path = Path(path)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(model.config.to_dict()),
+        "fdn_version": __version__,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _read_config(path: Path, metadata: dict[str, str] | None) -> FDNConfig:
+    if not metadata or metadata.get("format") != FORMAT:
+        raise ModelFileError(path, "not an fdn model file (no fdn metadata in the header)")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            path,
+            f"model file format {version!r} is not supported (this fdn reads {FORMAT_VERSION})",
+        )
+    try:
+        fields = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError) as error:
+        raise ModelFileError(path, f"missing or malformed config in metadata ({error})") from None
+    if not isinstance(fields, dict):
+        raise ModelFileError(path, "config in metadata is not a JSON object")
+    known = {field.name for field in dataclasses.fields(FDNConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ModelFileError(path, f"config has unknown keys: {', '.join(unknown)}")
+    try:
+        return FDNConfig(**fields)
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(path, f"invalid config: {error}") from None
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> FDN:
+    """Rebuilds an FDN from a file written by :func:`save_model`, in eval mode.
+
+    Never unpickles anything. Raises :class:`ModelFileError` on a missing or unreadable
+    file, a pickle or zip checkpoint, a truncated or corrupt file, an unknown config, or
+    tensors that do not match the architecture (missing, extra or mis-shaped).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "no such file" if not path.exists() else "not a file")
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(8)
+    except OSError as error:
+        raise ModelFileError(path, f"cannot read ({error.strerror})") from None
+    if not head:
+        raise ModelFileError(path, "empty file")
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC):
+        raise ModelFileError(
+            path,
+            "looks like a torch.save checkpoint (pickle/zip); fdn only loads safetensors "
+            "model files and never unpickles",
+        )
+    try:
+        with safe_open(path, framework="pt", device="cpu") as archive:
+            config = _read_config(path, archive.metadata())
+            tensors = {name: archive.get_tensor(name) for name in archive.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise ModelFileError(path, f"truncated or corrupt safetensors file ({error})") from None
+
+    model = FDN.from_config(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {_preview(missing)}")
+        if extra:
+            parts.append(f"unexpected tensors {_preview(extra)}")
+        raise ModelFileError(path, "; ".join(parts) + " for its config")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise ModelFileError(
+                path,
+                f"tensor {name} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[name].shape)}",
+            )
+        if tensor.dtype.is_floating_point != expected[name].dtype.is_floating_point:
+            raise ModelFileError(path, f"tensor {name} has dtype {tensor.dtype}")
+    model.load_state_dict(tensors)
+    return model.to(device).eval()
+
+
+def _preview(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

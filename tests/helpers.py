@@ -1,0 +1,42 @@
+"""Test helpers: randomised flows in float64 and a brute-force log-determinant."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fdn.layers import ActNorm
+
+
+def randomize(
+    module: nn.Module, seed: int = 0, shape: tuple[int, ...] | None = None, scale: float = 0.1
+) -> nn.Module:
+    """Puts ``module`` in float64 with no parameter at its initial value.
+
+    ActNorms are first initialised on a data batch of ``shape`` (in training mode), then every
+    parameter is perturbed, the zero-initialised last convolutions of the couplings included,
+    so that no layer is the identity.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    module.double()
+    if shape is not None:
+        module.train()
+        with torch.no_grad():
+            module(torch.rand(shape, generator=generator, dtype=torch.float64))
+    with torch.no_grad():
+        for parameter in module.parameters():
+            # Conv kernels get noise scaled by their fan-in, so that 16 stacked couplings
+            # stay well-conditioned; everything else (biases, ActNorm, 1x1 weights) `scale`.
+            fan_in = parameter[0].numel() if parameter.dim() == 4 else 1
+            noise = torch.randn(parameter.shape, generator=generator).double()
+            parameter.add_(scale / fan_in**0.5 * noise)
+    for layer in module.modules():
+        if isinstance(layer, ActNorm):
+            assert bool(layer.initialized) or shape is None
+    return module.eval()
+
+
+def brute_force_logdet(function, x: torch.Tensor) -> torch.Tensor:
+    """``log|det J|`` of ``function`` at a single input ``x`` from the autograd Jacobian."""
+    jacobian = torch.autograd.functional.jacobian(lambda t: function(t)[0].flatten(), x)
+    return torch.linalg.slogdet(jacobian.reshape(x.numel(), x.numel())).logabsdet

@@ -1,0 +1,133 @@
+import pytest
+import torch
+
+from fdn import FDN, FDNConfig
+from fdn.info import count_parameters
+from fdn.layers import AffineCoupling
+
+from helpers import brute_force_logdet, randomize
+
+
+def dense_block_parameters(c_in: int, c_out: int, gc: int = 32) -> int:
+    """The spec's formula (section 3) for one Dense Block."""
+    return 9 * gc * (4 * c_in + 6 * gc) + 4 * gc + 9 * (c_in + 4 * gc) * c_out + c_out
+
+
+def fdn_parameters(in_channels: int, num_blocks: int = 2, steps: int = 8, gc: int = 32) -> int:
+    """Spec section 5: per step an ActNorm (2C), a 1x1 conv (C^2) and three Dense Blocks."""
+    total = 0
+    for k in range(1, num_blocks + 1):
+        channels = in_channels * 4**k
+        rest = channels - in_channels
+        coupling = dense_block_parameters(rest, in_channels, gc) + 2 * dense_block_parameters(
+            in_channels, rest, gc
+        )
+        total += steps * (2 * channels + channels**2 + coupling)
+    return total
+
+
+def test_paper_model_has_4375680_parameters():
+    assert count_parameters(FDN()) == 4_375_680 == fdn_parameters(3)
+
+
+def test_grey_model_parameters_follow_the_spec_formula():
+    grey = FDN(in_channels=1)
+    assert count_parameters(grey) == fdn_parameters(1) == 3_220_000
+
+
+def test_latent_layout():
+    config = FDN().config
+    assert config == FDNConfig()
+    assert (config.latent_channels, config.clean_channels) == (48, 36)
+    grey = FDN(in_channels=1).config
+    assert (grey.latent_channels, grey.clean_channels) == (16, 12)
+
+
+def test_config_rejects_fraction_that_is_not_whole_channels():
+    with pytest.raises(ValueError, match="whole number"):
+        FDNConfig(clean_fraction=0.7)
+    with pytest.raises(ValueError, match="in_channels"):
+        FDNConfig(in_channels=0)
+
+
+@pytest.fixture(scope="module")
+def random_fdn():
+    torch.manual_seed(0)
+    return randomize(FDN(), shape=(8, 3, 8, 8))
+
+
+def test_full_model_round_trip_float64(random_fdn):
+    y = torch.rand(2, 3, 16, 12, dtype=torch.float64)
+    with torch.no_grad():
+        z, _ = random_fdn.encode(y)
+        assert z.shape == (2, 48, 4, 3)
+        assert (z - torch.rand_like(z)).abs().max() > 0.1  # not the identity
+        assert (random_fdn.decode(z) - y).abs().max() < 1e-10
+
+
+def test_full_model_logdet_matches_brute_force(random_fdn):
+    y = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+    z, logdet = random_fdn.encode(y)
+    assert abs(logdet.item() - brute_force_logdet(random_fdn.encode, y).item()) < 1e-8
+    _, inverse_logdet = random_fdn.inverse(z)
+    assert abs(inverse_logdet.item() + logdet.item()) < 1e-8
+
+
+def test_every_coupling_is_identity_at_initialisation():
+    model = FDN()
+    couplings = [m for m in model.modules() if isinstance(m, AffineCoupling)]
+    assert len(couplings) == 16
+    for coupling in couplings:
+        channels = coupling.split + coupling.g2.last.out_channels
+        x = torch.randn(1, channels, 4, 4)
+        y, logdet = coupling(x)
+        assert torch.equal(y, x) and logdet.item() == 0
+
+
+def test_disentangle_zeroes_exactly_the_last_quarter():
+    model = FDN(hidden_channels=4, steps_per_block=1)
+    z = torch.randn(2, 48, 3, 3) + 5
+    z_hat = model.disentangle(z)
+    assert torch.equal(z_hat[:, :36], z[:, :36])
+    assert torch.count_nonzero(z_hat[:, 36:]) == 0
+
+
+def test_denoise_is_decode_of_disentangled_encode(random_fdn):
+    y = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = random_fdn.decode(random_fdn.disentangle(random_fdn.encode(y)[0]))
+        assert torch.equal(random_fdn.denoise(y), expected.clamp(0, 1))
+
+
+@pytest.mark.parametrize("size", [(250, 333), (3, 2), (1, 1), (16, 16)])
+def test_denoise_keeps_any_size(size):
+    torch.manual_seed(0)
+    model = randomize(FDN(hidden_channels=4, steps_per_block=1), shape=(2, 3, 8, 8)).float()
+    y = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        x = model.denoise(y)
+    assert x.shape == y.shape
+    assert x.min() >= 0 and x.max() <= 1
+
+
+def test_denoise_pads_by_reflection(random_fdn):
+    # Padding by reflection means the crop of a larger reflect-padded image denoises the same.
+    y = torch.rand(1, 3, 6, 7, dtype=torch.float64)
+    padded = torch.nn.functional.pad(y, (0, 1, 0, 2), mode="reflect")
+    with torch.no_grad():
+        assert torch.allclose(random_fdn.denoise(y), random_fdn.denoise(padded)[..., :6, :7])
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        FDN(hidden_channels=4, steps_per_block=1).denoise(torch.rand(1, 1, 8, 8))
+
+
+def test_float32_round_trip_is_close():
+    # Milder weights than the float64 tests: float32 error grows with how far the flow
+    # stretches space, and a trained flow maps images to z ~ N(0, I), not far beyond.
+    torch.manual_seed(0)
+    model = randomize(FDN(), shape=(4, 3, 16, 16), scale=0.02).float()
+    y = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (model.decode(model.encode(y)[0]) - y).abs().max() < 1e-4
