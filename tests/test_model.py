@@ -131,3 +131,16 @@ def test_float32_round_trip_is_close():
     y = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert (model.decode(model.encode(y)[0]) - y).abs().max() < 1e-4
+
+
+def test_fresh_model_in_eval_mode_never_initialises_actnorm():
+    from fdn.layers import ActNorm
+
+    model = FDN(hidden_channels=4, steps_per_block=1).eval()
+    with torch.no_grad():
+        model.denoise(torch.rand(2, 3, 8, 8) * 7)
+    assert not any(bool(m.initialized) for m in model.modules() if isinstance(m, ActNorm))
+    model.train()
+    with torch.no_grad():
+        model.encode(torch.rand(2, 3, 8, 8))
+    assert all(bool(m.initialized) for m in model.modules() if isinstance(m, ActNorm))
