@@ -27,6 +27,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _info(args: argparse.Namespace) -> int:
     from fdn.info import model_info
     from fdn.model import FDN
@@ -58,6 +68,47 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda: no CUDA device is available")
+    return name
+
+
+def _denoise(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from fdn.batch import denoise_files, plan_jobs
+    from fdn.serialization import load_model
+
+    if args.tile is not None and args.tile < 2 * args.tile_overlap + 4:
+        raise CommandError(
+            f"--tile {args.tile} must be at least twice --tile-overlap ({args.tile_overlap}) + 4"
+        )
+    if args.model is None:
+        raise CommandError("--model PATH is required (no bundled model yet)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    jobs = plan_jobs(args.inputs, args.output)
+    model = load_model(args.model, device=_resolve_device(args.device))
+    progress = not args.quiet and sys.stderr.isatty()
+
+    def report(line: str) -> None:
+        if line.startswith("fdn: error") or not args.quiet:
+            tqdm.write(line, file=sys.stderr)
+
+    result = denoise_files(
+        jobs, model, args.tile, args.tile_overlap, progress=progress, report=report
+    )
+    summary = f"{result.denoised} denoised, {result.failed} failed -> {args.output}"
+    print(summary, file=sys.stderr if result.failed else sys.stdout)
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fdn", description="Flow-based image denoising (FDN, Liu et al. 2022)."
@@ -87,6 +138,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="image size the FLOPs are counted for (default: 256 256)",
     )
     info.set_defaults(run=_info)
+
+    denoise = commands.add_parser(
+        "denoise",
+        help="denoise image files and folders",
+        description=(
+            "Denoise images (PNG, JPEG, TIFF, BMP, WebP; 8 or 16 bit; grey, grey+alpha, RGB, "
+            "RGBA, palette). Folders are searched recursively and their layout is kept under "
+            "OUT; every output keeps its input's name, format, mode and bit depth. Inputs "
+            "are never overwritten, and outputs are written atomically."
+        ),
+    )
+    denoise.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
+    denoise.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    denoise.add_argument("--model", metavar="PATH", help="an fdn model file (.safetensors)")
+    denoise.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run (default: auto, CUDA when available)",
+    )
+    denoise.add_argument(
+        "--threads", type=_positive_int, metavar="N", help="CPU threads (default: torch's)"
+    )
+    denoise.add_argument(
+        "--tile",
+        type=_positive_int,
+        metavar="N",
+        help="denoise in N x N tiles to bound memory (default: whole images, tiled "
+        "automatically above 4 megapixels)",
+    )
+    denoise.add_argument(
+        "--tile-overlap",
+        type=_non_negative_int,
+        default=32,
+        metavar="M",
+        help="overlap of neighbouring tiles, blended smoothly (default: 32)",
+    )
+    denoise.add_argument("--quiet", action="store_true", help="no progress bar or notices")
+    denoise.set_defaults(run=_denoise)
     return parser
 
 

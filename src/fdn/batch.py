@@ -1,0 +1,148 @@
+r"""Denoising files and folders: finding the inputs, naming the outputs, and carrying on past
+a bad file."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from fdn.denoising import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, denoise_image
+from fdn.images import EXTENSIONS, ImageFileError, read_image, write_image
+from fdn.model import FDN
+
+__all__ = ["BatchResult", "InputError", "Job", "denoise_files", "plan_jobs"]
+
+
+class InputError(ValueError):
+    """The inputs or the output folder cannot be used at all (nothing was processed)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the output file it becomes."""
+
+    source: Path
+    target: Path
+
+
+@dataclass
+class BatchResult:
+    denoised: int
+    failed: int
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in EXTENSIONS
+
+
+def plan_jobs(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Job]:
+    """Turns files, folders (searched recursively) and glob patterns into jobs.
+
+    A file keeps its name under ``out_dir``; a folder's images keep their path relative to
+    the folder; a glob's matches keep their names. Raises :class:`InputError` for a missing
+    path, a folder or pattern with no images, two inputs that would write the same output,
+    or an output that would overwrite an input.
+    """
+    out_dir = Path(out_dir)
+    jobs: list[Job] = []
+    for entry in inputs:
+        text = os.fspath(entry)
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and _is_image_name(p) and not _inside(p, out_dir)
+            )
+            if not found:
+                raise InputError(f"{path}: no images in this folder ({_extension_list()})")
+            jobs += [Job(p, out_dir / p.relative_to(path)) for p in found]
+        elif path.is_file():
+            jobs.append(Job(path, out_dir / path.name))
+        elif glob.has_magic(text):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            found = [p for p in found if p.is_file() and _is_image_name(p)]
+            if not found:
+                raise InputError(f"{text}: no images match this pattern")
+            jobs += [Job(p, out_dir / p.name) for p in found]
+        elif path.exists():
+            raise InputError(f"{path}: not a file or folder")
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    _check_outputs(jobs)
+    return jobs
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is in ``folder`` (an earlier run's outputs are not new inputs)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _extension_list() -> str:
+    return ", ".join(sorted(EXTENSIONS))
+
+
+def _check_outputs(jobs: list[Job]) -> None:
+    sources = {job.source.resolve() for job in jobs}
+    targets: dict[Path, Path] = {}
+    for job in jobs:
+        target = job.target.resolve()
+        if target in sources:
+            raise InputError(
+                f"{job.target}: output would overwrite an input; choose another output folder"
+            )
+        if target in targets:
+            raise InputError(
+                f"{job.target}: both {targets[target]} and {job.source} would be written here"
+            )
+        targets[target] = job.source
+
+
+def denoise_files(
+    jobs: Sequence[Job],
+    model: FDN,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+    report: Callable[[str], None] = print,
+) -> BatchResult:
+    """Denoises each job's file into its target; a bad file is reported and skipped.
+
+    ``report`` receives one line per problem or notice (it should not break a progress bar:
+    the CLI passes ``tqdm.write``).
+    """
+    result = BatchResult(0, 0)
+    bar = tqdm(jobs, desc="denoising", unit="image", disable=not progress)
+    for job in bar:
+        bar.set_postfix_str(job.source.name, refresh=False)
+        try:
+            image = read_image(job.source)
+            for note in image.notes:
+                report(f"{job.source}: {note}")
+            height, width = image.pixels.shape[:2]
+            if tile is None and max_pixels is not None and height * width > max_pixels:
+                report(
+                    f"{job.source}: {height * width / 1e6:.1f} MP is above the "
+                    f"{max_pixels / 1e6:.1f} MP budget, denoising in {DEFAULT_TILE}px tiles"
+                )
+            denoised = denoise_image(
+                image.pixels, model, tile, overlap, max_pixels, progress=progress
+            )
+            write_image(job.target, image, denoised)
+        except (ImageFileError, ValueError, OSError) as error:
+            result.failed += 1
+            report(f"fdn: error: {_one_line(error, job.source)}")
+            continue
+        result.denoised += 1
+    return result
+
+
+def _one_line(error: Exception, source: Path) -> str:
+    message = str(error) if isinstance(error, ImageFileError) else f"{source}: {error}"
+    return " ".join(message.split())

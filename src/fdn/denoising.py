@@ -1,0 +1,185 @@
+r"""Denoising numpy images of any size, dtype and channel count, whole or in feathered tiles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fdn.model import FDN
+
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_TILE", "denoise_image", "denoise_tensor", "tile_spans"]
+
+# Above this many pixels an image is denoised in tiles: FDN holds about 1 KB of activations
+# per pixel in float32 without gradients (benchmarks/denoise_speed.py measures it), so 4 MP
+# stays near 4 GB at the peak.
+DEFAULT_MAX_PIXELS = 4_000_000
+DEFAULT_TILE = 1024
+DEFAULT_OVERLAP = 32
+
+
+def tile_spans(length: int, tile: int, overlap: int, multiple: int = 4) -> list[tuple[int, int]]:
+    """Start and end of the tiles along one axis.
+
+    Tiles start at multiples of ``multiple``, so that each tile's Squeeze lattice is the whole
+    image's and a tile sees its pixels exactly as the whole image would. Consecutive tiles
+    overlap by at least ``overlap``; the last one runs to the end.
+    """
+    if length <= tile:
+        return [(0, length)]
+    step = max(multiple, (tile - overlap) // multiple * multiple)
+    starts = list(range(0, length - tile, step))
+    # The last tile runs to the end from the last aligned start; it is at most
+    # ``multiple - 1`` pixels longer than ``tile``, and still overlaps its neighbour enough.
+    last = (length - tile) // multiple * multiple
+    if last > starts[-1]:
+        starts.append(last)
+    return [(start, start + tile) for start in starts[:-1]] + [(starts[-1], length)]
+
+
+def _ramp(start: int, end: int, length: int, overlap: int) -> np.ndarray:
+    """Blend weights along one axis of a tile: linear ramps where it overlaps a neighbour."""
+    positions = np.arange(end - start, dtype=np.float64) + 0.5
+    weight = np.ones(end - start)
+    overlap = max(overlap, 1)
+    if start > 0:
+        weight = np.minimum(weight, positions / overlap)
+    if end < length:
+        weight = np.minimum(weight, (end - start - positions) / overlap)
+    return weight
+
+
+def _tiles(
+    height: int, width: int, tile: int, overlap: int, multiple: int
+) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    rows = tile_spans(height, tile, overlap, multiple)
+    cols = tile_spans(width, tile, overlap, multiple)
+    for top, bottom in rows:
+        row_weight = _ramp(top, bottom, height, overlap)
+        for left, right in cols:
+            weight = np.outer(row_weight, _ramp(left, right, width, overlap))
+            yield slice(top, bottom), slice(left, right), weight
+
+
+@torch.no_grad()
+def denoise_tensor(
+    image: Tensor,
+    model: FDN,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    progress: bool = False,
+) -> Tensor:
+    """Denoises a ``(C, H, W)`` float image in [0, 1] whose C matches the model.
+
+    With ``tile``, the image is denoised in ``tile x tile`` pieces that overlap by ``overlap``
+    pixels and are blended with linear (feathered) weights, so memory is bounded by the tile.
+    """
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    channels, height, width = image.shape
+    if tile is None or (height <= tile and width <= tile):
+        return model.denoise(image[None].to(device, dtype))[0].to(image.dtype).cpu()
+    if overlap < 0 or tile < 2 * overlap + 4:
+        raise ValueError(f"tile {tile} must exceed twice the overlap {overlap} plus 4")
+    multiple = model.config.size_multiple
+    out = np.zeros((channels, height, width), dtype=np.float64)
+    total = np.zeros((height, width), dtype=np.float64)
+    tiles = list(_tiles(height, width, tile, overlap, multiple))
+    for rows, cols, weight in tqdm(
+        tiles, desc="tiles", unit="tile", leave=False, disable=not progress
+    ):
+        piece = image[:, rows, cols][None].to(device, dtype)
+        denoised = model.denoise(piece)[0].double().cpu().numpy()
+        out[:, rows, cols] += denoised * weight
+        total[rows, cols] += weight
+    return torch.from_numpy(out / total).to(image.dtype)
+
+
+def _to_unit_float(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ValueError("the image has NaN or infinite values")
+        return image.astype(np.float32)
+    raise ValueError(f"unsupported dtype {image.dtype}: use uint8, uint16 or float")
+
+
+def _from_unit_float(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    if dtype == np.uint16:
+        return np.rint(np.clip(image, 0, 1) * 65535).astype(np.uint16)
+    return image.astype(dtype)
+
+
+def denoise_image(
+    image: np.ndarray,
+    model: FDN,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+) -> np.ndarray:
+    r"""Denoises a numpy image and returns one of the same shape and dtype.
+
+    Arguments:
+        image: ``(H, W)`` or ``(H, W, C)``, uint8, uint16 or float in [0, 1]. C is 1 or 3
+            colour channels, or 2 or 4 with alpha last; alpha is returned unchanged.
+        model: the FDN, on the device to use.
+        tile: denoise in tiles of this size (pixels); None for the whole image, unless it has
+            more than ``max_pixels`` pixels, in which case it is tiled at 1024.
+        overlap: overlap of neighbouring tiles, blended linearly.
+        max_pixels: above this, an untiled request is tiled; None never tiles on its own.
+        progress: show a progress bar over tiles.
+
+    A grey image through a colour model is replicated to RGB, denoised, and averaged back to
+    grey; a colour image through a grey model is denoised one channel at a time.
+
+    Example:
+        >>> import numpy as np
+        >>> model = FDN(hidden_channels=4, steps_per_block=1).eval()
+        >>> out = denoise_image(np.zeros((5, 7, 3), dtype=np.uint8), model)
+        >>> out.shape, out.dtype
+        ((5, 7, 3), dtype('uint8'))
+    """
+    array = np.asarray(image)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4)):
+        raise ValueError(f"expected an (H, W) or (H, W, C) image with C <= 4, got {array.shape}")
+    if min(array.shape[:2]) < 1:
+        raise ValueError(f"empty image of shape {array.shape}")
+    colour = array if array.ndim == 3 else array[:, :, None]
+    alpha = None
+    if colour.shape[2] in (2, 4):
+        colour, alpha = colour[:, :, :-1], colour[:, :, -1:]
+    unit = torch.from_numpy(_to_unit_float(colour)).permute(2, 0, 1)  # (C, H, W)
+    height, width = unit.shape[1:]
+    if tile is None and max_pixels is not None and height * width > max_pixels:
+        tile = DEFAULT_TILE
+    model_channels = model.config.in_channels
+    channels = unit.shape[0]
+    if channels == model_channels:
+        denoised = denoise_tensor(unit, model, tile, overlap, progress)
+    elif channels == 1 and model_channels == 3:
+        denoised = denoise_tensor(unit.expand(3, -1, -1), model, tile, overlap, progress)
+        denoised = denoised.mean(dim=0, keepdim=True)
+    elif model_channels == 1:
+        denoised = torch.cat(
+            [
+                denoise_tensor(unit[c : c + 1], model, tile, overlap, progress)
+                for c in range(channels)
+            ]
+        )
+    else:
+        raise ValueError(
+            f"cannot denoise a {channels}-channel image with a {model_channels}-channel model"
+        )
+    result = _from_unit_float(denoised.permute(1, 2, 0).numpy(), array.dtype)
+    if alpha is not None:
+        result = np.concatenate([result, alpha], axis=2)
+    return result.reshape(array.shape)

@@ -1,0 +1,368 @@
+r"""Reading and writing real image files, keeping their kind: format, mode, bit depth, metadata.
+
+Pillow handles every 8-bit image, but it truncates 16-bit colour PNG and TIFF to 8 bits. So
+16-bit PNGs go through pypng (pure Python, no dependencies, reads and writes every PNG colour
+type at 16 bits, and lets us copy the metadata chunks across) and 16-bit TIFFs through
+tifffile (the reference TIFF library in the scientific Python stack; an optional extra, as its
+compressed variants may need imagecodecs). OpenCV would read both, but it is a large binary
+dependency and drops ICC profiles and EXIF.
+
+Colour channels and alpha are kept apart: the denoiser sees only the colour, and the alpha
+channel is written back bit for bit. EXIF data (the orientation tag included) and ICC profiles
+are written back unchanged where the format can hold them, so a viewer shows the output as it
+showed the input; the pixels are denoised as stored, never rotated.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["EXTENSIONS", "ImageFile", "ImageFileError", "read_image", "write_image"]
+
+# Formats we read and write, with the extensions that find them in a folder.
+EXTENSIONS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+    ".webp": "WEBP",
+}
+_FORMATS = set(EXTENSIONS.values())
+
+# PNG chunks that describe how to show the pixels; copied to 16-bit outputs.
+_PNG_KEPT_CHUNKS = (b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"pHYs", b"eXIf", b"tEXt", b"iTXt")
+
+_REFUSED_MODES = {
+    "1": "1-bit black-and-white images are not supported (nothing to denoise at 1 bit)",
+    "CMYK": "CMYK images are not supported: convert to RGB first",
+    "YCbCr": "YCbCr images are not supported: convert to RGB first",
+    "LAB": "Lab images are not supported: convert to RGB first",
+    "HSV": "HSV images are not supported: convert to RGB first",
+    "I": "32-bit integer images are not supported: save as 8- or 16-bit",
+    "F": "floating-point images are not supported by the file reader: save as 8- or 16-bit, "
+    "or call fdn.denoise_image on the float array",
+}
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be read or written; the message names the file."""
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        super().__init__(f"{os.fspath(path)}: {problem}")
+        self.path = os.fspath(path)
+        self.problem = problem
+
+
+@dataclass
+class ImageFile:
+    """A decoded image: its colour channels, its alpha, and what is needed to write it back.
+
+    Attributes:
+        pixels: the colour channels, ``(H, W, C)`` with C = 1 (grey) or 3 (RGB), uint8 or
+            uint16.
+        alpha: the alpha channel ``(H, W)`` of the same dtype, or None.
+        format: the file format, one of PNG, JPEG, TIFF, BMP, WEBP.
+        mode: the file's own mode, e.g. ``"RGB"``, ``"LA"``, ``"P"``, ``"RGB;16"``.
+        metadata: what the writer needs to reproduce the file's kind (ICC, EXIF, ...).
+        notes: conversions the user should be told about.
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    format: str
+    mode: str
+    metadata: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bit_depth(self) -> int:
+        return 16 if self.pixels.dtype == np.uint16 else 8
+
+
+def read_image(path: str | os.PathLike) -> ImageFile:
+    """Reads an image file. Raises :class:`ImageFileError` with a one-line reason."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageFileError(path, "no such file")
+    if not path.is_file():
+        raise ImageFileError(path, "not a file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise ImageFileError(path, f"cannot read ({error.strerror})") from None
+    if size == 0:
+        raise ImageFileError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+            if image_format not in _FORMATS:
+                raise ImageFileError(path, f"unsupported image format {image_format}")
+            if image_format == "PNG" and _png_bit_depth(path) == 16:
+                return _read_png16(path)
+            if image_format == "TIFF" and _tiff_bits(image) == 16:
+                return _read_tiff16(path)
+            image.load()
+            return _from_pillow(path, image)
+    except ImageFileError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageFileError(path, "not an image file, or a corrupt one") from None
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
+        raise ImageFileError(path, f"corrupt or truncated image ({error})") from None
+
+
+def _png_bit_depth(path: Path) -> int:
+    with path.open("rb") as stream:
+        header = stream.read(26)
+    return header[24] if len(header) >= 26 else 8
+
+
+def _tiff_bits(image: Image.Image) -> int:
+    bits = image.tag_v2.get(258, (8,))  # BitsPerSample
+    return int(bits[0] if isinstance(bits, tuple) else bits)
+
+
+def _split_alpha(array: np.ndarray, has_alpha: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if has_alpha:
+        return array[:, :, :-1], array[:, :, -1].copy()
+    return array, None
+
+
+def _from_pillow(path: Path, image: Image.Image) -> ImageFile:
+    mode, image_format = image.mode, image.format
+    if mode in _REFUSED_MODES:
+        raise ImageFileError(path, _REFUSED_MODES[mode])
+    metadata = {
+        key: image.info[key] for key in ("icc_profile", "exif", "dpi") if image.info.get(key)
+    }
+    notes = []
+    if image_format == "JPEG":
+        metadata["qtables"] = image.quantization
+        metadata["subsampling"] = _jpeg_subsampling(image)
+    if image_format == "WEBP":
+        metadata["lossless"] = _webp_is_lossless(path)
+    if image_format == "TIFF":
+        metadata["compression"] = image.info.get("compression", "raw")
+    if mode in ("P", "PA"):
+        metadata["palette_image"] = image.copy()
+        transparency = image.info.get("transparency")
+        has_alpha = mode == "PA" or transparency is not None
+        if isinstance(transparency, int):
+            metadata["transparent_index"] = transparency
+        image = image.convert("RGBA" if has_alpha else "RGB")
+        notes.append("palette image: denoised in RGB, then mapped back to its own palette")
+    elif mode.startswith("I;16"):
+        array = np.asarray(image).astype(np.uint16)
+        return ImageFile(array[:, :, None], None, image_format, "L;16", metadata, notes)
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        raise ImageFileError(path, f"unsupported image mode {mode}")
+    array = np.asarray(image)
+    pixels, alpha = _split_alpha(array, image.mode in ("LA", "RGBA"))
+    return ImageFile(pixels, alpha, image_format, mode, metadata, notes)
+
+
+def _jpeg_subsampling(image: Image.Image) -> int:
+    from PIL import JpegImagePlugin
+
+    return JpegImagePlugin.get_sampling(image)
+
+
+def _webp_is_lossless(path: Path) -> bool:
+    with path.open("rb") as stream:
+        header = stream.read(16)
+    return header[12:16] == b"VP8L"
+
+
+def _read_png16(path: Path) -> ImageFile:
+    import png
+
+    reader = png.Reader(filename=os.fspath(path))
+    chunks = [(kind, data) for kind, data in reader.chunks() if kind in _PNG_KEPT_CHUNKS]
+    width, height, rows, info = png.Reader(filename=os.fspath(path)).asDirect()
+    if info["bitdepth"] != 16:
+        raise ImageFileError(path, f"unsupported PNG bit depth {info['bitdepth']}")
+    array = np.array([np.asarray(row, dtype=np.uint16) for row in rows], dtype=np.uint16)
+    array = array.reshape(height, width, info["planes"])
+    pixels, alpha = _split_alpha(array, info["alpha"])
+    mode = ("L" if info["greyscale"] else "RGB") + ("A" if info["alpha"] else "") + ";16"
+    return ImageFile(pixels, alpha, "PNG", mode, {"png_chunks": chunks})
+
+
+def _read_tiff16(path: Path) -> ImageFile:
+    tifffile = _import_tifffile(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            array = page.asarray()
+            photometric = page.photometric.name
+            extrasamples = len(page.extrasamples)
+            compression = page.compression.name
+            icc = page.tags.get(34675)
+    except ValueError as error:
+        raise ImageFileError(path, f"cannot decode this TIFF ({error})") from None
+    if array.dtype != np.uint16:
+        raise ImageFileError(path, f"unsupported TIFF sample type {array.dtype}")
+    if photometric not in ("RGB", "MINISBLACK") or array.ndim not in (2, 3):
+        raise ImageFileError(path, f"unsupported 16-bit TIFF layout ({photometric})")
+    has_alpha = extrasamples == 1 and array.ndim == 3
+    pixels, alpha = _split_alpha(array, has_alpha)
+    if pixels.shape[2] not in (1, 3):
+        raise ImageFileError(path, f"unsupported channel count {pixels.shape[2]}")
+    mode = ("L" if pixels.shape[2] == 1 else "RGB") + ("A" if has_alpha else "") + ";16"
+    metadata = {"compression": compression, "icc_profile": icc.value if icc else None}
+    return ImageFile(pixels, alpha, "TIFF", mode, metadata)
+
+
+def _import_tifffile(path: Path):  # noqa: ANN202 - a module
+    try:
+        import tifffile
+    except ImportError:
+        raise ImageFileError(
+            path, "16-bit TIFF needs the tifffile package: pip install 'fdn[tiff]'"
+        ) from None
+    return tifffile
+
+
+def write_image(path: str | os.PathLike, source: ImageFile, pixels: np.ndarray) -> Path:
+    """Writes ``pixels`` (``(H, W, C)``, the dtype of ``source.pixels``) as a file of the same
+    kind as ``source``: format, mode, bit depth, alpha, ICC profile and EXIF.
+
+    The file is written to a temporary name in the destination folder and renamed, so an
+    interrupted write never leaves a partial image.
+    """
+    path = Path(path)
+    if pixels.shape != source.pixels.shape or pixels.dtype != source.pixels.dtype:
+        raise ValueError(
+            f"pixels {pixels.shape} {pixels.dtype} do not match the source image "
+            f"{source.pixels.shape} {source.pixels.dtype}"
+        )
+    array = pixels if source.alpha is None else np.dstack([pixels, source.alpha])
+    if source.bit_depth == 16 and source.format == "PNG":
+        writer = _png16_writer(source, array)
+    elif source.bit_depth == 16 and source.format == "TIFF":
+        writer = _tiff16_writer(path, source, array)
+    else:
+        writer = _pillow_writer(source, array)
+    _atomic_write(path, writer)
+    return path
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp_path, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def _png16_writer(source: ImageFile, array: np.ndarray) -> Callable[[Path], None]:
+    import png
+
+    height, width, planes = array.shape
+    writer = png.Writer(
+        width,
+        height,
+        greyscale=planes in (1, 2),
+        alpha=source.alpha is not None,
+        bitdepth=16,
+    )
+    buffer = io.BytesIO()
+    writer.write(buffer, array.reshape(height, width * planes))
+    chunks = list(png.Reader(bytes=buffer.getvalue()).chunks())
+    kept = source.metadata.get("png_chunks", [])
+    chunks = chunks[:1] + kept + chunks[1:]  # right after IHDR, before the image data
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as stream:
+            png.write_chunks(stream, chunks)
+
+    return write
+
+
+def _tiff16_writer(path: Path, source: ImageFile, array: np.ndarray) -> Callable[[Path], None]:
+    tifffile = _import_tifffile(path)
+    compressed = source.metadata.get("compression", "NONE") != "NONE"
+    extras = {"extrasamples": ["unassalpha"]} if source.alpha is not None else {}
+    icc = source.metadata.get("icc_profile")
+
+    def write(tmp: Path) -> None:
+        tifffile.imwrite(
+            tmp,
+            array if array.shape[2] > 1 else array[:, :, 0],
+            photometric="rgb" if source.pixels.shape[2] == 3 else "minisblack",
+            compression="zlib" if compressed else None,
+            iccprofile=icc,
+            **extras,
+        )
+
+    return write
+
+
+def _pillow_writer(source: ImageFile, array: np.ndarray) -> Callable[[Path], None]:
+    meta = source.metadata
+    if source.mode == "L;16":
+        image = Image.fromarray(array[:, :, 0].astype(np.uint16))
+    else:
+        modes = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+        image = Image.fromarray(
+            array.squeeze(2) if array.shape[2] == 1 else array, modes[array.shape[2]]
+        )
+    if source.mode in ("P", "PA"):
+        image = _back_to_palette(image, meta)
+    options: dict = {key: meta[key] for key in ("icc_profile", "exif", "dpi") if meta.get(key)}
+    if source.format == "JPEG":
+        options.update(qtables=meta["qtables"], subsampling=meta["subsampling"])
+        if options["subsampling"] == -1:
+            del options["subsampling"]
+    elif source.format == "WEBP":
+        options.update(lossless=True) if meta.get("lossless") else options.update(quality=95)
+    elif source.format == "TIFF":
+        options["compression"] = meta.get("compression", "raw")
+    elif source.format == "BMP":
+        options = {}
+
+    def write(tmp: Path) -> None:
+        image.save(tmp, format=source.format, **options)
+
+    return write
+
+
+def _back_to_palette(image: Image.Image, meta: dict) -> Image.Image:
+    """Maps denoised colours to the nearest entry of the input's own palette."""
+    palette_image: Image.Image = meta["palette_image"]
+    reference = Image.new("P", (1, 1))
+    reference.putpalette(palette_image.getpalette())
+    indexed = image.convert("RGB").quantize(palette=reference, dither=Image.Dither.NONE)
+    index = meta.get("transparent_index")
+    if index is not None:
+        # Pixels that were transparent keep the transparent index, bit for bit.
+        values = np.asarray(indexed).copy()
+        values[np.asarray(palette_image) == index] = index
+        indexed = Image.fromarray(values, "P")
+        indexed.putpalette(palette_image.getpalette())
+    if "transparency" in palette_image.info:
+        indexed.info["transparency"] = palette_image.info["transparency"]
+    return indexed
