@@ -109,6 +109,47 @@ def _denoise(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from fdn.config import load_config
+    from fdn.training import CHECKPOINT, TrainingStopped, train
+
+    if args.resume:
+        if args.config or args.set or args.out:
+            raise CommandError(
+                "--resume RUN_DIR continues a run with its own saved config; "
+                "give no CONFIG, --set or --out with it"
+            )
+        run_dir = Path(args.resume)
+        config = None
+    else:
+        if not args.config:
+            raise CommandError("give a CONFIG.toml, or --resume RUN_DIR")
+        config = load_config(args.config, args.set)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = (
+            Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-{stamp}"
+        )
+        if (run_dir / CHECKPOINT).exists():
+            raise CommandError(
+                f"{run_dir} already holds a run: continue it with --resume "
+                f"{run_dir}, or choose another --out"
+            )
+    progress = sys.stderr.isatty()
+    try:
+        final = train(config, run_dir, resume=bool(args.resume), progress=progress)
+    except TrainingStopped as stopped:
+        print(
+            f"fdn: {stopped}; checkpoint saved, continue with: fdn train --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 128 + stopped.signum
+    print(f"trained model: {final}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fdn", description="Flow-based image denoising (FDN, Liu et al. 2022)."
@@ -177,6 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     denoise.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     denoise.set_defaults(run=_denoise)
+
+    train = commands.add_parser(
+        "train",
+        help="train FDN (or a DnCNN baseline) from a TOML config",
+        description=(
+            "Train from a TOML config; --set section.key=value overrides a key. The run folder "
+            "gets the resolved config, a JSON-lines log, checkpoints and the final model. "
+            "SIGINT/SIGTERM save a checkpoint; --resume RUN_DIR continues exactly."
+        ),
+    )
+    train.add_argument("config", nargs="?", metavar="CONFIG.toml", help="the run's config")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
+    train.add_argument(
+        "--out", metavar="RUN_DIR", help="run folder (default: runs/CONFIG-DATE-TIME)"
+    )
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.set_defaults(run=_train)
     return parser
 
 

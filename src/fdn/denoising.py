@@ -13,9 +13,9 @@ from fdn.model import FDN
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_TILE", "denoise_image", "denoise_tensor", "tile_spans"]
 
-# Above this many pixels an image is denoised in tiles: FDN holds about 1 KB of activations
-# per pixel in float32 without gradients (benchmarks/denoise_speed.py measures it), so 4 MP
-# stays near 4 GB at the peak.
+# Above this many pixels an image is denoised in tiles: a whole-image denoise peaks at about
+# 460 bytes per pixel on top of the process (benchmarks/denoise_speed.py measures it), so
+# 4 MP stays under 2.5 GB in all.
 DEFAULT_MAX_PIXELS = 4_000_000
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 32

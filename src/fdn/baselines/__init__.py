@@ -1,0 +1,27 @@
+r"""Baseline denoisers, each a :class:`fdn.evaluation.Denoiser`: DnCNN, FFDNet, BM3D, NLM."""
+
+from fdn.baselines.classical import BM3D, MissingExtraError, NonLocalMeans
+from fdn.baselines.dncnn import (
+    DnCNN,
+    DnCNNConfig,
+    DnCNNDenoiser,
+    load_dncnn,
+    load_peer_dncnn,
+    save_dncnn,
+)
+from fdn.baselines.ffdnet import FFDNet, FFDNetDenoiser, load_peer_ffdnet
+
+__all__ = [
+    "BM3D",
+    "DnCNN",
+    "DnCNNConfig",
+    "DnCNNDenoiser",
+    "FFDNet",
+    "FFDNetDenoiser",
+    "MissingExtraError",
+    "NonLocalMeans",
+    "load_dncnn",
+    "load_peer_dncnn",
+    "load_peer_ffdnet",
+    "save_dncnn",
+]
