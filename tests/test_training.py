@@ -306,3 +306,50 @@ def test_cli_refuses_to_overwrite_a_run(images, tmp_path, capsys):
     assert main(argv) == 0
     assert main(argv) == 1
     assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["sidd", "folders"])
+def test_paired_data_crops_and_augments_both_images_alike(tmp_path, layout):
+    from fdn.config import config_from_dict
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pairs"
+    for i in range(2):
+        clean = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+        noisy = (255 - clean).astype(np.uint8)  # a known, invertible relation between the two
+        if layout == "sidd":
+            scene = root / "Data" / f"000{i}_scene"
+            scene.mkdir(parents=True)
+            Image.fromarray(noisy).save(scene / "NOISY_SRGB_010.PNG")
+            Image.fromarray(clean).save(scene / "GT_SRGB_010.PNG")
+        else:
+            for kind, image in (("noisy", noisy), ("clean", clean)):
+                (root / kind).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(root / kind / f"{i}.png")
+    config = config_from_dict(
+        {
+            "data": {
+                "root": str(root),
+                "train": ".",
+                "kind": "paired",
+                "patch_size": 8,
+                "augment": "flip_rot",
+            }
+        }
+    )
+    patches = TrainingPatches(config, seed=0)
+    assert len(patches) == 2
+    for index in range(16):
+        noisy, clean = patches[index]
+        assert torch.allclose(noisy, 1 - clean, atol=1e-6)
+
+
+def test_paired_data_errors(tmp_path):
+    from fdn.data import find_pairs
+
+    (tmp_path / "Data" / "scene").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "Data" / "scene" / "NOISY_SRGB_010.PNG")
+    with pytest.raises(DataError, match=r"no ground truth GT_SRGB_010\.PNG"):
+        find_pairs(tmp_path)
+    with pytest.raises(DataError, match="expected Data/SCENE"):
+        find_pairs(tmp_path / "Data")
