@@ -40,3 +40,20 @@ def brute_force_logdet(function, x: torch.Tensor) -> torch.Tensor:
     """``log|det J|`` of ``function`` at a single input ``x`` from the autograd Jacobian."""
     jacobian = torch.autograd.functional.jacobian(lambda t: function(t)[0].flatten(), x)
     return torch.linalg.slogdet(jacobian.reshape(x.numel(), x.numel())).logabsdet
+
+
+def make_images(root, counts=(("train", 6), ("val", 2)), size=(40, 36), seed=0):
+    """Writes small smooth-plus-noise RGB PNGs into ``root/SPLIT/imgN.png``; returns root."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    height, width = size
+    for split, count in counts:
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            base = np.add.outer(np.arange(height), np.arange(width))[:, :, None] * [2, 3, 1]
+            noise = rng.integers(0, 40, (height, width, 3))
+            image = np.clip(base + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / split / f"img{i}.png")
+    return root

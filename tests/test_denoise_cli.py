@@ -176,8 +176,8 @@ def test_bad_model_and_flags(tmp_path, model_file, capsys):
     assert main(["denoise", str(image), "-o", str(tmp_path / "o"), "--model", str(bogus)]) == 1
     err = capsys.readouterr().err
     assert str(bogus) in err and err.count("\n") == 1
-    assert main(["denoise", str(image), "-o", str(tmp_path / "o")]) == 1
-    assert "--model PATH is required" in capsys.readouterr().err
+    assert main(["denoise", str(image), "-o", str(tmp_path / "o"), "--model", "no-such"]) == 1
+    assert "neither a file nor a bundled model" in capsys.readouterr().err
     argv = ["denoise", str(image), "-o", str(tmp_path / "o"), "--model", str(model_file)]
     assert main([*argv, "--tile", "20", "--tile-overlap", "16"]) == 1
     assert "--tile 20 must be at least" in capsys.readouterr().err

@@ -17,18 +17,12 @@ from fdn.config import ConfigError, load_config
 from fdn.data import DataError, StepSampler, TrainingPatches
 from fdn.training import CHECKPOINT, TrainingStopped, train
 
+from helpers import make_images
+
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("val", 2)):
-        (root / split).mkdir()
-        for i in range(count):
-            base = np.add.outer(np.arange(40), np.arange(36))[:, :, None] * [2, 3, 1]
-            image = np.clip(base + rng.integers(0, 40, (40, 36, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(image).save(root / split / f"img{i}.png")
-    return root
+    return make_images(tmp_path_factory.mktemp("data"))
 
 
 def small_config(images, tmp_path, *overrides):
@@ -72,7 +66,7 @@ def parameters(run_dir):
 
 def test_a_short_run_trains_logs_validates_and_writes_a_model(images, tmp_path):
     config = small_config(images, tmp_path)
-    final = train(config, tmp_path / "run", progress=False, log=lambda _: None)
+    final = train(config, tmp_path / "run", progress=False, log=lambda _: None).model_file
     model = load_model(final)
     assert model.config.hidden_channels == 4
     records = [
@@ -227,7 +221,7 @@ def test_a_dncnn_trains_on_the_same_data(images, tmp_path):
     config = small_config(
         images, tmp_path, "model.kind=dncnn", "model.dncnn_depth=3", "model.dncnn_features=8"
     )
-    final = train(config, tmp_path / "run", progress=False, log=lambda _: None)
+    final = train(config, tmp_path / "run", progress=False, log=lambda _: None).model_file
     assert load_dncnn(final).config.depth == 3
 
 

@@ -105,7 +105,7 @@ def _check_outputs(jobs: list[Job]) -> None:
 
 def denoise_files(
     jobs: Sequence[Job],
-    model: FDN,
+    model: FDN | Callable[[int], FDN],
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -113,6 +113,9 @@ def denoise_files(
     report: Callable[[str], None] = print,
 ) -> BatchResult:
     """Denoises each job's file into its target; a bad file is reported and skipped.
+
+    ``model`` is an FDN, or a function from an image's channel count (1 or 3) to the FDN to
+    use for it (how the bundled grey and colour models are picked).
 
     ``report`` receives one line per problem or notice (it should not break a progress bar:
     the CLI passes ``tqdm.write``).
@@ -131,8 +134,9 @@ def denoise_files(
                     f"{job.source}: {height * width / 1e6:.1f} MP is above the "
                     f"{max_pixels / 1e6:.1f} MP budget, denoising in {DEFAULT_TILE}px tiles"
                 )
+            chosen = model if isinstance(model, FDN) else model(image.pixels.shape[2])
             denoised = denoise_image(
-                image.pixels, model, tile, overlap, max_pixels, progress=progress
+                image.pixels, chosen, tile, overlap, max_pixels, progress=progress
             )
             write_image(job.target, image, denoised)
         except (ImageFileError, ValueError, OSError) as error:

@@ -8,25 +8,25 @@ Run folder layout::
     best.safetensors     the model with the best validation PSNR so far
     model.safetensors    the final model, for fdn.load_model / fdn denoise
 
-Checkpoints hold only tensors and plain Python values and are read back with
-``torch.load(weights_only=True)``: nothing is unpickled.
+Started by ``torchrun --nproc_per_node=K -m fdn train ...``, the same loop runs distributed
+data-parallel (gloo on CPU, nccl on GPU): ``training.batch_size`` is per process, each rank
+takes its share of the combined batch (see :mod:`fdn.data`), and only rank 0 logs, validates
+and writes files.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -37,9 +37,19 @@ from fdn.data import StepSampler, TrainingPatches, load_validation
 from fdn.losses import bits_per_dim, fdn_loss
 from fdn.metrics import psnr
 from fdn.model import FDN
+from fdn.runstate import (
+    atomic_torch_save,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    signals_caught,
+    tensorboard,
+    to_toml,
+    write_log,
+)
 from fdn.serialization import save_model
 
-__all__ = ["CHECKPOINT", "TrainingStopped", "build_model", "train"]
+__all__ = ["CHECKPOINT", "TrainResult", "TrainingStopped", "build_model", "train", "validate"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -50,6 +60,15 @@ class TrainingStopped(Exception):
     def __init__(self, step: int, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
         self.step, self.signum = step, signum
+
+
+@dataclass
+class TrainResult:
+    """The trained model, its final file (rank 0 only; None elsewhere) and the last step."""
+
+    model: nn.Module
+    model_file: Path | None
+    step: int
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -66,102 +85,36 @@ def build_model(config: TrainConfig) -> nn.Module:
     )
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def _atomic_torch_save(payload: dict, path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(
-            np.frombuffer(json.dumps(_numpy_state()).encode(), dtype=np.uint8).copy()
-        ),
-        "python": torch.tensor(
-            np.frombuffer(json.dumps(random.getstate()[1]).encode(), dtype=np.uint8).copy()
-        ),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _numpy_state() -> list:
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    return [name, keys.tolist(), int(position), int(has_gauss), float(cached)]
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, position, has_gauss, cached = json.loads(bytes(state["numpy"].tolist()))
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
-    random.setstate((3, tuple(json.loads(bytes(state["python"].tolist()))), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def _signals_caught() -> Iterator[list[int]]:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
-    caught: list[int] = []
-    handlers = {}
-
-    def handler(signum: int, _frame: object) -> None:
-        caught.append(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with suppress(ValueError):  # not the main thread: leave signals alone
-            handlers[signum] = signal.signal(signum, handler)
-    try:
-        yield caught
-    finally:
-        for signum, previous in handlers.items():
-            signal.signal(signum, previous)
+def _dequantize(config: TrainConfig) -> bool:
+    flag = config.data.dequantize
+    return config.data.kind == "paired" if flag is None else flag
 
 
 def _step_loss(
     model: nn.Module, config: TrainConfig, noisy: Tensor, clean: Tensor, step: int
 ) -> dict[str, Tensor]:
     if isinstance(model, DnCNN):
-        denoised = noisy - model(noisy)
-        loss = (denoised - clean).pow(2).mean()
+        loss = (noisy - model(noisy) - clean).pow(2).mean()
         return {"loss": loss, "mse": loss}
     generator = torch.Generator(device=noisy.device).manual_seed(
         config.training.seed * 7919 + step
     )
+    o = config.optim
     terms = fdn_loss(
-        model,
-        noisy,
-        clean,
-        config.optim.lambda_nll,
-        config.optim.lambda_rec,
-        dequantize_input=_dequantize(config),
-        generator=generator,
+        model, noisy, clean, o.lambda_nll, o.lambda_rec, _dequantize(config), generator
     )
     return {"loss": terms.total, "nll": terms.nll, "l1": terms.reconstruction}
 
 
-def _dequantize(config: TrainConfig) -> bool:
-    flag = config.data.dequantize
-    return config.data.kind == "paired" if flag is None else flag
+class _Objective(nn.Module):
+    """The training loss as one module call, so that DDP sees a forward pass per step."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.config = model, config
+
+    def forward(self, noisy: Tensor, clean: Tensor, step: int) -> dict[str, Tensor]:
+        return _step_loss(self.model, self.config, noisy, clean, step)
 
 
 @torch.no_grad()
@@ -171,36 +124,60 @@ def validate(
     """Mean PSNR (spec 7.3 convention) of the model's denoised validation images."""
     was_training = model.training
     model.eval()
-    scores = []
-    for _, noisy, clean in images:
-        denoised = model.denoise(noisy.to(device)).cpu()
-        scores.append(psnr(denoised, clean).item())
+    scores = [
+        psnr(model.denoise(noisy.to(device)).cpu(), clean).item() for _, noisy, clean in images
+    ]
     model.train(was_training)
     return float(np.mean(scores))
 
 
 def _save_model_file(model: nn.Module, path: Path) -> None:
-    if isinstance(model, DnCNN):
-        save_dncnn(model, path)
-    else:
-        save_model(model, path)
+    (save_dncnn if isinstance(model, DnCNN) else save_model)(model, path)
+
+
+def _distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when torchrun started us."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if world == 1:
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank (so all ranks take the same branch)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def first_samples(patches: TrainingPatches, size: int) -> Tensor:
+    """The noisy images of the first ``size`` training samples (ActNorm's init batch)."""
+    return torch.stack([patches[i][0] for i in range(size)])
 
 
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None,
     run_dir: str | os.PathLike,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-) -> Path:
-    """Trains as ``config`` says into ``run_dir``; returns the final model file.
+) -> TrainResult:
+    """Trains as ``config`` says into ``run_dir``.
 
     With ``resume``, continues the run in ``run_dir`` from its checkpoint, with the config
-    stored there: the result equals an uninterrupted run. SIGINT or SIGTERM saves a
-    checkpoint and raises :class:`TrainingStopped`.
+    stored there (``config`` is ignored): the result equals an uninterrupted run. SIGINT or
+    SIGTERM saves a checkpoint and raises :class:`TrainingStopped`.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = None
     if resume:
         path = run_dir / CHECKPOINT
@@ -209,22 +186,25 @@ def train(
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         config = config_from_dict(checkpoint["config"])
     settings = config.training
-    say = log or (lambda line: tqdm.write(line))
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    device = _device(settings.device)
-    _seed_everything(settings.seed)
+    rank, world, device = _distributed(settings.device)
+    main = rank == 0
+    say = (log or tqdm.write) if main else (lambda _: None)
+    seed_everything(settings.seed)
 
     # Data first: a bad dataset fails here, before any step.
     patches = TrainingPatches(config, settings.seed)
-    validation = load_validation(config)
-    (run_dir / "config.toml").write_text(_to_toml(config.to_dict()))
+    validation = load_validation(config) if main else []
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(config.to_dict()))
 
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(
         model.parameters(),
-        lr=config.optim.lr,
-        betas=tuple(config.optim.betas),
+        config.optim.lr,
+        tuple(config.optim.betas),
         weight_decay=config.optim.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -236,73 +216,73 @@ def train(
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, skipped, best = checkpoint["step"], checkpoint["skipped"], checkpoint["best_psnr"]
-        _set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"])
+    elif isinstance(model, FDN):
+        # ActNorm's data-dependent init, on a real training batch, before the first step. Every
+        # rank uses the same combined batch, so all ranks agree (DDP also broadcasts rank 0's).
+        model.train()
+        with torch.no_grad():
+            model.encode(first_samples(patches, settings.batch_size * world).to(device))
 
+    objective: nn.Module = _Objective(model, config)
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(objective)
+    batch = settings.batch_size
     loader = DataLoader(
         patches,
-        batch_size=settings.batch_size,
-        sampler=StepSampler(start, settings.iterations, settings.batch_size),
+        batch_size=batch,
+        sampler=StepSampler(start, settings.iterations, batch, rank, world),
         num_workers=config.data.workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
     )
     batches = iter(loader)
 
     def save_checkpoint(step: int) -> None:
-        _atomic_torch_save(
-            {
+        if main:
+            state = {
                 "config": config.to_dict(),
                 "model": model.state_dict(),
+                "step": step,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "step": step,
                 "skipped": skipped,
                 "best_psnr": best,
-                "rng": _rng_state(),
-            },
-            run_dir / CHECKPOINT,
-        )
+                "rng": rng_state(),
+            }
+            atomic_torch_save(state, run_dir / CHECKPOINT)
 
     model.train()
-    if checkpoint is None and isinstance(model, FDN):
-        # ActNorm's data-dependent init, on a real training batch, before the first step.
-        noisy, _ = patches_batch(patches, settings.batch_size)
-        with torch.no_grad():
-            model.encode(noisy.to(device))
     if validation and checkpoint is None:
         noisy_psnr = float(np.mean([psnr(n, c).item() for _, n, c in validation]))
-        _write_log(run_dir, {"step": 0, "val_psnr_noisy": noisy_psnr})
+        write_log(run_dir, {"step": 0, "val_psnr_noisy": noisy_psnr})
         say(f"validation: {len(validation)} images, noisy input PSNR {noisy_psnr:.2f} dB")
-
-    board = _tensorboard(run_dir)
+    board = tensorboard(run_dir) if main else None
     bar = tqdm(
         total=settings.iterations,
         initial=start,
         desc="training",
         unit="it",
-        disable=not progress,
+        disable=not (progress and main),
         dynamic_ncols=True,
     )
     window_start, window_images = time.perf_counter(), 0
-    step = start
-    with _signals_caught() as caught:
+    with signals_caught() as caught:
         for step in range(start, settings.iterations):
-            noisy, clean = next(batches)
-            noisy, clean = noisy.to(device), clean.to(device)
-            terms = _step_loss(model, config, noisy, clean, step)
+            noisy, clean = (t.to(device) for t in next(batches))
+            terms = objective(noisy, clean, step)
             optimizer.zero_grad(set_to_none=True)
-            if torch.isfinite(terms["loss"]):
-                terms["loss"].backward()
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-                if torch.isfinite(grad_norm):
-                    optimizer.step()
-                else:
-                    skipped += 1
-            else:
+            terms["loss"].backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            # A non-finite loss or gradient on any rank skips the step on every rank.
+            if _any_rank(
+                not (torch.isfinite(terms["loss"]) and torch.isfinite(grad_norm)), world, device
+            ):
                 skipped += 1
+            else:
+                optimizer.step()
             lr = optimizer.param_groups[0]["lr"]  # the rate this step used
             scheduler.step()
-            window_images += noisy.shape[0]
+            window_images += noisy.shape[0] * world
             done = step + 1
             bar.update(1)
 
@@ -312,11 +292,7 @@ def train(
                 record.update({name: value.item() for name, value in terms.items()})
                 if "nll" in record:
                     record["nll_bits_per_dim"] = bits_per_dim(record["nll"], _dequantize(config))
-                record.update(
-                    lr=lr,
-                    images_per_s=window_images / elapsed,
-                    skipped=skipped,
-                )
+                record.update(lr=lr, images_per_s=window_images / elapsed, skipped=skipped)
                 window_start, window_images = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             if validation and (done % config.validation.every == 0 or done == settings.iterations):
@@ -325,50 +301,19 @@ def train(
                     best = record["val_psnr"]
                     _save_model_file(model, run_dir / "best.safetensors")
                 say(f"step {done}: validation PSNR {record['val_psnr']:.2f} dB (best {best:.2f})")
-            if record:
-                _write_log(run_dir, {"step": done, **record}, board)
+            if record and main:
+                write_log(run_dir, {"step": done, **record}, board)
             if done % settings.checkpoint_every == 0 or done == settings.iterations:
                 save_checkpoint(done)
-            if caught:
+            if _any_rank(bool(caught), world, device):
                 save_checkpoint(done)
                 bar.close()
-                raise TrainingStopped(done, caught[0])
+                raise TrainingStopped(done, caught[0] if caught else signal.SIGTERM)
     bar.close()
-    final = run_dir / "model.safetensors"
-    _save_model_file(model, final)
-    return final
-
-
-def patches_batch(patches: TrainingPatches, size: int) -> tuple[Tensor, Tensor]:
-    """The first ``size`` training samples, stacked (the batch ActNorm initialises on)."""
-    samples = [patches[i] for i in range(size)]
-    return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
-
-
-def _write_log(run_dir: Path, record: dict, board: object | None = None) -> None:
-    with (run_dir / "log.jsonl").open("a") as stream:
-        stream.write(json.dumps(record) + "\n")
-    if board is not None:
-        for name, value in record.items():
-            if name != "step":
-                board.add_scalar(name, value, record["step"])
-
-
-def _tensorboard(run_dir: Path) -> object | None:
-    """A TensorBoard writer when the ``tensorboard`` package is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def _to_toml(values: dict) -> str:
-    lines = []
-    for section, table in values.items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            if value is not None:
-                lines.append(f"{key} = {json.dumps(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    final = None
+    if main:
+        final = run_dir / "model.safetensors"
+        _save_model_file(model, final)
+    if world > 1:
+        dist.barrier()
+    return TrainResult(model, final, settings.iterations)

@@ -1,0 +1,96 @@
+r"""The models that ship inside the package, checked by SHA-256 before they are used.
+
+``weights/models.json`` is the table: for each name, its file, checksum, and the record of how
+it was trained and how well it does (the model card in ``docs/model-card.md`` says the same
+in prose).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from fdn.model import FDN
+from fdn.serialization import ModelFileError, load_model
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "available_models",
+    "load_pretrained",
+    "model_record",
+    "resolve_model",
+    "sample_image_paths",
+]
+
+# The bundled model used for an image with this many channels when none is named.
+DEFAULT_MODELS = {3: "fdn-color-blind", 1: "fdn-grey-blind"}
+
+
+def _package_dir(name: str) -> Path:
+    return Path(str(resources.files("fdn") / name))
+
+
+@cache
+def _table() -> dict[str, dict]:
+    table = _package_dir("weights") / "models.json"
+    return json.loads(table.read_text()) if table.is_file() else {}
+
+
+def available_models() -> list[str]:
+    """Names of the bundled models."""
+    return sorted(_table())
+
+
+def model_record(name: str) -> dict:
+    """The table entry of a bundled model: file, sha256, training record, measured PSNR."""
+    if name not in _table():
+        raise KeyError(f"no bundled model {name!r}; bundled: {', '.join(available_models())}")
+    return _table()[name]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_pretrained(name: str, device: str = "cpu") -> FDN:
+    """Loads a bundled model (see :func:`available_models`) after checking its checksum, in
+    eval mode."""
+    record = model_record(name)
+    path = _package_dir("weights") / record["file"]
+    if not path.is_file():
+        raise ModelFileError(path, f"bundled model {name} is missing from the installation")
+    if _sha256(path) != record["sha256"]:
+        raise ModelFileError(
+            path, f"checksum mismatch for bundled model {name}: the file is damaged; reinstall fdn"
+        )
+    return load_model(path, device=device)
+
+
+def resolve_model(spec: str | None, channels: int, device: str = "cpu") -> FDN:
+    """A model from a bundled name, a file path, or (``None``) the default for ``channels``."""
+    if spec is None:
+        name = DEFAULT_MODELS[3 if channels >= 3 else 1]
+        if name not in _table():
+            raise ValueError(f"this installation has no bundled model {name}; give --model PATH")
+        return load_pretrained(name, device)
+    if spec in _table():
+        return load_pretrained(spec, device)
+    path = Path(spec)
+    if not path.exists() and path.suffix == "":
+        raise ValueError(
+            f"--model {spec}: neither a file nor a bundled model ({', '.join(available_models())})"
+        )
+    return load_model(path, device=device)
+
+
+def sample_image_paths() -> tuple[Path, Path]:
+    """The bundled sample: (noisy, clean) PNG paths."""
+    assets = _package_dir("assets")
+    return assets / "astronaut_noisy_sigma25.png", assets / "astronaut.png"

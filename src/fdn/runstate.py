@@ -1,0 +1,127 @@
+r"""What a training run keeps on disk besides the model: checkpoints, RNG states, logs, signals.
+
+Checkpoints hold only tensors and plain Python values, so they are read back with
+``torch.load(weights_only=True)``: nothing is unpickled. They are written to a temporary
+file and renamed, so a write killed midway never replaces the last good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "atomic_torch_save",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+    "signals_caught",
+    "to_toml",
+    "write_log",
+]
+
+
+def atomic_torch_save(payload: dict, path: Path) -> None:
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _as_tensor(value: object) -> torch.Tensor:
+    """Plain JSON-able state as a uint8 tensor, so that weights_only loading accepts it."""
+    return torch.from_numpy(np.frombuffer(json.dumps(value).encode(), dtype=np.uint8).copy())
+
+
+def _from_tensor(tensor: torch.Tensor) -> object:
+    return json.loads(bytes(tensor.tolist()))
+
+
+def rng_state() -> dict:
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": _as_tensor([name, keys.tolist(), int(position), int(has_gauss), float(cached)]),
+        "python": _as_tensor(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, position, has_gauss, cached = _from_tensor(state["numpy"])
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    random.setstate((3, tuple(_from_tensor(state["python"])), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def signals_caught() -> Iterator[list[int]]:
+    """Turns SIGINT/SIGTERM into a list the loop checks between steps."""
+    caught: list[int] = []
+    handlers = {}
+
+    def handler(signum: int, _frame: object) -> None:
+        caught.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with suppress(ValueError):  # not the main thread: leave signals alone
+            handlers[signum] = signal.signal(signum, handler)
+    try:
+        yield caught
+    finally:
+        for signum, previous in handlers.items():
+            signal.signal(signum, previous)
+
+
+def write_log(run_dir: Path, record: dict, board: object | None = None) -> None:
+    """Appends one JSON line to ``log.jsonl`` (and scalars to TensorBoard when given)."""
+    with (run_dir / "log.jsonl").open("a") as stream:
+        stream.write(json.dumps(record) + "\n")
+    if board is not None:
+        for name, value in record.items():
+            if name != "step":
+                board.add_scalar(name, value, record["step"])
+
+
+def tensorboard(run_dir: Path) -> object | None:
+    """A TensorBoard writer when the ``tensorboard`` package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def to_toml(values: dict) -> str:
+    """A config dict (sections of scalars and lists) as TOML."""
+    lines = []
+    for section, table in values.items():
+        lines.append(f"[{section}]")
+        lines += [
+            f"{key} = {json.dumps(value)}" for key, value in table.items() if value is not None
+        ]
+        lines.append("")
+    return "\n".join(lines)
