@@ -1,12 +1,11 @@
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from fdn.ablation import GRIDS
 from fdn.cli import main
 
 from helpers import make_images
-
 
 BASE = str(Path(__file__).resolve().parents[1] / "configs" / "celeba_sigma50.toml")
 
@@ -25,7 +24,7 @@ def test_dry_run_prints_one_training_command_per_cell(tmp_path, capsys):
             [
                 "ablate",
                 "table1",
-                "configs/celeba_sigma50.toml",
+                BASE,
                 "--out",
                 "grid",
                 "--dry-run",
