@@ -184,3 +184,14 @@ def test_bad_model_and_flags(tmp_path, model_file, capsys):
     with pytest.raises(SystemExit) as exited:
         main([*argv, "--tile", "-3"])
     assert exited.value.code == 2
+
+
+def test_ensemble_flag(tmp_path, model_file):
+    inputs = make_inputs(tmp_path / "in")
+    plain, ensembled = tmp_path / "plain", tmp_path / "ens"
+    source = str(inputs / "rgb.png")
+    assert main(["denoise", source, "-o", str(plain), "--model", str(model_file)]) == 0
+    argv = ["denoise", source, "-o", str(ensembled), "--model", str(model_file), "--ensemble"]
+    assert main(argv) == 0
+    a, b = read_image(plain / "rgb.png").pixels, read_image(ensembled / "rgb.png").pixels
+    assert a.shape == b.shape and not np.array_equal(a, b)

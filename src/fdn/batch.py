@@ -111,6 +111,7 @@ def denoise_files(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     report: Callable[[str], None] = print,
+    ensemble: bool = False,
 ) -> BatchResult:
     """Denoises each job's file into its target; a bad file is reported and skipped.
 
@@ -136,7 +137,7 @@ def denoise_files(
                 )
             chosen = model if isinstance(model, FDN) else model(image.pixels.shape[2])
             denoised = denoise_image(
-                image.pixels, chosen, tile, overlap, max_pixels, progress=progress
+                image.pixels, chosen, tile, overlap, max_pixels, progress, ensemble
             )
             write_image(job.target, image, denoised)
         except (ImageFileError, ValueError, OSError) as error:

@@ -109,7 +109,13 @@ def _denoise(args: argparse.Namespace) -> int:
             tqdm.write(line, file=sys.stderr)
 
     result = denoise_files(
-        jobs, model, args.tile, args.tile_overlap, progress=progress, report=report
+        jobs,
+        model,
+        args.tile,
+        args.tile_overlap,
+        progress=progress,
+        report=report,
+        ensemble=args.ensemble,
     )
     summary = f"{result.denoised} denoised, {result.failed} failed -> {args.output}"
     print(summary, file=sys.stderr if result.failed else sys.stdout)
@@ -283,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=32,
         metavar="M",
         help="overlap of neighbouring tiles, blended smoothly (default: 32)",
+    )
+    denoise.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="x8 self-ensemble: average over flips and rotations (8x slower, often better)",
     )
     denoise.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     denoise.set_defaults(run=_denoise)

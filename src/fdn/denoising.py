@@ -71,12 +71,18 @@ def denoise_tensor(
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
+    ensemble: bool = False,
 ) -> Tensor:
     """Denoises a ``(C, H, W)`` float image in [0, 1] whose C matches the model.
 
     With ``tile``, the image is denoised in ``tile x tile`` pieces that overlap by ``overlap``
     pixels and are blended with linear (feathered) weights, so memory is bounded by the tile.
+    With ``ensemble``, the result is the x8 self-ensemble (eight times the work).
     """
+    if ensemble:
+        from fdn.ensemble import self_ensemble
+
+        return self_ensemble(lambda x: denoise_tensor(x, model, tile, overlap, progress), image)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     channels, height, width = image.shape
@@ -125,6 +131,7 @@ def denoise_image(
     overlap: int = DEFAULT_OVERLAP,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool = False,
+    ensemble: bool = False,
 ) -> np.ndarray:
     r"""Denoises a numpy image and returns one of the same shape and dtype.
 
@@ -137,6 +144,7 @@ def denoise_image(
         overlap: overlap of neighbouring tiles, blended linearly.
         max_pixels: above this, an untiled request is tiled; None never tiles on its own.
         progress: show a progress bar over tiles.
+        ensemble: average the denoised eight flips and rotations (x8 self-ensemble).
 
     A grey image through a colour model is replicated to RGB, denoised, and averaged back to
     grey; a colour image through a grey model is denoised one channel at a time.
@@ -164,14 +172,14 @@ def denoise_image(
     model_channels = model.config.in_channels
     channels = unit.shape[0]
     if channels == model_channels:
-        denoised = denoise_tensor(unit, model, tile, overlap, progress)
+        denoised = denoise_tensor(unit, model, tile, overlap, progress, ensemble)
     elif channels == 1 and model_channels == 3:
-        denoised = denoise_tensor(unit.expand(3, -1, -1), model, tile, overlap, progress)
+        denoised = denoise_tensor(unit.expand(3, -1, -1), model, tile, overlap, progress, ensemble)
         denoised = denoised.mean(dim=0, keepdim=True)
     elif model_channels == 1:
         denoised = torch.cat(
             [
-                denoise_tensor(unit[c : c + 1], model, tile, overlap, progress)
+                denoise_tensor(unit[c : c + 1], model, tile, overlap, progress, ensemble)
                 for c in range(channels)
             ]
         )
