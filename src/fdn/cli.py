@@ -219,6 +219,37 @@ def _ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from fdn.bench import bench
+
+    device = _resolve_device(args.device)
+    say = None if args.json else (lambda line: print(line, file=sys.stderr))
+    report = bench(args.sizes, device, args.threads, args.repeats, say=say)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"device: {report['device_name']} ({device}), {args.threads} thread(s), "
+        f"median of {args.repeats}"
+    )
+    for method, facts in report["models"].items():
+        print(
+            f"{method:6s} {facts['parameters']:>10,} parameters, "
+            f"{facts['gflops_256']:.2f} GFLOPs (MACs) per 256x256"
+        )
+    print(f"{'method':8s} {'size':>6s} {'seconds':>9s} {'peak MB':>9s}")
+    for row in report["results"]:
+        print(
+            f"{row['method']:8s} {row['size']:>6d} {row['seconds']:>9.3f} "
+            f"{row['peak_memory_mb']:>9.0f}"
+        )
+    for size, ratio in report["fdn_over_dncnn_time"].items():
+        print(f"FDN / DnCNN time at {size}: {ratio:.2f}")
+    for note in report["notes"]:
+        print(note)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fdn", description="Flow-based image denoising (FDN, Liu et al. 2022)."
@@ -334,6 +365,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     train.set_defaults(run=_train)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time FDN against DnCNN (and BM3D) at several image sizes",
+        description=(
+            "Inference time (median after a warm-up) and peak memory of FDN and DnCNN, each "
+            "size in a fresh process, with their parameters and FLOPs and the FDN/DnCNN time "
+            "ratio; BM3D too when installed (CPU)."
+        ),
+    )
+    bench.add_argument("--sizes", nargs="+", type=_positive_int, default=[256, 512, 1024])
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    bench.add_argument("--threads", type=_positive_int, default=1, help="torch threads (1)")
+    bench.add_argument("--repeats", type=_positive_int, default=3, help="timed runs (3)")
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.set_defaults(run=_bench)
 
     ablate = commands.add_parser(
         "ablate",
