@@ -146,3 +146,15 @@ def test_bad_model_files_get_one_clear_error(kind, trained_file, tmp_path):
     assert message.startswith(str(path))
     assert BAD_FILES[kind] in message
     assert "\n" not in message
+
+
+def test_float16_storage_halves_the_file_and_loads_as_float32(trained_file, tmp_path):
+    model, full = trained_file
+    half = save_model(model, tmp_path / "half.safetensors", dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_model(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            expected = value.half().float()
+            assert torch.equal(loaded.state_dict()[name], expected), name

@@ -35,14 +35,21 @@ class ModelFileError(ValueError):
         self.problem = problem
 
 
-def save_model(model: FDN, path: str | os.PathLike) -> Path:
+def save_model(model: FDN, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Writes ``model`` to ``path`` as safetensors, with its config, atomically.
 
     The file is written next to its destination and renamed over it, so an interrupted save
-    never leaves a partial file. Returns the path.
+    never leaves a partial file. With ``dtype`` (e.g. ``torch.float16``), floating-point
+    tensors are stored in that type, halving the file; :func:`load_model` casts them back to
+    the model's float32. Returns the path.
     """
     path = Path(path)
-    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[name] = tensor.contiguous()
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
