@@ -39,9 +39,9 @@ _non_negative_int = _int_at_least(0, "an integer >= 0")
 def _info(args: argparse.Namespace) -> int:
     from fdn.info import model_info
     from fdn.model import FDN
-    from fdn.serialization import load_model
+    from fdn.pretrained import resolve_model
 
-    model = load_model(args.model) if args.model else FDN()
+    model = resolve_model(args.model, 3) if args.model else FDN()
     info = model_info(model, *args.size)
     info["model"] = str(args.model) if args.model else "FDN() (untrained, paper defaults)"
     if args.json:
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Without --model, the untrained paper-default FDN."
         ),
     )
-    info.add_argument("--model", metavar="PATH", help="an fdn model file (.safetensors)")
+    info.add_argument("--model", metavar="NAME|PATH", help="a bundled model or a model file")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument(
         "--size",
