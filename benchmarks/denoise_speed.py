@@ -78,15 +78,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--big", default="6000x4000", help="WxH of the large photo")
     parser.add_argument("--threads", type=int, default=2, help="threads for the memory runs")
+    parser.add_argument("--no-speed", action="store_true", help="skip the speed part")
     args = parser.parse_args()
 
     model = paper_model()
     results: dict = {"torch": torch.__version__, "cpu_count": os.cpu_count()}
-    for threads in (1, 2):
-        results[f"seconds_per_megapixel_{threads}_thread"] = seconds_per_megapixel(
-            model, args.size, threads, args.repeats
-        )
-    print(json.dumps(results, indent=2), flush=True)
+    if not args.no_speed:
+        for threads in (1, 2):
+            results[f"seconds_per_megapixel_{threads}_thread"] = seconds_per_megapixel(
+                model, args.size, threads, args.repeats
+            )
+        print(json.dumps(results, indent=2), flush=True)
 
     # Memory of whole-image denoises, each in a fresh process (RUSAGE_CHILDREN keeps the max
     # over all children, so run the smaller one first).

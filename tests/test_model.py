@@ -144,3 +144,24 @@ def test_fresh_model_in_eval_mode_never_initialises_actnorm():
     with torch.no_grad():
         model.encode(torch.rand(2, 3, 8, 8))
     assert all(bool(m.initialized) for m in model.modules() if isinstance(m, ActNorm))
+
+
+def test_fast_inference_path_equals_the_plain_path():
+    torch.manual_seed(0)
+    model = randomize(FDN(hidden_channels=8, steps_per_block=2), shape=(4, 3, 16, 16), scale=0.02)
+    model.float()
+    y = torch.rand(2, 3, 36, 44)
+    with torch.no_grad():
+        plain = model.decode(model.disentangle(model.encode(y)[0])).clamp(0, 1)
+        fast = model.denoise(y)  # eval mode: channels-last weights and input
+    assert any(
+        p.dim() == 4
+        and p.is_contiguous(memory_format=torch.channels_last)
+        and not p.is_contiguous()
+        for p in model.parameters()
+    )
+    assert (fast - plain).abs().max() < 1e-5
+    # Training still works on the converted weights.
+    model.train()
+    model.encode(y)[0].sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
