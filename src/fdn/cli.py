@@ -167,6 +167,7 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import numpy as np
     import torch
 
     from fdn.denoising import denoise_image
@@ -181,8 +182,9 @@ def _demo(args: argparse.Namespace) -> int:
     denoised = denoise_image(noisy.pixels, model)
 
     def score(image: object) -> float:
-        as_tensor = torch.from_numpy(image).permute(2, 0, 1)[None].double() / 255
-        reference = torch.from_numpy(clean.pixels).permute(2, 0, 1)[None].double() / 255
+        as_tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].double() / 255
+        reference = torch.from_numpy(np.array(clean.pixels)).permute(2, 0, 1)[None].double()
+        reference = reference / 255
         return psnr(as_tensor, reference).item()
 
     out = Path(args.out)
