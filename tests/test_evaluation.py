@@ -16,11 +16,11 @@ from fdn.evaluation import (
     Evaluation,
     FDNDenoiser,
     Result,
+    _read_image,
     add_eval_arguments,
     evaluate,
     find_dataset,
     markdown_table,
-    read_image,
     run_eval,
     summarize,
     write_results,
@@ -136,11 +136,11 @@ def test_an_unreadable_image_is_reported_and_skipped(tmp_path):
 def test_a_method_that_does_not_apply_gets_a_dash(tmp_path):
     colour = find_dataset(write_images(tmp_path / "colour", 2, "RGB"))
     grey_only = Recorder("grey-only", channels=(1,))
-    evaluation = evaluate([grey_only, Recorder("any")], [colour], [25], progress=False)
+    evaluation = evaluate([grey_only, Recorder("any")], [colour], [15, 25], progress=False)
     assert grey_only.seen == [] and not evaluation.failures
     table = markdown_table(evaluation)
-    assert "| colour | 25 | - |" in table
-    assert "grey-only on colour at sigma 25: no 3-channel support" in table
+    assert "| colour | 15 | - |" in table and "| colour | 25 | - |" in table
+    assert "- grey-only on colour (sigma 15, 25): no 3-channel support\n" in table
 
 
 # Table, CSV and JSON
@@ -235,20 +235,20 @@ def test_paired_evaluation_uses_the_real_noisy_image(tmp_path):
     dataset = find_dataset(tmp_path / "pairs", paired=True)
     blind, informed = Recorder("blind", blind=True), Recorder("informed")
     evaluation = evaluate([blind, informed], [dataset], sigmas=[], progress=False)
-    assert torch.equal(blind.seen[0][0], read_image(dataset.items[0].noisy))
+    assert torch.equal(blind.seen[0][0], _read_image(dataset.items[0].noisy))
     assert evaluation.conditions == [("pairs", None)]
     # Paired images have no sigma: a non-blind method is told None, and may refuse.
     assert informed.seen[0][1] is None
 
 
-def test_read_image_modes(tmp_path):
+def test_image_modes(tmp_path):
     write_images(tmp_path, 1, "L")
-    assert read_image(tmp_path / "img0.png").shape == (1, 1, 20, 16)
+    assert _read_image(tmp_path / "img0.png").shape == (1, 1, 20, 16)
     Image.new("RGBA", (5, 4)).save(tmp_path / "rgba.png")
-    assert read_image(tmp_path / "rgba.png").shape == (1, 3, 4, 5)
+    assert _read_image(tmp_path / "rgba.png").shape == (1, 3, 4, 5)
     Image.fromarray(np.zeros((4, 5), np.uint16)).save(tmp_path / "deep.png")
     with pytest.raises(ValueError, match="8-bit"):
-        read_image(tmp_path / "deep.png")
+        _read_image(tmp_path / "deep.png")
 
 
 # Models from files and the command line
@@ -259,7 +259,10 @@ def test_denoiser_set_picks_by_channels_and_sigma():
     column = DenoiserSet("M", {(1, 15.0): grey15, (1, 25.0): grey25, (3, None): colour})
     assert not column.blind
     assert column.supports(1, 25.0) is None and column.supports(3, 50.0) is None
-    assert "no model for 1-channel images at sigma 50" in column.supports(1, 50.0)
+    assert column.supports(1, 50.0) == "has 1-channel models for sigma 15, 25 only"
+    assert DenoiserSet("G", {(1, None): grey15}).supports(3, 25.0) == (
+        "has no 3-channel model (only 1-channel)"
+    )
     column.denoise(torch.rand(1, 1, 4, 4), 25.0)
     column.denoise(torch.rand(1, 3, 4, 4), 50.0)
     assert (len(grey15.seen), len(grey25.seen)) == (0, 1)
@@ -274,8 +277,7 @@ def test_run_eval_end_to_end(tmp_path, capsys):
     dncnn_file = save_dncnn(DnCNN(depth=3, features=4), tmp_path / "d.safetensors")
     out = tmp_path / "out"
     args = parse(
-        "--model", f"FDN-S@15={fdn_file}",
-        "--model", str(dncnn_file),
+        "--model", f"FDN-S@15={fdn_file}", str(dncnn_file),
         "--baselines", "nlm",
         "--data", str(data),
         "--sigma", "15", "25",
@@ -286,7 +288,7 @@ def test_run_eval_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed == (out / "table.md").read_text()
     assert "| Data set | sigma | NLM | FDN-S | d |" in printed
-    assert "FDN-S on tiny at sigma 25: has no model for 1-channel images at sigma 25" in printed
+    assert "- FDN-S on tiny (sigma 25): has 1-channel models for sigma 15 only" in printed
     document = json.loads((out / "results.json").read_text())
     assert document["settings"]["sigmas"] == [15.0, 25.0]
     assert {r["method"] for r in document["images"]} == {"NLM", "FDN-S", "d"}
@@ -337,3 +339,33 @@ def test_every_method_satisfies_the_denoiser_protocol():
     for method in methods:
         assert isinstance(method, Denoiser), method
         assert isinstance(method.name, str) and isinstance(method.blind, bool)
+
+
+def test_fdn_eval_runs_from_the_command_line_with_a_bundled_model(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from fdn.cli import main
+
+    data = tmp_path / "set"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        ramp = np.add.outer(np.arange(24), np.arange(20))[:, :, None] * [4, 3, 2]
+        image = np.clip(ramp + rng.integers(0, 20, (24, 20, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(data / f"{i}.png")
+    argv = [
+        "eval",
+        "--model",
+        "fdn-color-blind",
+        "--data",
+        str(data),
+        "--sigma",
+        "25",
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "fdn-color-blind" in table and "| set | 25 |" in table

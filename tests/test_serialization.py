@@ -158,3 +158,11 @@ def test_float16_storage_halves_the_file_and_loads_as_float32(trained_file, tmp_
         if value.is_floating_point():
             expected = value.half().float()
             assert torch.equal(loaded.state_dict()[name], expected), name
+
+
+def test_a_header_length_ending_in_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    # This config's safetensors header happens to be 0x1c80 bytes long: the file starts 0x80.
+    model = FDN(in_channels=1, hidden_channels=4, steps_per_block=1)
+    path = save_model(model, tmp_path / "grey.safetensors")
+    assert path.read_bytes()[:1] == b"\x80"
+    assert load_model(path).config == model.config

@@ -252,6 +252,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from fdn.evaluation import run_eval
+
+    return run_eval(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fdn", description="Flow-based image denoising (FDN, Liu et al. 2022)."
@@ -330,6 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     denoise.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     denoise.set_defaults(run=_denoise)
+
+    from fdn.evaluation import add_eval_arguments
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="PSNR/SSIM tables: FDN models and baselines on test sets",
+        description=(
+            "Run FDN models (bundled names or files) and baselines (bm3d, nlm, dncnn, "
+            "dncnn-b, ffdnet) on the same fixed-seed noisy images; print a Markdown table in "
+            "the paper's layout, and with --out write table.md, results.csv and results.json."
+        ),
+    )
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(run=_eval)
 
     demo = commands.add_parser(
         "demo",

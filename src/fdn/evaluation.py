@@ -64,7 +64,6 @@ __all__ = [
     "find_dataset",
     "load_denoiser",
     "markdown_table",
-    "read_image",
     "run_eval",
     "summarize",
     "write_results",
@@ -156,12 +155,12 @@ class DenoiserSet:
     def supports(self, channels: int, sigma: float | None) -> str | None:
         member = self._member(channels, sigma)
         if member is None:
-            available = ", ".join(
-                f"{c}-channel" + ("" if s is None else f" sigma {s:g}")
-                for c, s in sorted(self.members, key=lambda key: (key[0], key[1] or 0))
-            )
-            at = "" if sigma is None else f" at sigma {sigma:g}"
-            return f"has no model for {channels}-channel images{at} (it has: {available})"
+            levels = sorted(s for c, s in self.members if c == channels and s is not None)
+            if levels:
+                shown = ", ".join(f"{s:g}" for s in levels)
+                return f"has {channels}-channel models for sigma {shown} only"
+            shown = ", ".join(sorted({f"{c}-channel" for c, _ in self.members}))
+            return f"has no {channels}-channel model (only {shown})"
         return member.supports(channels, None if member.blind else sigma)
 
     def denoise(self, noisy: Tensor, sigma: float | None) -> Tensor:
@@ -261,7 +260,7 @@ def find_dataset(
     return Dataset(name, root, tuple(items[:limit] if limit else items), paired)
 
 
-def read_image(path: str | os.PathLike) -> Tensor:
+def _read_image(path: str | os.PathLike) -> Tensor:
     """Reads an 8-bit grey or colour image as a (1, C, H, W) float32 tensor in [0, 1]."""
     with Image.open(path) as image:
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
@@ -341,9 +340,9 @@ def _sigma_rows(dataset: Dataset, sigmas: Sequence[float]) -> list[float | None]
 
 
 def _load_pair(item: ImageItem, sigma: float | None, seed: int) -> tuple[Tensor, Tensor]:
-    clean = read_image(item.clean)
+    clean = _read_image(item.clean)
     if item.noisy is not None:
-        noisy = read_image(item.noisy)
+        noisy = _read_image(item.noisy)
         if noisy.shape != clean.shape:
             raise ValueError(
                 f"noisy image {tuple(noisy.shape[1:])} and clean {tuple(clean.shape[1:])} "
@@ -541,13 +540,14 @@ def markdown_table(evaluation: Evaluation) -> str:
     if partial:
         lines += ["", "\\* mean over the images that succeeded; see the failures."]
     if evaluation.not_applicable:
+        grouped: dict[tuple[str, str, str], list[str]] = {}
+        for (dataset, sigma, method), reason in evaluation.not_applicable.items():
+            label = "" if sigma is None else f"{sigma:g}"
+            grouped.setdefault((method, dataset, reason), []).append(label)
         lines += ["", "Not applicable (-):"]
-        lines += [
-            f"- {method} on {dataset}"
-            + ("" if sigma is None else f" at sigma {sigma:g}")
-            + f": {reason}"
-            for (dataset, sigma, method), reason in evaluation.not_applicable.items()
-        ]
+        for (method, dataset, reason), labels in grouped.items():
+            at = ", ".join(filter(None, labels))
+            lines.append(f"- {method} on {dataset}{f' (sigma {at})' if at else ''}: {reason}")
     if evaluation.failures:
         lines += ["", f"Failures: {len(evaluation.failures)} (listed in results.json)."]
     return "\n".join(lines) + "\n"
@@ -638,6 +638,10 @@ def load_denoiser(
     (:func:`fdn.baselines.save_dncnn`). Anything else is read as a reference state_dict with
     ``weights_only=True``: FFDNet (IPOL) or DnCNN (DnCNN-PyTorch, KAIR) by its key layout.
     """
+    from fdn.pretrained import available_models, load_pretrained
+
+    if not Path(path).exists() and str(path) in available_models():
+        return FDNDenoiser(load_pretrained(str(path), device), name or str(path))
     path = Path(path)
     name = name or path.name.split(".")[0]
     if path.suffix == ".safetensors":
@@ -727,12 +731,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``fdn eval`` options to ``parser`` (run them with :func:`run_eval`)."""
     parser.add_argument(
         "--model",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="[NAME[@SIGMA]=]PATH",
-        help="a model file: FDN or DnCNN .safetensors, or a DnCNN/FFDNet reference .pth; "
-        "repeat it. Files with the same NAME form one column; @SIGMA marks a model for that "
-        "noise level only (default: the file name, used at every sigma)",
+        help="model files: FDN or DnCNN .safetensors, or DnCNN/FFDNet reference .pth files. "
+        "Files with the same NAME form one column; @SIGMA marks a model for that noise level "
+        "only (default: the file name, used at every sigma)",
     )
     parser.add_argument(
         "--baselines",

@@ -112,12 +112,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
         raise ModelFileError(path, "no such file" if not path.exists() else "not a file")
     try:
         with path.open("rb") as stream:
-            head = stream.read(8)
+            head = stream.read(9)
     except OSError as error:
         raise ModelFileError(path, f"cannot read ({error.strerror})") from None
     if not head:
         raise ModelFileError(path, "empty file")
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC):
+    # A safetensors file is an 8-byte header length, then a JSON header that opens with "{";
+    # its first byte can be anything (0x80 included), so sniff for checkpoints only without it.
+    looks_like_checkpoint = head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)
+    if looks_like_checkpoint and head[8:9] != b"{":
         raise ModelFileError(
             path,
             "looks like a torch.save checkpoint (pickle/zip); fdn only loads safetensors "
