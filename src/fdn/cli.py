@@ -258,6 +258,17 @@ def _eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from fdn.compare import build_methods, compare
+
+    methods = build_methods(args.methods, args.weights, _resolve_device(args.device))
+    figure, scores = compare(args.image, methods, args.sigma, args.out, args.inset)
+    for label, score in scores:
+        print(f"{label:24s} {score:6.2f} dB")
+    print(f"figure: {figure}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fdn", description="Flow-based image denoising (FDN, Liu et al. 2022)."
@@ -350,6 +361,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_eval_arguments(evaluate)
     evaluate.set_defaults(run=_eval)
+
+    compare = commands.add_parser(
+        "compare",
+        help="a figure: clean, noisy and each method's result with PSNR and a zoomed inset",
+        description=(
+            "Noise a clean image (fixed seed), denoise it with each method, and write a strip "
+            "of panels with PSNR under each and the same zoomed inset, placed where the "
+            "methods differ most unless --inset TOP LEFT is given."
+        ),
+    )
+    compare.add_argument("image", help="a clean image")
+    compare.add_argument(
+        "--methods",
+        type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
+        default=["fdn:fdn-color-blind", "bm3d", "ffdnet"],
+        metavar="LIST",
+        help="comma-separated: fdn:MODEL (bundled name or file), bm3d, nlm, dncnn, "
+        "dncnn-b, ffdnet (default: fdn:fdn-color-blind,bm3d,ffdnet)",
+    )
+    compare.add_argument("--sigma", type=float, default=50, help="AWGN sigma (default 50)")
+    compare.add_argument("--out", required=True, help="the PNG to write")
+    compare.add_argument("--inset", nargs=2, type=_non_negative_int, metavar=("TOP", "LEFT"))
+    compare.add_argument(
+        "--weights",
+        default="../shared/peer-weights",
+        help="reference weights folder for dncnn/ffdnet",
+    )
+    compare.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    compare.set_defaults(run=_compare)
 
     demo = commands.add_parser(
         "demo",
