@@ -41,7 +41,7 @@ from fdn.baselines import (
     load_peer_dncnn,
     load_peer_ffdnet,
 )
-from fdn.baselines.dncnn import read_state_dict
+from fdn.baselines.dncnn import ModuleDenoiser, read_state_dict
 from fdn.metrics import psnr, ssim
 from fdn.model import FDN
 from fdn.noise import add_gaussian_noise, noise_seed
@@ -99,7 +99,7 @@ class Denoiser(Protocol):
         ...
 
 
-class FDNDenoiser:
+class FDNDenoiser(ModuleDenoiser):
     r"""An FDN model as a :class:`Denoiser`: blind (it takes no sigma).
 
     Arguments:
@@ -107,22 +107,8 @@ class FDNDenoiser:
         name: the method's name in tables.
     """
 
-    blind = True
-
     def __init__(self, model: FDN, name: str = "FDN") -> None:
-        self.model = model.eval()
-        self.name = name
-        self.channels = model.config.in_channels
-
-    def supports(self, channels: int, sigma: float | None) -> str | None:
-        if channels != self.channels:
-            return f"takes {self.channels}-channel images, not {channels}-channel ones"
-        return None
-
-    def denoise(self, noisy: Tensor, sigma: float | None = None) -> Tensor:
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            return self.model.denoise(noisy.to(device)).cpu()
+        super().__init__(model, name)
 
 
 class DenoiserSet:

@@ -15,7 +15,14 @@ from safetensors.torch import save_file
 from fdn._version import __version__
 from fdn.model import FDN, FDNConfig
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "load_model", "save_model"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "check_tensors",
+    "load_model",
+    "save_model",
+]
 
 FORMAT = "fdn.model"
 FORMAT_VERSION = "1"
@@ -134,8 +141,22 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
         raise ModelFileError(path, f"truncated or corrupt safetensors file ({error})") from None
 
     model = FDN.from_config(config)
+    check_tensors(model, tensors, path, what=" for its config")
+    model.load_state_dict(tensors)
+    return model.to(device).eval()
+
+
+def check_tensors(
+    model: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    optional: frozenset[str] = frozenset(),
+    what: str = "",
+) -> None:
+    """Raises :class:`ModelFileError` unless ``tensors`` has exactly ``model``'s state-dict
+    names (``optional`` ones may be absent), with the same shapes and kinds of dtype."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
+    missing = sorted(set(expected) - set(tensors) - optional)
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
         parts = []
@@ -143,7 +164,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
             parts.append(f"missing tensors {_preview(missing)}")
         if extra:
             parts.append(f"unexpected tensors {_preview(extra)}")
-        raise ModelFileError(path, "; ".join(parts) + " for its config")
+        raise ModelFileError(path, "; ".join(parts) + what)
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape:
             raise ModelFileError(
@@ -153,8 +174,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
             )
         if tensor.dtype.is_floating_point != expected[name].dtype.is_floating_point:
             raise ModelFileError(path, f"tensor {name} has dtype {tensor.dtype}")
-    model.load_state_dict(tensors)
-    return model.to(device).eval()
 
 
 def _preview(names: list[str], limit: int = 3) -> str:

@@ -30,12 +30,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from fdn.serialization import ModelFileError
+from fdn.serialization import ModelFileError, check_tensors
 
 __all__ = [
     "DnCNN",
     "DnCNNConfig",
     "DnCNNDenoiser",
+    "ModuleDenoiser",
     "conv_weights",
     "load_dncnn",
     "load_exact",
@@ -141,8 +142,9 @@ class DnCNN(nn.Module):
         return (noisy - self(noisy)).clamp(0, 1)
 
 
-class DnCNNDenoiser:
-    r"""One DnCNN as a :class:`fdn.evaluation.Denoiser`: it ignores sigma.
+class ModuleDenoiser:
+    r"""A blind network with a ``denoise(noisy)`` method and a ``config.in_channels``, as a
+    :class:`fdn.evaluation.Denoiser` (shared by DnCNN and FDN).
 
     Arguments:
         model: the network; it is put in eval mode.
@@ -151,9 +153,7 @@ class DnCNNDenoiser:
 
     blind = True
 
-    def __init__(self, model: DnCNN, name: str = "DnCNN") -> None:
-        if model.config.out_channels != model.config.in_channels:
-            raise ValueError("a DnCNN denoiser needs as many output channels as input ones")
+    def __init__(self, model: nn.Module, name: str) -> None:
         self.model = model.eval()
         self.name = name
         self.channels = model.config.in_channels
@@ -167,6 +167,20 @@ class DnCNNDenoiser:
         device = next(self.model.parameters()).device
         with torch.no_grad():
             return self.model.denoise(noisy.to(device)).cpu()
+
+
+class DnCNNDenoiser(ModuleDenoiser):
+    r"""One DnCNN as a :class:`fdn.evaluation.Denoiser`: it ignores sigma.
+
+    Arguments:
+        model: the network; it is put in eval mode.
+        name: the method's name in tables.
+    """
+
+    def __init__(self, model: DnCNN, name: str = "DnCNN") -> None:
+        if model.config.out_channels != model.config.in_channels:
+            raise ValueError("a DnCNN denoiser needs as many output channels as input ones")
+        super().__init__(model, name)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -193,24 +207,8 @@ def load_exact(model: nn.Module, tensors: dict[str, Tensor], path: str | os.Path
 
     BatchNorm's ``num_batches_tracked`` counters may be absent (old files lack them).
     """
-    expected = model.state_dict()
-    optional = {name for name in expected if name.endswith("num_batches_tracked")}
-    missing = sorted(set(expected) - set(tensors) - optional)
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {_preview(missing)}")
-        if extra:
-            parts.append(f"unexpected tensors {_preview(extra)}")
-        raise ModelFileError(path, "; ".join(parts))
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise ModelFileError(
-                path,
-                f"tensor {name} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[name].shape)}",
-            )
+    optional = frozenset(n for n in model.state_dict() if n.endswith("num_batches_tracked"))
+    check_tensors(model, tensors, path, optional)
     model.load_state_dict(tensors, strict=False)
 
 
