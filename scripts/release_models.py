@@ -6,7 +6,8 @@ its SHA-256 is recorded, and ``models.json`` gets the record of how it was train
 
 Run: ``python scripts/release_models.py NAME=RUN_DIR [NAME=RUN_DIR ...] --check-data DIR``
 where the check set is clean images noised at sigma 25 from a fixed seed (centre crops).
-Measured PSNR tables are added to the record afterwards with ``--psnr NAME=results.json``.
+Measured PSNRs are added to the record afterwards with ``--psnr NAME=results.json`` (an
+``fdn eval --out`` results file that has NAME as a method).
 """
 
 from __future__ import annotations
@@ -117,7 +118,11 @@ def main() -> None:
         )
     for entry in args.psnr:
         name, results = entry.split("=", 1)
-        table[name]["psnr"] = json.loads(Path(results).read_text())
+        record = table[name].setdefault("psnr_db", {})
+        for row in json.loads(Path(results).read_text())["means"]:
+            if row["method"] == name:
+                sigma = f"sigma{row['sigma']:g}"
+                record.setdefault(row["dataset"], {})[sigma] = round(row["psnr"], 2)
     table_path.write_text(json.dumps(table, indent=2) + "\n")
 
 
