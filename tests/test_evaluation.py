@@ -369,3 +369,47 @@ def test_fdn_eval_runs_from_the_command_line_with_a_bundled_model(tmp_path, caps
     assert main(argv) == 0
     table = (tmp_path / "out" / "table.md").read_text()
     assert "fdn-color-blind" in table and "| set | 25 |" in table
+
+
+def test_ensemble_flag_wraps_every_method(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fdn.cli import main
+    from fdn.evaluation import EnsembleDenoiser
+
+    class Blur:
+        name, blind = "blur", True
+
+        def supports(self, channels, sigma):
+            return None
+
+        def denoise(self, noisy, sigma):
+            padded = torch.nn.functional.pad(noisy, (1, 1, 1, 1), mode="replicate")
+            return torch.nn.functional.avg_pool2d(padded, 3, stride=1)
+
+    x = torch.rand(1, 3, 9, 7)
+    wrapped = EnsembleDenoiser(Blur())
+    assert wrapped.name == "blur x8" and wrapped.blind
+    assert torch.allclose(wrapped.denoise(x, None), Blur().denoise(x, None), atol=1e-6)
+
+    data = tmp_path / "set"
+    data.mkdir()
+    image = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    Image.fromarray(image).save(data / "a.png")
+    argv = [
+        "eval",
+        "--model",
+        "fdn-color-blind",
+        "--ensemble",
+        "--data",
+        str(data),
+        "--sigma",
+        "25",
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    assert "fdn-color-blind x8" in (tmp_path / "out" / "table.md").read_text()

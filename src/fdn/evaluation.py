@@ -111,6 +111,28 @@ class FDNDenoiser(ModuleDenoiser):
         super().__init__(model, name)
 
 
+class EnsembleDenoiser:
+    r"""Any :class:`Denoiser` with the x8 self-ensemble: its results on the eight flips and
+    rotations of the noisy image, transformed back and averaged. Named ``"NAME x8"``.
+
+    Arguments:
+        inner: the method to ensemble.
+    """
+
+    def __init__(self, inner: Denoiser) -> None:
+        self.inner = inner
+        self.name = f"{inner.name} x8"
+        self.blind = inner.blind
+
+    def supports(self, channels: int, sigma: float | None) -> str | None:
+        return self.inner.supports(channels, sigma)
+
+    def denoise(self, noisy: Tensor, sigma: float | None) -> Tensor:
+        from fdn.ensemble import self_ensemble
+
+        return self_ensemble(lambda x: self.inner.denoise(x, sigma), noisy)
+
+
 class DenoiserSet:
     r"""One table column made of several models, each for a channel count and a sigma.
 
@@ -761,6 +783,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="x8 self-ensemble (flips and rotations, averaged) for every method",
+    )
+    parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
 
@@ -780,6 +807,8 @@ def run_eval(args: argparse.Namespace) -> int:
     denoisers += _models_from_specs(args.model, args.device)
     if not denoisers:
         raise ValueError("nothing to evaluate: give --model and/or --baselines")
+    if args.ensemble:
+        denoisers = [EnsembleDenoiser(d) for d in denoisers]
     datasets = [find_dataset(root, args.paired, args.limit) for root in args.data]
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
