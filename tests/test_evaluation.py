@@ -341,7 +341,9 @@ def test_every_method_satisfies_the_denoiser_protocol():
         assert isinstance(method.name, str) and isinstance(method.blind, bool)
 
 
-def test_fdn_eval_runs_from_the_command_line_with_a_bundled_model(tmp_path, capsys):
+def _eval_bundled_colour_model(tmp_path, *flags):
+    """Runs ``fdn eval --model fdn-color-blind FLAGS`` on two small generated images at
+    sigma 25; returns the table it wrote."""
     import numpy as np
     from PIL import Image
 
@@ -354,29 +356,20 @@ def test_fdn_eval_runs_from_the_command_line_with_a_bundled_model(tmp_path, caps
         ramp = np.add.outer(np.arange(24), np.arange(20))[:, :, None] * [4, 3, 2]
         image = np.clip(ramp + rng.integers(0, 20, (24, 20, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(image).save(data / f"{i}.png")
-    argv = [
-        "eval",
-        "--model",
-        "fdn-color-blind",
-        "--data",
-        str(data),
-        "--sigma",
-        "25",
-        "--out",
-        str(tmp_path / "out"),
-        "--no-progress",
-    ]
-    assert main(argv) == 0
-    table = (tmp_path / "out" / "table.md").read_text()
+    out = tmp_path / "out"
+    argv = ["eval", "--model", "fdn-color-blind", *flags, "--data", str(data), "--sigma", "25"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    return (out / "table.md").read_text()
+
+
+def test_fdn_eval_runs_from_the_command_line_with_a_bundled_model(tmp_path):
+    table = _eval_bundled_colour_model(tmp_path)
     assert "fdn-color-blind" in table and "| set | 25 |" in table
 
 
 def test_ensemble_flag_wraps_every_method(tmp_path):
-    import numpy as np
     import torch
-    from PIL import Image
 
-    from fdn.cli import main
     from fdn.evaluation import EnsembleDenoiser
 
     class Blur:
@@ -394,22 +387,4 @@ def test_ensemble_flag_wraps_every_method(tmp_path):
     assert wrapped.name == "blur x8" and wrapped.blind
     assert torch.allclose(wrapped.denoise(x, None), Blur().denoise(x, None), atol=1e-6)
 
-    data = tmp_path / "set"
-    data.mkdir()
-    image = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
-    Image.fromarray(image).save(data / "a.png")
-    argv = [
-        "eval",
-        "--model",
-        "fdn-color-blind",
-        "--ensemble",
-        "--data",
-        str(data),
-        "--sigma",
-        "25",
-        "--out",
-        str(tmp_path / "out"),
-        "--no-progress",
-    ]
-    assert main(argv) == 0
-    assert "fdn-color-blind x8" in (tmp_path / "out" / "table.md").read_text()
+    assert "fdn-color-blind x8" in _eval_bundled_colour_model(tmp_path, "--ensemble")
