@@ -18,13 +18,14 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from fdn.atomic import atomic_write
 
 __all__ = ["EXTENSIONS", "ImageFile", "ImageFileError", "read_image", "write_image"]
 
@@ -258,24 +259,7 @@ def write_image(path: str | os.PathLike, source: ImageFile, pixels: np.ndarray) 
         writer = _tiff16_writer(path, source, array)
     else:
         writer = _pillow_writer(source, array)
-    _atomic_write(path, writer)
-    return path
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp_path, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    return atomic_write(path, writer)
 
 
 def _png16_writer(source: ImageFile, array: np.ndarray) -> Callable[[Path], None]:

@@ -8,16 +8,16 @@ file and renamed, so a write killed midway never replaces the last good one.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fdn.atomic import atomic_write
 
 __all__ = [
     "atomic_torch_save",
@@ -31,14 +31,7 @@ __all__ = [
 
 
 def atomic_torch_save(payload: dict, path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _as_tensor(value: object) -> torch.Tensor:

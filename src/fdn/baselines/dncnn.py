@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from fdn.atomic import atomic_write
 from fdn.serialization import ModelFileError, check_tensors
 
 __all__ = [
@@ -258,17 +259,15 @@ def load_peer_dncnn(path: str | os.PathLike) -> DnCNN:
 
 
 def save_dncnn(model: DnCNN, path: str | os.PathLike) -> Path:
-    """Writes ``model`` as safetensors with its config in the metadata; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes ``model`` as safetensors with its config in the metadata, atomically; returns
+    the path."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": json.dumps(model.config.to_dict()),
     }
-    save_file(tensors, path, metadata=metadata)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_dncnn(path: str | os.PathLike) -> DnCNN:
