@@ -11,7 +11,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fdn.denoising import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, denoise_image
+from fdn.denoising import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    denoise_image,
+    effective_tile,
+)
 from fdn.images import EXTENSIONS, ImageFileError, read_image, write_image
 from fdn.model import FDN
 
@@ -130,7 +136,7 @@ def denoise_files(
             for note in image.notes:
                 report(f"{job.source}: {note}")
             height, width = image.pixels.shape[:2]
-            if tile is None and max_pixels is not None and height * width > max_pixels:
+            if tile is None and effective_tile(height, width, tile, max_pixels) is not None:
                 report(
                     f"{job.source}: {height * width / 1e6:.1f} MP is above the "
                     f"{max_pixels / 1e6:.1f} MP budget, denoising in {DEFAULT_TILE}px tiles"

@@ -11,7 +11,14 @@ from tqdm.auto import tqdm
 
 from fdn.model import FDN
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_TILE", "denoise_image", "denoise_tensor", "tile_spans"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_TILE",
+    "denoise_image",
+    "denoise_tensor",
+    "effective_tile",
+    "tile_spans",
+]
 
 # Above this many pixels an image is denoised in tiles: a whole-image denoise peaks at about
 # 460 bytes per pixel on top of the process (benchmarks/denoise_speed.py measures it), so
@@ -104,6 +111,16 @@ def denoise_tensor(
     return torch.from_numpy(out / total).to(image.dtype)
 
 
+def effective_tile(
+    height: int, width: int, tile: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> int | None:
+    """The tile size a denoise uses: ``tile`` if given, else :data:`DEFAULT_TILE` for an
+    image above ``max_pixels`` pixels, else None (the whole image at once)."""
+    if tile is None and max_pixels is not None and height * width > max_pixels:
+        return DEFAULT_TILE
+    return tile
+
+
 def _to_unit_float(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255
@@ -167,8 +184,7 @@ def denoise_image(
         colour, alpha = colour[:, :, :-1], colour[:, :, -1:]
     unit = torch.from_numpy(_to_unit_float(colour)).permute(2, 0, 1)  # (C, H, W)
     height, width = unit.shape[1:]
-    if tile is None and max_pixels is not None and height * width > max_pixels:
-        tile = DEFAULT_TILE
+    tile = effective_tile(height, width, tile, max_pixels)
     model_channels = model.config.in_channels
     channels = unit.shape[0]
     if channels == model_channels:
