@@ -3,6 +3,7 @@ r"""FDN: flow-based image denoising (Liu et al., 2022), as a tested PyTorch libr
 from fdn._version import __version__
 from fdn.denoising import denoise_image
 from fdn.model import FDN, FDNConfig
+from fdn.runtime import tune_allocator
 from fdn.serialization import ModelFileError, load_model, save_model
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "denoise_image",
     "load_model",
     "save_model",
+    "tune_allocator",
 ]

@@ -226,27 +226,36 @@ def _bench(args: argparse.Namespace) -> int:
 
     device = _resolve_device(args.device)
     say = None if args.json else (lambda line: print(line, file=sys.stderr))
-    report = bench(args.sizes, device, args.threads, args.repeats, say=say)
+    report = bench(
+        args.sizes,
+        device,
+        args.threads,
+        args.repeats,
+        say=say,
+        tune_allocator=not args.default_allocator,
+    )
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(
         f"device: {report['device_name']} ({device}), {args.threads} thread(s), "
-        f"median of {args.repeats}"
+        f"median of {args.repeats}, {report['allocator']} malloc"
     )
     for method, facts in report["models"].items():
         print(
             f"{method:6s} {facts['parameters']:>10,} parameters, "
             f"{facts['gflops_256']:.2f} GFLOPs (MACs) per 256x256"
         )
-    print(f"{'method':8s} {'size':>6s} {'seconds':>9s} {'peak MB':>9s}")
+    print(f"{'method':8s} {'size':>6s} {'seconds':>9s} {'GMACs/s':>9s} {'peak MB':>9s}")
     for row in report["results"]:
+        rate = row.get("gmacs_per_second")
         print(
             f"{row['method']:8s} {row['size']:>6d} {row['seconds']:>9.3f} "
-            f"{row['peak_memory_mb']:>9.0f}"
+            f"{'-' if rate is None else f'{rate:.1f}':>9s} {row['peak_memory_mb']:>9.0f}"
         )
     for size, ratio in report["fdn_over_dncnn_time"].items():
         print(f"FDN / DnCNN time at {size}: {ratio:.2f}")
+    print(f"FDN / DnCNN multiply-accumulates: {report['fdn_over_dncnn_macs']:.2f}")
     for note in report["notes"]:
         print(note)
     return 0
@@ -442,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_positive_int, default=1, help="torch threads (1)")
     bench.add_argument("--repeats", type=_positive_int, default=3, help="timed runs (3)")
     bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's malloc untuned (see fdn.runtime), to measure what it costs",
+    )
     bench.set_defaults(run=_bench)
 
     ablate = commands.add_parser(
@@ -470,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
+    from fdn.runtime import tune_allocator
+
+    tune_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -198,9 +198,19 @@ class FDN(SequentialFlow):
 
         On CPU, oneDNN's convolutions run the whole denoise in about 0.65x the time in NHWC
         (measured at 256x256, one thread), with identical outputs; the weights are converted
-        once. Other rearrangements were measured and dropped: running g2 and g3 as one
-        two-group convolution block took 1.6x the time on CPU, and folding ActNorm into the
-        1x1 convolution saved about 3%, within the noise.
+        once. What remains is convolution time, most of it near the CPU's peak rate (about
+        124 GMAC/s per core on the 2-core x86 machine this was measured on), plus about 10%
+        in the Dense Blocks' concatenations; the last convolutions of the Dense Blocks, with
+        3 or 9 outputs, cost as much as 16 outputs (oneDNN's smallest block).
+
+        Measured and dropped, each against this path with paired runs (one thread, 256x256,
+        page faults removed as in :mod:`fdn.runtime`): a separate inference form with ActNorm
+        folded into the 1x1 convolutions, log-dets skipped and g2's and g3's first
+        convolutions merged (equal within 1%); ``torch.compile`` with inductor and freezing
+        (59 s to compile, 1.15x slower); TorchScript freeze + ``optimize_for_inference``
+        (2.6x slower); each Dense Block writing into one preallocated buffer instead of
+        concatenating (3% slower: oneDNN copies a strided input anyway); g2 and g3 as one
+        two-group convolution block (1.6x slower).
         """
         if not self._channels_last:
             self.to(memory_format=torch.channels_last)
