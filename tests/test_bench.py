@@ -11,6 +11,7 @@ def test_bench_json_has_every_field(capsys):
         "device_name",
         "threads",
         "allocator",
+        "precision",
         "models",
         "results",
         "fdn_over_dncnn_time",

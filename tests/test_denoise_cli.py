@@ -195,3 +195,20 @@ def test_ensemble_flag(tmp_path, model_file):
     assert main(argv) == 0
     a, b = read_image(plain / "rgb.png").pixels, read_image(ensembled / "rgb.png").pixels
     assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+def test_precision_flag(tmp_path, model_file, capsys):
+    inputs = make_inputs(tmp_path / "in")
+    source = str(inputs / "rgb16.png")
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        argv = ["denoise", source, "-o", str(out), "--model", str(model_file)]
+        assert main([*argv, "--precision", precision]) == 0
+        outputs[precision] = read_image(out / "rgb16.png").pixels.astype(np.int64)
+    difference = np.abs(outputs["bf16"] - outputs["fp32"])
+    assert difference.max() > 0 and difference.mean() < 0.005 * 65535
+    argv = ["denoise", source, "-o", str(tmp_path / "x"), "--model", str(model_file)]
+    with pytest.raises(SystemExit):
+        main([*argv, "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err

@@ -388,3 +388,11 @@ def test_ensemble_flag_wraps_every_method(tmp_path):
     assert torch.allclose(wrapped.denoise(x, None), Blur().denoise(x, None), atol=1e-6)
 
     assert "fdn-color-blind x8" in _eval_bundled_colour_model(tmp_path, "--ensemble")
+
+
+def test_precision_flag_is_recorded_with_the_results(tmp_path):
+    import json
+
+    _eval_bundled_colour_model(tmp_path, "--precision", "bf16")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["settings"]["precision"] == "bf16"

@@ -118,6 +118,7 @@ def denoise_files(
     progress: bool = True,
     report: Callable[[str], None] = print,
     ensemble: bool = False,
+    precision: str = "fp32",
 ) -> BatchResult:
     """Denoises each job's file into its target; a bad file is reported and skipped.
 
@@ -143,7 +144,7 @@ def denoise_files(
                 )
             chosen = model if isinstance(model, FDN) else model(image.pixels.shape[2])
             denoised = denoise_image(
-                image.pixels, chosen, tile, overlap, max_pixels, progress, ensemble
+                image.pixels, chosen, tile, overlap, max_pixels, progress, ensemble, precision
             )
             write_image(job.target, image, denoised)
         except (ImageFileError, ValueError, OSError) as error:

@@ -63,10 +63,17 @@ def _rss_bytes() -> int:
 
 
 def measure(
-    method: str, size: int, device: str, threads: int, repeats: int, tune_allocator: bool = True
+    method: str,
+    size: int,
+    device: str,
+    threads: int,
+    repeats: int,
+    tune_allocator: bool = True,
+    precision: str = "fp32",
 ) -> dict:
     """Times one method at one size in this process; returns a JSON-ready dict."""
     from fdn import runtime
+    from fdn.denoising import precision_context
 
     if tune_allocator:
         runtime.tune_allocator()
@@ -87,7 +94,7 @@ def measure(
             base = torch.cuda.memory_allocated()
 
         def run() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), precision_context(precision, device):
                 model.denoise(noisy)
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -112,9 +119,17 @@ def measure(
 
 
 def _in_subprocess(
-    method: str, size: int, device: str, threads: int, repeats: int, tune_allocator: bool
+    method: str,
+    size: int,
+    device: str,
+    threads: int,
+    repeats: int,
+    tune_allocator: bool,
+    precision: str,
 ) -> dict:
-    arguments = f"{method!r}, {size}, {device!r}, {threads}, {repeats}, {tune_allocator}"
+    arguments = (
+        f"{method!r}, {size}, {device!r}, {threads}, {repeats}, {tune_allocator}, {precision!r}"
+    )
     code = f"import json; from fdn.bench import measure; print(json.dumps(measure({arguments})))"
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -136,6 +151,7 @@ def bench(
     with_bm3d: bool = True,
     say: object = None,
     tune_allocator: bool = True,
+    precision: str = "fp32",
 ) -> dict:
     """Times FDN, DnCNN and (when installed and on CPU) BM3D at each size."""
     from fdn.info import count_parameters
@@ -154,7 +170,9 @@ def bench(
         for method in methods:
             if say:
                 say(f"timing {method} at {size}x{size} ...")
-            rows.append(_in_subprocess(method, size, device, threads, repeats, tune_allocator))
+            rows.append(
+                _in_subprocess(method, size, device, threads, repeats, tune_allocator, precision)
+            )
     models = {
         method: {
             "parameters": count_parameters(_model(method, "cpu")),
@@ -175,6 +193,7 @@ def bench(
         "device_name": device_name(device),
         "threads": threads,
         "repeats": repeats,
+        "precision": precision,
         "allocator": "tuned" if all(row["allocator"] == "tuned" for row in rows) else "default",
         "torch": torch.__version__,
         "models": models,

@@ -116,6 +116,7 @@ def _denoise(args: argparse.Namespace) -> int:
         progress=progress,
         report=report,
         ensemble=args.ensemble,
+        precision=args.precision,
     )
     summary = f"{result.denoised} denoised, {result.failed} failed -> {args.output}"
     print(summary, file=sys.stderr if result.failed else sys.stdout)
@@ -233,13 +234,14 @@ def _bench(args: argparse.Namespace) -> int:
         args.repeats,
         say=say,
         tune_allocator=not args.default_allocator,
+        precision=args.precision,
     )
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(
         f"device: {report['device_name']} ({device}), {args.threads} thread(s), "
-        f"median of {args.repeats}, {report['allocator']} malloc"
+        f"median of {args.repeats}, {report['allocator']} malloc, {args.precision}"
     )
     for method, facts in report["models"].items():
         print(
@@ -354,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="x8 self-ensemble: average over flips and rotations (8x slower, often better)",
     )
+    denoise.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: bfloat16 convolutions, ~1.5x faster on CPUs with AVX-512 BF16/AMX and "
+        "on GPUs, within 0.01 dB; slower on CPUs without them (default: fp32)",
+    )
     denoise.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     denoise.set_defaults(run=_denoise)
 
@@ -455,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--default-allocator",
         action="store_true",
         help="leave glibc's malloc untuned (see fdn.runtime), to measure what it costs",
+    )
+    bench.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: both networks' convolutions in bfloat16 (BM3D is unaffected)",
     )
     bench.set_defaults(run=_bench)
 

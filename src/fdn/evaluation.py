@@ -42,6 +42,7 @@ from fdn.baselines import (
     load_peer_ffdnet,
 )
 from fdn.baselines.dncnn import ModuleDenoiser, read_state_dict
+from fdn.denoising import precision_context
 from fdn.metrics import psnr, ssim
 from fdn.model import FDN
 from fdn.noise import add_gaussian_noise, noise_seed
@@ -788,6 +789,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="x8 self-ensemble (flips and rotations, averaged) for every method",
     )
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: every network's convolutions in bfloat16 (default: fp32)",
+    )
+    parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
 
@@ -814,7 +821,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"data set folders must have distinct names, got {names}")
     sigmas = args.sigma if args.sigma is not None else ([] if args.paired else DEFAULT_SIGMAS)
-    evaluation = evaluate(denoisers, datasets, sigmas, args.seed, args.progress)
+    with precision_context(args.precision, args.device):
+        evaluation = evaluate(denoisers, datasets, sigmas, args.seed, args.progress)
     evaluation.settings = {
         "data": [str(d.root) for d in datasets],
         "images": {d.name: len(d.items) for d in datasets},
@@ -825,6 +833,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "methods": [d.name for d in denoisers],
         "models": list(args.model),
         "device": args.device,
+        "precision": args.precision,
         "fdn": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
