@@ -317,3 +317,28 @@ def test_two_independent_dncnn_25_files_agree():
         for name in ("DnCNN-S-25", "KAIR-DnCNN-25")
     ]
     assert scores[0] == pytest.approx(scores[1], abs=0.2)
+
+
+@pytest.mark.parametrize("network", ["dncnn", "ffdnet"])
+def test_channels_last_inference_equals_the_plain_path(network):
+    # denoise() runs channels-last in eval mode (fdn.runtime.channels_last), as FDN does, so
+    # that fdn bench compares like with like; the result must not change.
+    if network == "dncnn":
+        model = randomized(DnCNN(in_channels=3, depth=5, features=16))
+        plain = lambda x: (x - model(x)).clamp(0, 1)  # noqa: E731
+        fast = model.denoise
+    else:
+        model = randomized(FFDNet(in_channels=3, depth=5, features=16))
+        plain = lambda x: (x - model(x, 30.0)).clamp(0, 1)  # noqa: E731
+        fast = lambda x: model.denoise(x, 30.0)  # noqa: E731
+    noisy = torch.rand(2, 3, 18, 22)
+    with torch.no_grad():
+        expected = plain(noisy)
+        got = fast(noisy)
+    assert any(
+        p.dim() == 4
+        and p.is_contiguous(memory_format=torch.channels_last)
+        and not p.is_contiguous()
+        for p in model.parameters()
+    )
+    assert (got - expected).abs().max() < 1e-5

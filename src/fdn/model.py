@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fdn.layers import ActNorm, AffineCoupling, InvConv1x1, SequentialFlow, Squeeze
+from fdn.runtime import channels_last
 
 __all__ = ["FDN", "DownscaleFlowBlock", "FDNConfig", "StepOfFlow"]
 
@@ -165,7 +166,6 @@ class FDN(SequentialFlow):
         )
         super().__init__(*blocks)
         self.config = config
-        self._channels_last = False
 
     @classmethod
     def from_config(cls, config: FDNConfig) -> FDN:
@@ -214,10 +214,7 @@ class FDN(SequentialFlow):
         full-size blocks only); g2 and g3 as one two-group convolution block (1.6x slower).
         See ``docs/performance.md``.
         """
-        if not self._channels_last:
-            self.to(memory_format=torch.channels_last)
-            self._channels_last = True
-        return y.contiguous(memory_format=torch.channels_last)
+        return channels_last(self, y)
 
     def denoise(self, y: Tensor) -> Tensor:
         """Denoises a batch of any size: pad, encode, disentangle, decode, crop, clamp to [0, 1].

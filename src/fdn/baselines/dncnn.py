@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fdn.atomic import atomic_write
+from fdn.runtime import channels_last
 from fdn.serialization import ModelFileError, check_tensors
 
 __all__ = [
@@ -139,7 +140,9 @@ class DnCNN(nn.Module):
         return self.layers(noisy)
 
     def denoise(self, noisy: Tensor) -> Tensor:
-        """``noisy`` minus the predicted noise, clamped to [0, 1]."""
+        """``noisy`` minus the predicted noise, clamped to [0, 1] (channels-last in eval mode)."""
+        if not self.training:
+            noisy = channels_last(self, noisy)
         return (noisy - self(noisy)).clamp(0, 1)
 
 

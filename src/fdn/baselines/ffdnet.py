@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fdn.baselines.dncnn import DnCNN, conv_weights, load_exact, read_state_dict
+from fdn.runtime import channels_last
 from fdn.serialization import ModelFileError
 
 __all__ = ["FFDNet", "FFDNetDenoiser", "load_peer_ffdnet"]
@@ -72,9 +73,14 @@ class FFDNet(nn.Module):
         return F.pixel_shuffle(self.body(features), 2)
 
     def denoise(self, noisy: Tensor, sigma: float | Tensor) -> Tensor:
-        """Denoises any size: odd sizes are padded by repeating the last row / column."""
+        """Denoises any size: odd sizes are padded by repeating the last row / column.
+
+        In eval mode it runs channels-last (:func:`fdn.runtime.channels_last`).
+        """
         height, width = noisy.shape[-2:]
         padded = F.pad(noisy, (0, width % 2, 0, height % 2), mode="replicate")
+        if not self.training:
+            padded = channels_last(self, padded)
         denoised = padded - self(padded, sigma)
         return denoised[..., :height, :width].clamp(0, 1)
 
