@@ -57,3 +57,13 @@ def make_images(root, counts=(("train", 6), ("val", 2)), size=(40, 36), seed=0):
             image = np.clip(base + noise, 0, 255).astype(np.uint8)
             Image.fromarray(image).save(root / split / f"img{i}.png")
     return root
+
+
+def has_channels_last_weights(module: nn.Module) -> bool:
+    """Whether some convolution kernel of ``module`` is laid out channels-last (NHWC)."""
+    return any(
+        p.dim() == 4
+        and p.is_contiguous(memory_format=torch.channels_last)
+        and not p.is_contiguous()
+        for p in module.parameters()
+    )

@@ -24,6 +24,8 @@ from fdn.evaluation import _read_image
 from fdn.metrics import psnr
 from fdn.noise import add_gaussian_noise
 
+from helpers import has_channels_last_weights
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WEIGHTS = SHARED / "peer-weights"
 needs_shared = pytest.mark.skipif(
@@ -335,10 +337,5 @@ def test_channels_last_inference_equals_the_plain_path(network):
     with torch.no_grad():
         expected = plain(noisy)
         got = fast(noisy)
-    assert any(
-        p.dim() == 4
-        and p.is_contiguous(memory_format=torch.channels_last)
-        and not p.is_contiguous()
-        for p in model.parameters()
-    )
+    assert has_channels_last_weights(model)
     assert (got - expected).abs().max() < 1e-5

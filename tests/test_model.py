@@ -5,7 +5,7 @@ from fdn import FDN, FDNConfig
 from fdn.info import count_parameters
 from fdn.layers import AffineCoupling
 
-from helpers import brute_force_logdet, randomize
+from helpers import brute_force_logdet, has_channels_last_weights, randomize
 
 
 def dense_block_parameters(c_in: int, c_out: int, gc: int = 32) -> int:
@@ -154,12 +154,7 @@ def test_fast_inference_path_equals_the_plain_path():
     with torch.no_grad():
         plain = model.decode(model.disentangle(model.encode(y)[0])).clamp(0, 1)
         fast = model.denoise(y)  # eval mode: channels-last weights and input
-    assert any(
-        p.dim() == 4
-        and p.is_contiguous(memory_format=torch.channels_last)
-        and not p.is_contiguous()
-        for p in model.parameters()
-    )
+    assert has_channels_last_weights(model)
     assert (fast - plain).abs().max() < 1e-5
     # Training still works on the converted weights.
     model.train()

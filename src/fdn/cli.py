@@ -281,6 +281,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fdn.denoising import add_precision_option
+
     parser = argparse.ArgumentParser(
         prog="fdn", description="Flow-based image denoising (FDN, Liu et al. 2022)."
     )
@@ -356,13 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="x8 self-ensemble: average over flips and rotations (8x slower, often better)",
     )
-    denoise.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16: bfloat16 convolutions, ~1.5x faster on CPUs with AVX-512 BF16/AMX and "
-        "on GPUs, within 0.01 dB; slower on CPUs without them (default: fp32)",
-    )
+    add_precision_option(denoise, "the convolutions")
     denoise.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     denoise.set_defaults(run=_denoise)
 
@@ -465,12 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave glibc's malloc untuned (see fdn.runtime), to measure what it costs",
     )
-    bench.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16: both networks' convolutions in bfloat16 (BM3D is unaffected)",
-    )
+    add_precision_option(bench, "both networks' convolutions (BM3D is unaffected)")
     bench.set_defaults(run=_bench)
 
     ablate = commands.add_parser(

@@ -42,7 +42,7 @@ from fdn.baselines import (
     load_peer_ffdnet,
 )
 from fdn.baselines.dncnn import ModuleDenoiser, read_state_dict
-from fdn.denoising import precision_context
+from fdn.denoising import add_precision_option, precision_context
 from fdn.metrics import psnr, ssim
 from fdn.model import FDN
 from fdn.noise import add_gaussian_noise, noise_seed
@@ -788,12 +788,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="x8 self-ensemble (flips and rotations, averaged) for every method",
     )
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16: every network's convolutions in bfloat16 (default: fp32)",
-    )
+    add_precision_option(parser, "every network's convolutions")
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
