@@ -49,6 +49,18 @@ def check_psnr(model: FDN, folder: Path, count: int = 10, crop: int = 128) -> fl
     return sum(scores) / len(scores)
 
 
+def training_seconds(run_dir: Path, batch_size: int) -> float:
+    """Time spent in training steps, from the log's throughput: a run stopped and resumed in
+    a later session does not count the time in between (file times would)."""
+    seconds, last_step = 0.0, 0
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "images_per_s" in row and row["images_per_s"] > 0:
+            seconds += (row["step"] - last_step) * batch_size / row["images_per_s"]
+        last_step = row["step"]
+    return seconds
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -62,7 +74,7 @@ def release(name: str, run_dir: Path, check_data: Path) -> dict:
     if abs(full - half) >= 0.01:
         save_model(model, target)
         storage = "float32"
-    wall = (run_dir / CHECKPOINT).stat().st_mtime - (run_dir / "config.toml").stat().st_mtime
+    wall = training_seconds(run_dir, config["training"]["batch_size"])
     data = config["data"]
     return {
         "file": target.name,
