@@ -34,7 +34,7 @@ DEFAULT_OVERLAP = 32
 
 # "bf16" runs every convolution in bfloat16 (torch.autocast), while the couplings' and
 # ActNorm's elementwise arithmetic stays in float32: 0.64x the time of "fp32" on a CPU with
-# AVX-512 BF16, within 0.01 dB on the bundled models (docs/performance.md). Not the default:
+# AVX-512 BF16, within 0.05 dB on the bundled models (docs/performance.md). Not the default:
 # it does not equal the plain path within 1e-5, and a CPU without bfloat16 instructions runs
 # it slower, not faster.
 PRECISIONS = ("fp32", "bf16")
