@@ -66,7 +66,8 @@ def whole_image_rss(pixels_per_side: int, threads: int) -> float:
     code = (
         f"import numpy as np, torch, sys; sys.path.insert(0, {here!r});"
         f"torch.set_num_threads({threads});"
-        "from denoise_speed import paper_model; from fdn import denoise_image;"
+        "from denoise_speed import paper_model; from fdn import denoise_image, tune_allocator;"
+        "tune_allocator();"
         f"denoise_image(np.zeros(({pixels_per_side}, {pixels_per_side}, 3), np.uint8), "
         "paper_model(), max_pixels=None)"
     )

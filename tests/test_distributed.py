@@ -123,28 +123,24 @@ def test_torchrun_trains_and_resumes(images, tmp_path):
         "-m",
         "fdn",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [*torchrun, "train", str(config), "--out", str(run)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+
+    def torchrun_fdn(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*torchrun, *arguments],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    done = torchrun_fdn("train", str(config), "--out", str(run))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("trained model:") == 1  # rank 0 alone reports and writes
     checkpoint = torch.load(run / CHECKPOINT, weights_only=True)
     assert checkpoint["step"] == 2
     checkpoint["config"]["training"]["iterations"] = 3
     torch.save(checkpoint, run / CHECKPOINT)
-    resumed = subprocess.run(
-        [*torchrun, "train", "--resume", str(run)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    resumed = torchrun_fdn("train", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert torch.load(run / CHECKPOINT, weights_only=True)["step"] == 3

@@ -193,35 +193,14 @@ class FDN(SequentialFlow):
         """The exact inverse of ``encode``."""
         return self.inverse(z_hat)[0]
 
-    def _inference_layout(self, y: Tensor) -> Tensor:
-        """Channels-last (NHWC) input and conv weights: the fast path of inference.
-
-        On CPU, oneDNN's convolutions run the whole denoise in about 0.65x the time in NHWC
-        (measured at 256x256, one thread), with identical outputs; the weights are converted
-        once. What remains is convolution time, most of it near the CPU's peak rate (about
-        124 GMAC/s per core on the 2-core x86 machine this was measured on), plus about 10%
-        in the Dense Blocks' concatenations; the last convolutions of the Dense Blocks, with
-        3 or 9 outputs, cost as much as 16 outputs (oneDNN's smallest block).
-
-        Measured and dropped, each against this path with paired runs (one thread, 256x256,
-        page faults removed as in :mod:`fdn.runtime`): a separate inference form with ActNorm
-        folded into the 1x1 convolutions, log-dets skipped and g2's and g3's first
-        convolutions merged (equal within 1%); ``torch.compile`` with inductor and freezing
-        (59 s to compile, 1.15x slower); TorchScript freeze + ``optimize_for_inference``
-        (2.6x slower); each Dense Block writing into one preallocated buffer instead of
-        concatenating (3% slower: oneDNN copies a strided input anyway); the last
-        convolution split by linearity to skip the largest concatenation (2% faster on the
-        full-size blocks only); g2 and g3 as one two-group convolution block (1.6x slower).
-        See ``docs/performance.md``.
-        """
-        return channels_last(self, y)
-
     def denoise(self, y: Tensor) -> Tensor:
         """Denoises a batch of any size: pad, encode, disentangle, decode, crop, clamp to [0, 1].
 
         The bottom and right edges are reflect-padded to a multiple of ``size_multiple``
         (replicate-padded where the image is too small to reflect). In eval mode this takes
-        the fast path (:meth:`_inference_layout`); the result equals the plain path's.
+        the fast path, channels-last weights and input (:func:`fdn.runtime.channels_last`):
+        about 0.65x the time on CPU, with outputs equal to the plain path's. What else was
+        measured, and dropped, is in ``docs/performance.md``.
         """
         self._check_image(y)
         height, width = y.shape[-2:]
@@ -230,8 +209,7 @@ class FDN(SequentialFlow):
         if pad_h or pad_w:
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             y = F.pad(y, (0, pad_w, 0, pad_h), mode=mode)
-        if not self.training:
-            y = self._inference_layout(y)
+        y = channels_last(self, y)
         z, _ = self.encode(y)
         x = self.decode(self.disentangle(z))
         return x[..., :height, :width].clamp(0, 1)

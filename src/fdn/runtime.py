@@ -70,11 +70,13 @@ def allocator_tuned() -> bool:
 
 
 def channels_last(module: nn.Module, x: Tensor) -> Tensor:
-    """Returns ``x`` in channels-last, converting ``module``'s weights to it the first time.
+    """In eval mode, ``x`` in channels-last, ``module``'s weights converted the first time.
 
-    The module stays trainable (autograd does not mind the layout); call it from inference
-    paths only, where the speed matters.
+    In training mode ``x`` comes back as it is and the weights stay as they are. A converted
+    module stays trainable (autograd does not mind the layout).
     """
+    if module.training:
+        return x
     if not getattr(module, "_channels_last", False):
         module.to(memory_format=torch.channels_last)
         module._channels_last = True

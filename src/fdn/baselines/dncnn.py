@@ -141,8 +141,7 @@ class DnCNN(nn.Module):
 
     def denoise(self, noisy: Tensor) -> Tensor:
         """``noisy`` minus the predicted noise, clamped to [0, 1] (channels-last in eval mode)."""
-        if not self.training:
-            noisy = channels_last(self, noisy)
+        noisy = channels_last(self, noisy)
         return (noisy - self(noisy)).clamp(0, 1)
 
 

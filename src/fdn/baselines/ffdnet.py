@@ -79,8 +79,7 @@ class FFDNet(nn.Module):
         """
         height, width = noisy.shape[-2:]
         padded = F.pad(noisy, (0, width % 2, 0, height % 2), mode="replicate")
-        if not self.training:
-            padded = channels_last(self, padded)
+        padded = channels_last(self, padded)
         denoised = padded - self(padded, sigma)
         return denoised[..., :height, :width].clamp(0, 1)
 
