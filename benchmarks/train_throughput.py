@@ -1,10 +1,14 @@
-r"""Training throughput of FDN and of the DnCNN baseline, on the same device and data shape.
+r"""Training throughput: FDN's fast path (bf16 + channels-last) against float32, and DnCNN.
 
-Run: ``python benchmarks/train_throughput.py [--device cpu|cuda] [--batch 16] [--patch 64]
-[--steps 5] [--threads 2]``. Each model takes ``steps`` timed optimisation steps (Adam, its
-own loss, the trainer's step code) after two warm-up steps, on random patches; iterations/s
-and images/s are medians over the timed steps. The paper's settings are batch 16-32 at
-64x64 (CelebA) to 144x144 (SIDD); the default is CelebA-like at batch 16.
+Run: ``python benchmarks/train_throughput.py [--config configs/bundled_color_blind.toml]
+[--device cpu|cuda] [--threads 1] [--steps 7] [--batch 16] [--patch 64]``.
+
+Every variant takes one optimisation step in turn (the trainer's own loss, autocast and
+layout; Adam; gradient clipping), round after round, so that a machine whose speed drifts
+slows all of them alike; after two warm-up rounds, iterations/s and images/s are medians over
+``steps`` rounds. The variants: FDN of the config's ``[model]`` in float32 NCHW (the path
+before ``training.precision``) and in bf16 + channels-last, and the DnCNN baseline in
+float32. Prints JSON with the speed-up of the fast path and FDN's time over DnCNN's.
 """
 
 from __future__ import annotations
@@ -13,66 +17,97 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from fdn.config import config_from_dict
-from fdn.training import _Objective, build_model
+from fdn import runtime
+from fdn.config import load_config
+from fdn.training import _autocast, _Objective, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def step_times(kind: str, device: torch.device, batch: int, patch: int, steps: int) -> list[float]:
-    config = config_from_dict({"model": {"kind": kind}, "data": {"patch_size": patch}})
+def make_step(config, device: torch.device, batch: int, patch: int) -> Callable[[int], None]:  # noqa: ANN001
+    """One training step of ``config``'s model on a fixed random batch."""
     model = build_model(config).to(device).train()
+    fast = config.training.precision == "bf16"
+    channels = config.model.in_channels
+    clean = torch.rand(batch, channels, patch, patch, device=device)
+    noisy = clean + 25 / 255 * torch.randn_like(clean)
+    if fast:
+        model.to(memory_format=torch.channels_last)
+        clean, noisy = (t.contiguous(memory_format=torch.channels_last) for t in (clean, noisy))
     objective = _Objective(model, config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
-    clean = torch.rand(batch, 3, patch, patch, device=device)
-    noisy = clean + 50 / 255 * torch.randn_like(clean)
-    times = []
-    for step in range(steps + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = objective(noisy, clean, step)["loss"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+
+    def step(index: int) -> None:
+        with _autocast(config, device):
+            loss = objective(noisy, clean, index)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10)
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= 2:
-            times.append(time.perf_counter() - start)
-    return times
+
+    return step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "bundled_color_blind.toml"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=0, help="default: the config's")
+    parser.add_argument("--patch", type=int, default=0, help="default: the config's")
+    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.tune_allocator()  # as every fdn command does: fdn train runs this way
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    results: dict = {
-        "device": name,
-        "threads": torch.get_num_threads(),
-        "batch": args.batch,
-        "patch": args.patch,
-        "torch": torch.__version__,
+    base = load_config(args.config)
+    batch = args.batch or base.training.batch_size
+    patch = args.patch or base.data.patch_size
+    variants = {
+        "fdn_fp32": load_config(args.config, ["training.precision='fp32'"]),
+        "fdn_bf16_channels_last": load_config(args.config, ["training.precision='bf16'"]),
+        "dncnn_fp32": load_config(
+            args.config, ["model.kind='dncnn'", "training.precision='fp32'"]
+        ),
     }
-    for kind in ("fdn", "dncnn"):
-        median = statistics.median(step_times(kind, device, args.batch, args.patch, args.steps))
-        results[kind] = {
-            "iterations_per_s": 1 / median,
-            "images_per_s": args.batch / median,
+    steps = {name: make_step(config, device, batch, patch) for name, config in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(args.steps + 2):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step(round_)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_ >= 2:
+                times[name].append(time.perf_counter() - start)
+    results: dict = {
+        "config": Path(args.config).name,
+        "model": {k: v for k, v in base.model.__dict__.items() if not k.startswith("dncnn")},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "patch": patch,
+        "steps": args.steps,
+        "torch": torch.__version__,
+        "allocator": "tuned" if runtime.allocator_tuned() else "default",
+    }
+    for name, values in times.items():
+        median = statistics.median(values)
+        results[name] = {
             "seconds_per_iteration": median,
+            "iterations_per_s": 1 / median,
+            "images_per_s": batch / median,
         }
-    results["fdn_over_dncnn_time"] = (
-        results["fdn"]["seconds_per_iteration"] / results["dncnn"]["seconds_per_iteration"]
-    )
+    seconds = {name: results[name]["seconds_per_iteration"] for name in times}
+    results["fast_path_speedup"] = seconds["fdn_fp32"] / seconds["fdn_bf16_channels_last"]
+    results["fdn_fp32_over_dncnn_time"] = seconds["fdn_fp32"] / seconds["dncnn_fp32"]
     print(json.dumps(results, indent=2))
 
 

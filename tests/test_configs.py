@@ -21,5 +21,6 @@ def test_there_is_a_config_for_every_experiment_of_the_paper():
 def test_every_shipped_config_loads_validates_and_builds(path):
     config = load_config(path, ["data.root=/somewhere/else"])
     assert config.data.root == "/somewhere/else"
-    assert config.data.train and config.validation.folder
+    # every config is validated: on a folder of its own or on images held back from training
+    assert config.data.train and (config.validation.folder or config.data.holdout)
     assert build_model(config).config.in_channels == config.model.in_channels

@@ -131,10 +131,10 @@ def _train(args: argparse.Namespace) -> int:
     from fdn.training import CHECKPOINT, TrainingStopped, train
 
     if args.resume:
-        if args.config or args.set or args.out:
+        if args.config or args.set or args.out or args.init:
             raise CommandError(
                 "--resume RUN_DIR continues a run with its own saved config; "
-                "give no CONFIG, --set or --out with it"
+                "give no CONFIG, --set, --out or --init with it"
             )
         run_dir = Path(args.resume)
         config = None
@@ -142,6 +142,8 @@ def _train(args: argparse.Namespace) -> int:
         if not args.config:
             raise CommandError("give a CONFIG.toml, or --resume RUN_DIR")
         config = load_config(args.config, args.set)
+        if args.init:
+            config.training.init = args.init
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = (
             Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-{stamp}"
@@ -440,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", metavar="RUN_DIR", help="run folder (default: runs/CONFIG-DATE-TIME)"
     )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.add_argument(
+        "--init",
+        metavar="NAME|PATH",
+        help="start from a trained model (a bundled name or a .safetensors file) with a fresh "
+        "optimiser, e.g. to fine-tune on your own data; its architecture must match [model]",
+    )
     train.set_defaults(run=_train)
 
     bench = commands.add_parser(

@@ -31,6 +31,7 @@ __all__ = [
     "StepSampler",
     "TrainingPatches",
     "find_pairs",
+    "holdout_split",
     "list_images",
     "load_validation",
 ]
@@ -76,6 +77,32 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
     if not pairs:
         raise DataError(f"{folder}: no noisy/clean pairs found")
     return pairs
+
+
+def holdout_split(items: list, count: int) -> tuple[list, list]:
+    """``(kept, held)``: ``count`` items held back, the same ones for every run and seed.
+
+    The choice is a fixed permutation of the (sorted) list, so a growing folder changes it;
+    held items keep their sorted order.
+    """
+    if count == 0:
+        return items, []
+    if count >= len(items):
+        raise DataError(f"data.holdout: {count} of {len(items)} images leaves none to train on")
+    chosen = set(np.random.default_rng(20221209).permutation(len(items))[:count].tolist())
+    kept = [item for i, item in enumerate(items) if i not in chosen]
+    return kept, [item for i, item in enumerate(items) if i in chosen]
+
+
+def _training_items(config: TrainConfig) -> tuple[Path, list[tuple[Path, Path]]]:
+    """The training folder and its (noisy, clean) items, before the hold-out split."""
+    data = config.data
+    if not data.train:
+        raise DataError("data.train: no training folder given")
+    root = config.resolve(data.train)
+    if data.kind == "paired":
+        return root, find_pairs(root)
+    return root, [(path, path) for path in list_images(root)]
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -133,13 +160,7 @@ class TrainingPatches(Dataset):
         self.kind = data.kind
         self.sigma = data.sigma
         self.sigma_range = data.sigma_range
-        if not data.train:
-            raise DataError("data.train: no training folder given")
-        root = config.resolve(data.train)
-        if data.kind == "paired":
-            self.items = find_pairs(root)
-        else:
-            self.items = [(path, path) for path in list_images(root)]
+        self.items = holdout_split(_training_items(config)[1], data.holdout)[0]
         for noisy, clean in self.items:
             size = _size(clean)
             if noisy != clean and _size(noisy) != size:
@@ -206,27 +227,36 @@ def load_validation(config: TrainConfig) -> list[tuple[str, Tensor, Tensor]]:
     from fdn.noise import add_gaussian_noise, noise_seed
 
     settings = config.validation
-    if not settings.folder or settings.every == 0:
+    if settings.every == 0:
         return []
-    root = config.resolve(settings.folder)
-    channels = config.model.in_channels
-    if config.data.kind == "paired":
-        items = find_pairs(root)
+    if settings.folder:
+        root = config.resolve(settings.folder)
+        if config.data.kind == "paired":
+            items = find_pairs(root)
+        else:
+            items = [(path, path) for path in list_images(root)]
+    elif config.data.holdout:
+        root, items = _training_items(config)
+        items = holdout_split(items, config.data.holdout)[1]
     else:
-        items = [(path, path) for path in list_images(root)]
+        return []
     if settings.max_images:
         items = items[: settings.max_images]
+    channels = config.model.in_channels
     images = []
     for noisy_path, clean_path in items:
         clean = _to_tensor(_load(clean_path, channels))[None]
         noisy = _to_tensor(_load(noisy_path, channels))[None] if noisy_path != clean_path else None
         if settings.crop:
             clean, noisy = _centre_crop(clean, settings.crop), _centre_crop(noisy, settings.crop)
-        if noisy is None:
-            name = str(clean_path.relative_to(root))
-            seed = noise_seed(name, settings.sigma, settings.seed)
-            noisy = add_gaussian_noise(clean, settings.sigma, seed)
-        images.append((clean_path.name, noisy, clean))
+        if noisy is not None:
+            images.append((clean_path.name, noisy, clean))
+            continue
+        # One noisy copy per validation sigma; a blind model is scored on their mean.
+        name = str(clean_path.relative_to(root))
+        for sigma in settings.sigmas or [settings.sigma]:
+            noisy = add_gaussian_noise(clean, sigma, noise_seed(name, sigma, settings.seed))
+            images.append((clean_path.name, noisy, clean))
     return images
 
 

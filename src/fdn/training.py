@@ -16,6 +16,8 @@ and writes files.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import os
 import signal
@@ -32,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fdn.baselines.dncnn import DnCNN, save_dncnn
-from fdn.config import TrainConfig, config_from_dict
+from fdn.config import ConfigError, TrainConfig, config_from_dict
 from fdn.data import StepSampler, TrainingPatches, load_validation
 from fdn.losses import bits_per_dim, fdn_loss
 from fdn.metrics import psnr
@@ -49,7 +51,16 @@ from fdn.runstate import (
 )
 from fdn.serialization import save_model
 
-__all__ = ["CHECKPOINT", "TrainResult", "TrainingStopped", "build_model", "train", "validate"]
+__all__ = [
+    "CHECKPOINT",
+    "TrainResult",
+    "TrainingStopped",
+    "build_model",
+    "init_from",
+    "lr_factor",
+    "train",
+    "validate",
+]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -83,6 +94,76 @@ def build_model(config: TrainConfig) -> nn.Module:
         m.clean_fraction,
         m.clamp,
     )
+
+
+def init_from(model: nn.Module, config: TrainConfig) -> None:
+    """Loads ``config.training.init`` (a bundled name or a model file) into ``model``.
+
+    The file's architecture must be the config's: a mismatch is a :class:`ConfigError` that
+    names both, since silently training another network than the config says helps no one.
+    """
+    from fdn.pretrained import resolve_model
+
+    spec = config.training.init
+    if not isinstance(model, FDN):
+        raise ConfigError(f"training.init {spec}: only FDN runs start from a model file")
+    try:
+        source = resolve_model(spec, config.model.in_channels)
+    except ValueError as error:  # ModelFileError included: it names the file
+        raise ConfigError(f"training.init: {error}") from None
+    if source.config != model.config:
+        ours, theirs = model.config.to_dict(), source.config.to_dict()
+        differ = ", ".join(
+            f"{k} {theirs[k]} (config: {ours[k]})" for k in ours if ours[k] != theirs[k]
+        )
+        raise ConfigError(f"training.init {spec} has another architecture than [model]: {differ}")
+    model.load_state_dict(source.state_dict())
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The learning rate of ``step`` (0-based) as a fraction of ``optim.lr``."""
+    o = config.optim
+    warmup = min(1.0, (step + 1) / o.warmup) if o.warmup else 1.0
+    if o.schedule == "step":
+        return warmup * o.gamma ** sum(step >= m for m in o.milestones)
+    span = max(1, config.training.iterations - 1 - o.warmup)  # the last step is at min_lr
+    progress = min(1.0, max(0, step - o.warmup) / span)
+    floor = o.min_lr / o.lr
+    return warmup * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class _Average:
+    """An exponential moving average of a model's weights, as a second model to evaluate.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates, so an
+    average started from random weights forgets them quickly. Buffers are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ours = list(self.model.parameters())
+        torch._foreach_lerp_(ours, [p.detach() for p in model.parameters()], 1 - decay)
+        for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+
+
+def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if config.training.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _dequantize(config: TrainConfig) -> bool:
@@ -196,20 +277,23 @@ def train(
     # Data first: a bad dataset fails here, before any step.
     patches = TrainingPatches(config, settings.seed)
     validation = load_validation(config) if main else []
+    model = build_model(config).to(device)
+    if checkpoint is None and settings.init:
+        init_from(model, config)  # a bad file fails here too, before the run folder exists
+    fast = settings.precision == "bf16"
+    if fast:
+        model.to(memory_format=torch.channels_last)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(to_toml(config.to_dict()))
 
-    model = build_model(config).to(device)
     optimizer = torch.optim.Adam(
         model.parameters(),
         config.optim.lr,
         tuple(config.optim.betas),
         weight_decay=config.optim.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, config.optim.milestones, config.optim.gamma
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     start, skipped, best = 0, 0, -math.inf
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -217,13 +301,18 @@ def train(
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, skipped, best = checkpoint["step"], checkpoint["skipped"], checkpoint["best_psnr"]
         set_rng_state(checkpoint["rng"])
-    elif isinstance(model, FDN):
+    elif isinstance(model, FDN) and not settings.init:
         # ActNorm's data-dependent init, on a real training batch, before the first step. Every
         # rank uses the same combined batch, so all ranks agree (DDP also broadcasts rank 0's).
         model.train()
         with torch.no_grad():
             model.encode(first_samples(patches, settings.batch_size * world).to(device))
 
+    average = _Average(model, settings.ema) if settings.ema else None
+    if average is not None and checkpoint is not None:
+        average.load_state_dict(checkpoint["ema"])
+    # What validation scores and the model files hold: the average when there is one.
+    shipped = average.model if average is not None else model
     objective: nn.Module = _Objective(model, config)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
@@ -249,6 +338,8 @@ def train(
                 "best_psnr": best,
                 "rng": rng_state(),
             }
+            if average is not None:
+                state["ema"] = average.state_dict()
             atomic_torch_save(state, run_dir / CHECKPOINT)
 
     model.train()
@@ -269,7 +360,11 @@ def train(
     with signals_caught() as caught:
         for step in range(start, settings.iterations):
             noisy, clean = (t.to(device) for t in next(batches))
-            terms = objective(noisy, clean, step)
+            if fast:
+                noisy = noisy.contiguous(memory_format=torch.channels_last)
+                clean = clean.contiguous(memory_format=torch.channels_last)
+            with _autocast(config, device):
+                terms = objective(noisy, clean, step)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
@@ -280,6 +375,8 @@ def train(
                 skipped += 1
             else:
                 optimizer.step()
+                if average is not None:
+                    average.update(model)
             lr = optimizer.param_groups[0]["lr"]  # the rate this step used
             scheduler.step()
             window_images += noisy.shape[0] * world
@@ -296,10 +393,10 @@ def train(
                 window_start, window_images = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             if validation and (done % config.validation.every == 0 or done == settings.iterations):
-                record["val_psnr"] = validate(model, validation, device)
+                record["val_psnr"] = validate(shipped, validation, device)
                 if record["val_psnr"] > best:
                     best = record["val_psnr"]
-                    _save_model_file(model, run_dir / "best.safetensors")
+                    _save_model_file(shipped, run_dir / "best.safetensors")
                 say(f"step {done}: validation PSNR {record['val_psnr']:.2f} dB (best {best:.2f})")
             if record and main:
                 write_log(run_dir, {"step": done, **record}, board)
@@ -313,7 +410,7 @@ def train(
     final = None
     if main:
         final = run_dir / "model.safetensors"
-        _save_model_file(model, final)
+        _save_model_file(shipped, final)
     if world > 1:
         dist.barrier()
-    return TrainResult(model, final, settings.iterations)
+    return TrainResult(shipped, final, settings.iterations)

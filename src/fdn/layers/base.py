@@ -2,9 +2,24 @@ r"""The contract shared by every invertible layer, and their composition."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["InvertibleLayer", "SequentialFlow"]
+__all__ = ["InvertibleLayer", "SequentialFlow", "autocast_dtype"]
+
+
+def autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype autocast gives ``x``'s convolutions now, or None when it is off.
+
+    Under bfloat16 autocast (``--precision bf16``, ``training.precision``) only the Dense
+    Blocks compute in bfloat16; the flow's own path (ActNorm, the 1x1 convolution, the
+    couplings' arithmetic) and its log-dets stay float32. The meta device (FLOP counting)
+    has no autocast.
+    """
+    device = x.device.type
+    if device == "meta" or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
 
 
 class InvertibleLayer(nn.Module):

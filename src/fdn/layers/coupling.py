@@ -57,7 +57,9 @@ class AffineCoupling(InvertibleLayer):
         self.g3 = DenseBlock(split, rest, hidden_channels)
 
     def _log_scale(self, h_a: Tensor) -> Tensor:
-        return self.clamp * (2 * torch.sigmoid(self.g2(h_a)) - 1)
+        # Under bfloat16 autocast the subnet's output is bfloat16; s and its log-det
+        # are the flow's own arithmetic and stay float32.
+        return self.clamp * (2 * torch.sigmoid(self.g2(h_a).to(h_a.dtype)) - 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h_a, h_b = x[:, : self.split], x[:, self.split :]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fdn.layers.base import autocast_dtype
+
 __all__ = ["DenseBlock"]
 
 
@@ -51,6 +53,10 @@ class DenseBlock(nn.Module):
         nn.init.zeros_(self.last.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        dtype = autocast_dtype(x)
+        if dtype is not None:
+            # Concatenate in the autocast type, not float32 (cat would promote the activations).
+            x = x.to(dtype)
         features = [x]
         for conv in self.convs:
             features.append(self.activation(conv(torch.cat(features, dim=1))))

@@ -2,13 +2,25 @@ r"""Invertible 1x1 convolution with a plain weight matrix (paper eq. 8-9, spec s
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fdn.layers.base import InvertibleLayer
+from fdn.layers.base import InvertibleLayer, autocast_dtype
 
 __all__ = ["InvConv1x1"]
+
+
+def _full_precision(x: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off: this map is the flow's main path, which bfloat16 would round to 8 bits.
+
+    It is a small share of the flow's work; the Dense Blocks carry the rest in bfloat16.
+    """
+    if autocast_dtype(x) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, enabled=False)
 
 
 class InvConv1x1(InvertibleLayer):
@@ -77,14 +89,16 @@ class InvConv1x1(InvertibleLayer):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         channels = self.weight.shape[0]
         height, width = x.shape[-2:]
-        y = F.conv2d(x, self.weight.view(channels, channels, 1, 1))
+        with _full_precision(x):
+            y = F.conv2d(x, self.weight.view(channels, channels, 1, 1))
         return y, (height * width * self._logabsdet()).expand(x.shape[0])
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         channels = self.weight.shape[0]
         height, width = y.shape[-2:]
         weight_inverse, logabsdet = self._inverse_and_logabsdet()
-        x = F.conv2d(y, weight_inverse.view(channels, channels, 1, 1))
+        with _full_precision(y):
+            x = F.conv2d(y, weight_inverse.view(channels, channels, 1, 1))
         return x, (-height * width * logabsdet).expand(y.shape[0])
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202

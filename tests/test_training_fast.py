@@ -1,0 +1,254 @@
+"""Training on the fast path and from trained weights: bf16, EMA, schedules, --init, hold-out."""
+
+import itertools
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+import fdn.training as training
+from fdn import FDN, load_model, save_model
+from fdn.cli import main
+from fdn.config import ConfigError
+from fdn.data import TrainingPatches, holdout_split, load_validation
+from fdn.training import CHECKPOINT, TrainingStopped, build_model, init_from, lr_factor, train
+from test_training import parameters, small_config
+
+from helpers import make_images, randomize
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("data"), counts=(("train", 10), ("val", 2)))
+
+
+def quiet(config, run_dir, **kwargs):
+    return train(config, run_dir, progress=False, log=lambda _: None, **kwargs)
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows if "loss" in row]
+
+
+def test_bf16_training_follows_fp32(images, tmp_path):
+    # Same data, seed and init: the two paths differ only by bfloat16 rounding in the Dense
+    # Blocks, so the losses of the first steps agree closely; a path that dropped a term or
+    # rounded the flow's main path to bfloat16 would be off by far more than 2%.
+    base = ("validation.every=0", "training.iterations=8", "optim.lr=1e-3")
+    quiet(small_config(images, tmp_path, *base), tmp_path / "fp32")
+    quiet(small_config(images, tmp_path, *base, "training.precision='bf16'"), tmp_path / "bf16")
+    fp32, bf16 = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert len(fp32) == len(bf16) == 8
+    scale = max(abs(v) for v in fp32)
+    assert max(abs(a - b) for a, b in zip(fp32, bf16, strict=True)) < 0.02 * scale
+    # and it learns: the last loss is below the first
+    assert bf16[-1] < bf16[0]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("training.precision='bf16'",),
+        ("training.precision='bf16'", "training.ema=0.9", "optim.schedule='cosine'"),
+    ],
+)
+def test_resume_is_exact_on_the_fast_path(images, tmp_path, monkeypatch, overrides):
+    # Interrupted by a signal, as a real run is: the cosine schedule depends on the run's
+    # length, so shortening the run instead would change it.
+    settings = ("optim.warmup=2", *overrides)
+    quiet(small_config(images, tmp_path, *settings), tmp_path / "straight")
+    real = training._step_loss
+
+    def interrupt_at_step_two(model, cfg, noisy, clean, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, cfg, noisy, clean, step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_step_loss", interrupt_at_step_two)
+        with pytest.raises(TrainingStopped):
+            quiet(small_config(images, tmp_path, *settings), tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["step"] == 3
+    quiet(None, tmp_path / "resumed", resume=True)
+    straight, resumed = parameters(tmp_path / "straight"), parameters(tmp_path / "resumed")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert losses(tmp_path / "straight")[3:] == losses(tmp_path / "resumed")[3:]
+    final = [load_model(tmp_path / run / "model.safetensors") for run in ("straight", "resumed")]
+    for a, b in zip(final[0].state_dict().values(), final[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_model_files_hold_the_moving_average(images, tmp_path):
+    config = small_config(images, tmp_path, "training.ema=0.5", "validation.every=0")
+    result = quiet(config, tmp_path / "run")
+    checkpoint = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    raw, average = checkpoint["model"], checkpoint["ema"]["model"]
+    assert checkpoint["ema"]["updates"] == 6
+    shipped = load_model(result.model_file).state_dict()
+    moved = 0
+    for name, value in average.items():
+        assert torch.equal(shipped[name], value), name
+        moved += not torch.equal(value, raw[name])
+    assert moved > 0  # the average lags the raw weights
+
+
+def test_the_average_is_the_ramped_exponential_mean(images, tmp_path):
+    from fdn.training import _Average
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    average = _Average(model, decay=0.99)
+    start = model.weight.detach().clone()
+    values = [start]
+    for step in range(1, 4):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        average.update(model)
+        decay = min(0.99, (1 + step) / (10 + step))
+        values.append(decay * values[-1] + (1 - decay) * model.weight.detach())
+    assert torch.allclose(average.model.weight, values[-1])
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor(images, tmp_path):
+    config = small_config(
+        images,
+        tmp_path,
+        "optim.schedule='cosine'",
+        "optim.warmup=10",
+        "optim.min_lr=1e-5",
+        "optim.lr=1e-3",
+        "training.iterations=111",
+    )
+    rates = [config.optim.lr * lr_factor(config, step) for step in range(111)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert rates[60] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
+    assert rates[-1] == pytest.approx(1e-5)
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
+
+
+def test_step_schedule_is_the_papers(images, tmp_path):
+    config = small_config(images, tmp_path, "optim.milestones=[3, 5]", "optim.gamma=0.5")
+    assert [lr_factor(config, s) for s in range(6)] == [1, 1, 1, 0.5, 0.5, 0.25]
+    warm = small_config(images, tmp_path, "optim.warmup=4")
+    assert [lr_factor(warm, s) for s in range(4)] == [0.25, 0.5, 0.75, 0.5]
+
+
+def test_init_starts_from_the_models_weights(images, tmp_path):
+    config = small_config(images, tmp_path)
+    source = randomize(build_model(config), seed=3, shape=(2, 3, 8, 8)).float()
+    save_model(source, tmp_path / "start.safetensors")
+    config.training.init = str(tmp_path / "start.safetensors")
+    model = build_model(config)
+    init_from(model, config)
+    for name, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_cli_init_trains_on_from_a_model_file(images, tmp_path, capsys):
+    config = small_config(images, tmp_path, "optim.lr=1e-12", "validation.every=0")
+    source = randomize(build_model(config), seed=3, shape=(2, 3, 8, 8)).float()
+    save_model(source, tmp_path / "start.safetensors")
+    path = tmp_path / "small.toml"
+    code = main(
+        [
+            "train",
+            str(path),
+            "--set",
+            "optim.lr=1e-12",
+            "--set",
+            "validation.every=0",
+            "--out",
+            str(tmp_path / "run"),
+            "--init",
+            str(tmp_path / "start.safetensors"),
+        ]
+    )
+    assert code == 0
+    trained = load_model(tmp_path / "run" / "model.safetensors")
+    # with a negligible rate the result is the start, not a fresh network
+    for name, value in source.state_dict().items():
+        assert torch.allclose(trained.state_dict()[name], value, atol=1e-6), name
+    assert "init" in (tmp_path / "run" / "config.toml").read_text()
+
+
+def test_init_with_another_architecture_is_a_one_line_error(images, tmp_path, capsys):
+    small_config(images, tmp_path)  # writes small.toml (hidden_channels 4, 1 step)
+    save_model(FDN(hidden_channels=8, steps_per_block=1), tmp_path / "wide.safetensors")
+    code = main(
+        [
+            "train",
+            str(tmp_path / "small.toml"),
+            "--out",
+            str(tmp_path / "run"),
+            "--init",
+            str(tmp_path / "wide.safetensors"),
+        ]
+    )
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in error
+    assert "wide.safetensors" in error and "hidden_channels 8 (config: 4)" in error
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_init_refuses_resume_and_a_missing_file(images, tmp_path, capsys):
+    small_config(images, tmp_path)
+    missing = tmp_path / "missing.safetensors"
+    assert main(["train", str(tmp_path / "small.toml"), "--init", str(missing)]) != 0
+    assert "missing.safetensors" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--init", "fdn-color-blind"]) != 0
+    assert "--init" in capsys.readouterr().err
+
+
+def test_holdout_is_fixed_disjoint_and_validates(images, tmp_path):
+    config = small_config(images, tmp_path, "data.holdout=3", "validation.folder=''")
+    config.validation.sigmas = [15.0, 50.0]
+    kept = {noisy for noisy, _ in TrainingPatches(config, seed=1).items}
+    again = {noisy for noisy, _ in TrainingPatches(config, seed=99).items}
+    assert kept == again and len(kept) == 7
+    validation = load_validation(config)
+    held = {name for name, _, _ in validation}
+    assert len(held) == 3 and not held & {p.name for p in kept}
+    assert len(validation) == 6  # each held image at both sigmas
+    by_sigma = [v for v in validation if v[0] == validation[0][0]]
+    noise = [(noisy - clean).std().item() * 255 for _, noisy, clean in by_sigma]
+    assert noise[0] == pytest.approx(15, rel=0.3) and noise[1] == pytest.approx(50, rel=0.3)
+
+
+def test_holdout_of_everything_is_an_error():
+    with pytest.raises(ValueError, match=r"data\.holdout: 5 of 5"):
+        holdout_split(list(range(5)), 5)
+    assert holdout_split(list(range(5)), 0) == (list(range(5)), [])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.precision='fp8'", "training.precision"),
+        ("optim.schedule='linear'", "optim.schedule"),
+        ("training.ema=1.0", "training.ema"),
+        ("data.holdout=-1", "data.holdout"),
+    ],
+)
+def test_new_keys_are_checked(images, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        small_config(images, tmp_path, override)
+
+
+def test_flow_arithmetic_stays_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = randomize(FDN(hidden_channels=8, steps_per_block=2), shape=(2, 3, 16, 16)).float()
+    y = torch.rand(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, logdet = model.encode(y)
+        back = model.decode(z)
+    assert z.dtype == logdet.dtype == back.dtype == torch.float32
+    # The main path is float32, so the inverse is still exact to float32 rounding; the
+    # Dense Blocks' bfloat16 only changes what the flow computes, not its invertibility.
+    assert (back - y).abs().max() < 1e-4
+    z32, logdet32 = model.encode(y)
+    assert torch.allclose(logdet, logdet32, rtol=1e-2)
+    assert not math.isclose((z - z32).abs().max().item(), 0)
