@@ -252,3 +252,19 @@ def test_flow_arithmetic_stays_float32_under_bf16_autocast():
     z32, logdet32 = model.encode(y)
     assert torch.allclose(logdet, logdet32, rtol=1e-2)
     assert not math.isclose((z - z32).abs().max().item(), 0)
+
+
+def test_a_time_limit_ends_the_run_validated_saved_and_resumable(images, tmp_path, monkeypatch):
+    clock = itertools.count(0, 30)  # each call to the clock is 30 s later
+    monkeypatch.setattr(training.time, "monotonic", lambda: float(next(clock)))
+    config = small_config(images, tmp_path, "training.time_limit=1.5", "validation.every=100")
+    result = quiet(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert 0 < result.step < 6
+    assert rows[-1]["step"] == result.step and "val_psnr" in rows[-1]
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    checkpoint = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    assert checkpoint["step"] == result.step
+    checkpoint["config"]["training"]["time_limit"] = 0.0
+    torch.save(checkpoint, tmp_path / "run" / CHECKPOINT)
+    assert quiet(None, tmp_path / "run", resume=True).step == 6

@@ -112,7 +112,9 @@ class TrainingConfig:
     "bf16"`` runs the convolutions in bfloat16 (autocast; the flow's own arithmetic and its
     log-dets stay float32) and keeps model and batches channels-last. ``ema`` is the decay of
     an exponential moving average of the weights (0: off); when on, validation and the model
-    files use the average. ``threads = 0`` leaves PyTorch's default.
+    files use the average. ``threads = 0`` leaves PyTorch's default. ``time_limit`` (minutes,
+    0: none) ends the run early, validated and saved as at its last step, and ``--resume``
+    continues it: equal-time comparisons, and runs that fit a working session.
     """
 
     iterations: int = 300_000
@@ -125,6 +127,7 @@ class TrainingConfig:
     init: str = ""
     precision: str = "fp32"
     ema: float = 0.0
+    time_limit: float = 0.0
 
 
 @dataclass
@@ -271,6 +274,8 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError("data.workers and validation.every must be >= 0")
     if config.data.holdout < 0 or config.optim.warmup < 0 or config.optim.min_lr < 0:
         raise ConfigError("data.holdout, optim.warmup and optim.min_lr must be >= 0")
+    if config.training.time_limit < 0:
+        raise ConfigError(f"training.time_limit: must be >= 0, got {config.training.time_limit!r}")
     if not 0 <= config.training.ema < 1:
         raise ConfigError(f"training.ema: must be in [0, 1), got {config.training.ema!r}")
 

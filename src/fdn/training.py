@@ -357,6 +357,8 @@ def train(
         dynamic_ncols=True,
     )
     window_start, window_images = time.perf_counter(), 0
+    deadline = time.monotonic() + 60 * settings.time_limit
+    done = start
     with signals_caught() as caught:
         for step in range(start, settings.iterations):
             noisy, clean = (t.to(device) for t in next(batches))
@@ -383,8 +385,12 @@ def train(
             done = step + 1
             bar.update(1)
 
+            # The time limit ends the run here as if this were its last step.
+            last = done == settings.iterations or _any_rank(
+                bool(settings.time_limit) and time.monotonic() > deadline, world, device
+            )
             record: dict = {}
-            if done % settings.log_every == 0 or done == settings.iterations:
+            if done % settings.log_every == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 record.update({name: value.item() for name, value in terms.items()})
                 if "nll" in record:
@@ -392,7 +398,7 @@ def train(
                 record.update(lr=lr, images_per_s=window_images / elapsed, skipped=skipped)
                 window_start, window_images = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if validation and (done % config.validation.every == 0 or done == settings.iterations):
+            if validation and (done % config.validation.every == 0 or last):
                 record["val_psnr"] = validate(shipped, validation, device)
                 if record["val_psnr"] > best:
                     best = record["val_psnr"]
@@ -400,8 +406,11 @@ def train(
                 say(f"step {done}: validation PSNR {record['val_psnr']:.2f} dB (best {best:.2f})")
             if record and main:
                 write_log(run_dir, {"step": done, **record}, board)
-            if done % settings.checkpoint_every == 0 or done == settings.iterations:
+            if done % settings.checkpoint_every == 0 or last:
                 save_checkpoint(done)
+            if last and done < settings.iterations:
+                say(f"step {done}: time limit of {settings.time_limit:g} minutes reached")
+                break
             if _any_rank(bool(caught), world, device):
                 save_checkpoint(done)
                 bar.close()
@@ -413,4 +422,4 @@ def train(
         _save_model_file(shipped, final)
     if world > 1:
         dist.barrier()
-    return TrainResult(shipped, final, settings.iterations)
+    return TrainResult(shipped, final, done)
