@@ -1,52 +1,50 @@
-r"""Packages trained runs as the bundled models in ``src/fdn/weights`` (maintainers only).
+r"""Releases trained runs as the bundled models in ``src/fdn/weights`` (maintainers only).
 
-For each run: the model (its final file, or the last checkpoint of a run that was stopped)
-is stored in float16 when that costs under 0.01 dB of PSNR on a check set (else float32),
-its SHA-256 is recorded, and ``models.json`` gets the record of how it was trained.
+For each ``NAME=RUN_DIR``, the run's model (the moving average when the run keeps one; the
+last checkpoint of a run that was stopped) is scored on the run's held-back validation images
+(``data.holdout``: the mean PSNR over ``validation.sigmas``), and so is the current release
+NAME. Only a run that scores higher replaces it: no test set decides anything. A released
+model is stored in float16 when that costs under 0.01 dB on the same images (else float32),
+its SHA-256 is recorded, and ``models.json`` gets its training record, the iterations and CPU
+hours summed over every stage that continued the release (``--init NAME``), and a line in its
+table of releases.
 
-Run: ``python scripts/release_models.py NAME=RUN_DIR [NAME=RUN_DIR ...] --check-data DIR``
-where the check set is clean images noised at sigma 25 from a fixed seed (centre crops).
-Measured PSNRs are added to the record afterwards with ``--psnr NAME=results.json`` (an
-``fdn eval --out`` results file that has NAME as a method).
+Run: ``python scripts/release_models.py NAME=RUN_DIR [...] [--data-root DIR]``. Measured
+test-set PSNRs are added afterwards with ``--psnr NAME=results.json`` (an ``fdn eval --out``
+results file with NAME as a method); they go to the record and its latest release line.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
 
-from fdn.config import config_from_dict
-from fdn.data import _centre_crop, _load, _to_tensor, list_images
-from fdn.metrics import psnr
+from fdn.atomic import atomic_write
+from fdn.config import TrainConfig, config_from_dict
+from fdn.data import load_validation
 from fdn.model import FDN
-from fdn.noise import add_gaussian_noise, noise_seed
 from fdn.serialization import load_model, save_model
-from fdn.training import CHECKPOINT, build_model
+from fdn.training import CHECKPOINT, build_model, validate
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "fdn" / "weights"
 
 
-def trained_model(run_dir: Path) -> tuple[FDN, dict, int]:
-    """The run's model, its config dict, and the iterations it was trained for."""
+def trained_model(run_dir: Path) -> tuple[FDN, TrainConfig, int]:
+    """The run's model (its moving average when it has one), config, and iterations."""
     checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-    model = build_model(config_from_dict(checkpoint["config"]))
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), checkpoint["config"], checkpoint["step"]
-
-
-@torch.no_grad()
-def check_psnr(model: FDN, folder: Path, count: int = 10, crop: int = 128) -> float:
-    scores = []
-    for path in list_images(folder)[:count]:
-        clean = _centre_crop(_to_tensor(_load(path, model.config.in_channels))[None], crop)
-        noisy = add_gaussian_noise(clean, 25, noise_seed(path.name, 25))
-        scores.append(psnr(model.denoise(noisy), clean).item())
-    return sum(scores) / len(scores)
+    config = config_from_dict(checkpoint["config"])
+    model = build_model(config)
+    model.load_state_dict(
+        checkpoint["ema"]["model"] if "ema" in checkpoint else checkpoint["model"]
+    )
+    return model.eval(), config, checkpoint["step"]
 
 
 def training_seconds(run_dir: Path, batch_size: int) -> float:
@@ -65,52 +63,134 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def release(name: str, run_dir: Path, check_data: Path) -> dict:
+def _stored_half(model: FDN) -> FDN:
+    """The model as its float16 file loads back."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = save_model(model, Path(folder) / "half.safetensors", dtype=torch.float16)
+        return load_model(path)
+
+
+def release(name: str, run_dir: Path, table: dict, weights: Path, data_root: str | None) -> bool:
+    """Releases ``run_dir`` as ``name`` into ``weights`` and ``table`` when it beats the current
+    release on the run's held-back images; returns whether it did."""
     model, config, iterations = trained_model(run_dir)
-    target = WEIGHTS / f"{name}.safetensors"
-    save_model(model, target, dtype=torch.float16)
-    full, half = check_psnr(model, check_data), check_psnr(load_model(target), check_data)
-    storage = "float16"
-    if abs(full - half) >= 0.01:
-        save_model(model, target)
-        storage = "float32"
-    wall = training_seconds(run_dir, config["training"]["batch_size"])
-    data = config["data"]
-    return {
+    if data_root:
+        config.data.root = data_root
+    if not config.data.holdout or config.validation.folder:
+        raise SystemExit(f"{run_dir}: no held-back images (data.holdout) to judge the model on")
+    images = load_validation(config)
+    device = torch.device("cpu")
+    score = validate(model, images, device)
+    previous = table.get(name)
+    if previous is not None:
+        current = load_model(weights / previous["file"])
+        baseline = validate(current, images, device)
+        print(f"{name}: held-back PSNR {score:.3f} dB, release {baseline:.3f} dB")
+        if score <= baseline:
+            print(f"{name}: not released (no better than the current release)")
+            return False
+    # A stage that started from the release (by name, or from a copy of its file) adds to it.
+    init = config.training.init
+    continued = previous is not None and (
+        init == name or (Path(init).is_file() and sha256(Path(init)) == previous["sha256"])
+    )
+    half = validate(_stored_half(model), images, device)
+    target = weights / f"{name}.safetensors"
+    storage = "float16" if abs(half - score) < 0.01 else "float32"
+    save_model(model, target, dtype=torch.float16 if storage == "float16" else None)
+    hours = training_seconds(run_dir, config.training.batch_size) / 3600
+    before = previous.get("cumulative", {}) if continued else {}
+    if continued and not before:  # a record from before cumulative accounting
+        before = {
+            "iterations": previous["training"]["iterations"],
+            "cpu_hours": previous["training"]["wall_hours"],
+        }
+    cumulative = {
+        "iterations": before.get("iterations", 0) + iterations,
+        "cpu_hours": round(before.get("cpu_hours", 0) + hours, 2),
+    }
+    releases = list(previous.get("releases", [])) if continued else []
+    if continued and not releases:  # the first release kept no table: start it with that one
+        releases.append(
+            {
+                "date": "before holdout",
+                "stage_iterations": before["iterations"],
+                "stage_cpu_hours": before["cpu_hours"],
+                **before,
+                "holdout_psnr_db": round(baseline, 3),
+                "psnr_db": previous.get("psnr_db", {}),
+            }
+        )
+    releases.append(
+        {
+            "date": datetime.date.today().isoformat(),
+            "stage_iterations": iterations,
+            "stage_cpu_hours": round(hours, 2),
+            **cumulative,
+            "holdout_psnr_db": round(score, 3),
+        }
+    )
+    data, optim = config.data, config.optim
+    schedule = (
+        f"cosine to {optim.min_lr}"
+        if optim.schedule == "cosine"
+        else f"milestones {optim.milestones}, gamma {optim.gamma}"
+    )
+    table[name] = {
         "file": target.name,
         "sha256": sha256(target),
         "config": model.config.to_dict(),
         "storage": storage,
-        "float16_psnr_change_db": half - full,
-        "training": {
-            "data": data["train"],
-            "noise": f"AWGN, sigma uniform in {data['sigma_range']}"
-            if data["sigma_range"]
-            else f"AWGN, sigma {data['sigma']}",
-            "patch_size": data["patch_size"],
-            "augment": data["augment"],
-            "batch_size": config["training"]["batch_size"],
-            "iterations": iterations,
-            "optimizer": f"Adam lr {config['optim']['lr']}, milestones "
-            f"{config['optim']['milestones']}, gamma {config['optim']['gamma']}",
-            "loss": "{lambda_nll} * NLL + {lambda_rec} * L1".format(**config["optim"]),
-            "seed": config["training"]["seed"],
-            "hardware": os.environ.get("FDN_TRAINED_ON", "CPU"),
-            "wall_hours": round(wall / 3600, 2),
+        "float16_psnr_change_db": half - score,
+        "holdout": {
+            "images": f"{data.holdout} of {data.train}",
+            "sigmas": config.validation.sigmas or [config.validation.sigma],
+            "psnr_db": round(score, 3),
         },
+        "training": {
+            "data": data.train,
+            "noise": f"AWGN, sigma uniform in {data.sigma_range}"
+            if data.sigma_range
+            else f"AWGN, sigma {data.sigma}",
+            "patch_size": data.patch_size,
+            "augment": data.augment,
+            "batch_size": config.training.batch_size,
+            "iterations": iterations,
+            "init": config.training.init or "scratch",
+            "optimizer": f"Adam lr {optim.lr}, warm-up {optim.warmup}, {schedule}",
+            "ema": config.training.ema,
+            "precision": config.training.precision,
+            "loss": f"{optim.lambda_nll} * NLL + {optim.lambda_rec} * L1",
+            "seed": config.training.seed,
+            "hardware": os.environ.get("FDN_TRAINED_ON", "CPU"),
+            "wall_hours": round(hours, 2),
+        },
+        "cumulative": cumulative,
+        "releases": releases,
     }
+    print(f"{name}: released ({storage}, float16 change {half - score:+.4f} dB)")
+    return True
 
 
-def main() -> None:
+def add_psnr(table: dict, name: str, results: Path) -> None:
+    """Adds an ``fdn eval`` results file's means for ``name`` to its record and last release."""
+    scores: dict = {}
+    for row in json.loads(results.read_text())["means"]:
+        if row["method"] == name:
+            scores.setdefault(row["dataset"], {})[f"sigma{row['sigma']:g}"] = round(row["psnr"], 2)
+    record = table[name]
+    for dataset, values in scores.items():
+        record.setdefault("psnr_db", {}).setdefault(dataset, {}).update(values)
+        if record.get("releases"):
+            line = record["releases"][-1].setdefault("psnr_db", {})
+            line.setdefault(dataset, {}).update(values)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="*", metavar="NAME=RUN_DIR")
-    parser.add_argument(
-        "--check-data",
-        type=Path,
-        action="append",
-        default=[],
-        help="clean images for the float16 check, one per run, in order",
-    )
+    parser.add_argument("--data-root", help="where the runs' data is now (default: as trained)")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS, help=argparse.SUPPRESS)
     parser.add_argument(
         "--psnr",
         action="append",
@@ -118,25 +198,19 @@ def main() -> None:
         metavar="NAME=RESULTS.json",
         help="add an fdn eval results.json summary to NAME's record",
     )
-    args = parser.parse_args()
-    table_path = WEIGHTS / "models.json"
+    args = parser.parse_args(argv)
+    table_path = args.weights / "models.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
-    for entry, check in zip(args.runs, args.check_data, strict=True):
+    for entry in args.runs:
         name, run_dir = entry.split("=", 1)
-        table[name] = release(name, Path(run_dir), check)
-        print(
-            f"{name}: {table[name]['storage']}, "
-            f"float16 change {table[name]['float16_psnr_change_db']:+.4f} dB"
-        )
+        release(name, Path(run_dir), table, args.weights, args.data_root)
     for entry in args.psnr:
         name, results = entry.split("=", 1)
-        record = table[name].setdefault("psnr_db", {})
-        for row in json.loads(Path(results).read_text())["means"]:
-            if row["method"] == name:
-                sigma = f"sigma{row['sigma']:g}"
-                record.setdefault(row["dataset"], {})[sigma] = round(row["psnr"], 2)
-    table_path.write_text(json.dumps(table, indent=2) + "\n")
+        add_psnr(table, name, Path(results))
+    text = json.dumps(table, indent=2) + "\n"
+    atomic_write(table_path, lambda tmp: Path(tmp).write_text(text))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

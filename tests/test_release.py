@@ -1,0 +1,89 @@
+"""scripts/release_models.py: a run replaces a bundled model only when it beats it on held-back
+images, and the record sums the iterations and hours of every stage."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from fdn import load_model
+from fdn.training import train
+from test_training import small_config
+
+from helpers import make_images
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "release_models.py"
+
+
+@pytest.fixture(scope="module")
+def release_models():
+    spec = importlib.util.spec_from_file_location("release_models", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("data"), counts=(("train", 8), ("val", 1)))
+
+
+def run(images, tmp_path, name, *overrides):
+    config = small_config(
+        images, tmp_path, "data.holdout=2", "validation.folder=''", "training.ema=0.9", *overrides
+    )
+    train(config, tmp_path / name, progress=False, log=lambda _: None)
+    return tmp_path / name
+
+
+def scores(monkeypatch, module, values):
+    queue = list(values)
+    monkeypatch.setattr(module, "validate", lambda model, images, device: queue.pop(0))
+
+
+def test_release_then_refuse_then_continue(images, tmp_path, monkeypatch, release_models):
+    weights = tmp_path / "weights"
+    first = run(images, tmp_path, "first")
+    # No release yet: the run is scored (model, then its float16 copy) and released.
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    assert release_models.main(["tiny=" + str(first), "--weights", str(weights)]) == 0
+    record = json.loads((weights / "models.json").read_text())["tiny"]
+    stored = weights / "tiny.safetensors"
+    assert record["sha256"] == release_models.sha256(stored)
+    assert record["storage"] == "float16" and record["cumulative"]["iterations"] == 6
+    assert record["holdout"]["psnr_db"] == 21.0 and len(record["releases"]) == 1
+    assert load_model(stored).config.hidden_channels == 4
+
+    # A run no better than the release on the held-back images leaves everything as it was.
+    second = run(images, tmp_path, "second", f"training.init='{stored}'")
+    before = stored.read_bytes(), (weights / "models.json").read_text()
+    scores(monkeypatch, release_models, [20.9, 21.0])
+    release_models.main(["tiny=" + str(second), "--weights", str(weights)])
+    assert (stored.read_bytes(), (weights / "models.json").read_text()) == before
+
+    # A better one that continued the release adds its iterations to the record's.
+    scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
+    release_models.main(["tiny=" + str(second), "--weights", str(weights)])
+    record = json.loads((weights / "models.json").read_text())["tiny"]
+    assert record["cumulative"]["iterations"] == 12
+    assert [r["holdout_psnr_db"] for r in record["releases"]] == [21.0, 21.5]
+    assert record["training"]["init"] == str(stored)
+
+
+def test_a_run_without_held_back_images_is_refused(images, tmp_path, release_models):
+    config = small_config(images, tmp_path, "training.iterations=1")
+    train(config, tmp_path / "run", progress=False, log=lambda _: None)
+    with pytest.raises(SystemExit, match=r"data\.holdout"):
+        release_models.main(["tiny=" + str(tmp_path / "run"), "--weights", str(tmp_path)])
+
+
+def test_test_set_scores_go_to_the_record_and_its_last_release(tmp_path, release_models):
+    table = {"m": {"releases": [{"holdout_psnr_db": 1.0}]}}
+    results = tmp_path / "results.json"
+    results.write_text(
+        json.dumps({"means": [{"method": "m", "dataset": "CBSD68", "sigma": 25, "psnr": 30.123}]})
+    )
+    release_models.add_psnr(table, "m", results)
+    assert table["m"]["psnr_db"] == {"CBSD68": {"sigma25": 30.12}}
+    assert table["m"]["releases"][-1]["psnr_db"] == {"CBSD68": {"sigma25": 30.12}}
