@@ -200,3 +200,24 @@ def test_dense_block_matches_spec():
     assert abs(conv.weight.std().item() / expected - 1) < 0.05
     n_params = sum(p.numel() for p in block.parameters())
     assert n_params == 9 * 32 * (4 * 3 + 6 * 32) + 4 * 32 + 9 * (3 + 4 * 32) * 9 + 9
+
+
+def test_dense_block_gradients_are_the_same_in_channels_last():
+    # Channels-last training takes another concatenation (fdn.layers.dense._ChannelsLastCat):
+    # its gradients must equal the plain NCHW ones.
+    from fdn.layers import DenseBlock
+
+    torch.manual_seed(0)
+    block = DenseBlock(3, 9, growth=4).double()
+    for conv in [*block.convs, block.last]:
+        torch.nn.init.normal_(conv.weight, std=0.1)
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    grads = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        block.zero_grad()
+        block.to(memory_format=layout)
+        inp = x.clone().contiguous(memory_format=layout).requires_grad_()
+        (block(inp) ** 2).sum().backward()
+        grads.append([inp.grad, *(p.grad.clone() for p in block.parameters())])
+    for plain, fast in zip(*grads, strict=True):
+        assert torch.allclose(plain, fast, atol=1e-12)

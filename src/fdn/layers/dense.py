@@ -10,6 +10,34 @@ from fdn.layers.base import autocast_dtype
 __all__ = ["DenseBlock"]
 
 
+class _ChannelsLastCat(torch.autograd.Function):
+    """``torch.cat(features, dim=1)`` whose backward hands each input a dense gradient.
+
+    In channels-last, a channel slice of the concatenation's gradient is strided (a few
+    channels out of every pixel's run), and every op that consumes it in backward (the
+    LeakyReLU's gradient, the accumulation over the Dense Block's later convolutions) runs
+    several times slower on it. Copying each slice once into channels-last is cheaper: a
+    reduced-FDN training step takes 0.88x the time (bf16, one CPU thread, batch 16 at 64x64).
+    """
+
+    @staticmethod
+    def forward(ctx, *features: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.channels = [feature.shape[1] for feature in features]
+        return torch.cat(features, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, ...]:  # noqa: ANN001
+        slices = torch.split(grad, ctx.channels, dim=1)
+        return tuple(piece.contiguous(memory_format=torch.channels_last) for piece in slices)
+
+
+def _cat(features: list[Tensor]) -> Tensor:
+    channels_last = features[0].is_contiguous(memory_format=torch.channels_last)
+    if torch.is_grad_enabled() and channels_last and features[0].dim() == 4:
+        return _ChannelsLastCat.apply(*features)
+    return torch.cat(features, dim=1)
+
+
 class DenseBlock(nn.Module):
     r"""Five densely connected 3x3 convolutions, as IRN's ``DenseBlock``.
 
@@ -59,5 +87,5 @@ class DenseBlock(nn.Module):
             x = x.to(dtype)
         features = [x]
         for conv in self.convs:
-            features.append(self.activation(conv(torch.cat(features, dim=1))))
-        return self.last(torch.cat(features, dim=1))
+            features.append(self.activation(conv(_cat(features))))
+        return self.last(_cat(features))
