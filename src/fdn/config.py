@@ -7,6 +7,7 @@ value is read as TOML, so ``--set optim.milestones=[1000,2000]`` works).
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -206,6 +207,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
     if kind is int and isinstance(value, bool):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if not isinstance(value, kind):
@@ -245,39 +248,60 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 
 def _validate(config: TrainConfig) -> None:
+    d, o, t, v = config.data, config.optim, config.training, config.validation
     positive = [
-        ("data.patch_size", config.data.patch_size),
-        ("training.iterations", config.training.iterations),
-        ("training.batch_size", config.training.batch_size),
-        ("training.log_every", config.training.log_every),
-        ("training.checkpoint_every", config.training.checkpoint_every),
-        ("optim.lr", config.optim.lr),
+        ("data.patch_size", d.patch_size),
+        ("training.iterations", t.iterations),
+        ("training.batch_size", t.batch_size),
+        ("training.log_every", t.log_every),
+        ("training.checkpoint_every", t.checkpoint_every),
+        ("optim.lr", o.lr),
+        ("optim.gamma", o.gamma),
+        # A negative clip scales every gradient by a negative factor: gradient ascent.
+        ("optim.grad_clip", o.grad_clip),
     ]
     for key, value in positive:
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value!r}")
-    if config.data.sigma < 0:
-        raise ConfigError(f"data.sigma: must be >= 0, got {config.data.sigma!r}")
-    sigma_range = config.data.sigma_range
-    if sigma_range is not None and (
-        len(sigma_range) != 2 or not 0 <= sigma_range[0] <= sigma_range[1]
+    at_least_zero = [
+        ("data.sigma", d.sigma),
+        ("data.workers", d.workers),
+        ("data.holdout", d.holdout),
+        ("optim.warmup", o.warmup),
+        ("optim.min_lr", o.min_lr),
+        ("optim.weight_decay", o.weight_decay),
+        ("optim.lambda_nll", o.lambda_nll),
+        ("optim.lambda_rec", o.lambda_rec),
+        ("training.seed", t.seed),
+        ("training.threads", t.threads),
+        ("training.time_limit", t.time_limit),
+        ("validation.every", v.every),
+        ("validation.sigma", v.sigma),
+        ("validation.max_images", v.max_images),
+        ("validation.crop", v.crop),
+        ("validation.seed", v.seed),
+        *((f"validation.sigmas[{i}]", sigma) for i, sigma in enumerate(v.sigmas or [])),
+    ]
+    for key, value in at_least_zero:
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+    if d.sigma_range is not None and (
+        len(d.sigma_range) != 2 or not 0 <= d.sigma_range[0] <= d.sigma_range[1]
     ):
         raise ConfigError(
-            f"data.sigma_range: expected [low, high] with 0 <= low <= high, got {sigma_range!r}"
+            f"data.sigma_range: expected [low, high] with 0 <= low <= high, got {d.sigma_range!r}"
         )
-    if config.data.patch_size % 2**config.model.num_blocks:
+    if len(o.betas) != 2 or not all(0 <= beta < 1 for beta in o.betas):
+        raise ConfigError(f"optim.betas: expected [beta1, beta2] in [0, 1), got {o.betas!r}")
+    if o.lambda_nll == 0 and o.lambda_rec == 0:
+        raise ConfigError("optim.lambda_nll and optim.lambda_rec: at least one must be positive")
+    if d.patch_size % 2**config.model.num_blocks:
         raise ConfigError(
             f"data.patch_size: must be a multiple of "
             f"{2**config.model.num_blocks} for {config.model.num_blocks} blocks"
         )
-    if config.data.workers < 0 or config.validation.every < 0:
-        raise ConfigError("data.workers and validation.every must be >= 0")
-    if config.data.holdout < 0 or config.optim.warmup < 0 or config.optim.min_lr < 0:
-        raise ConfigError("data.holdout, optim.warmup and optim.min_lr must be >= 0")
-    if config.training.time_limit < 0:
-        raise ConfigError(f"training.time_limit: must be >= 0, got {config.training.time_limit!r}")
-    if not 0 <= config.training.ema < 1:
-        raise ConfigError(f"training.ema: must be in [0, 1), got {config.training.ema!r}")
+    if not 0 <= t.ema < 1:
+        raise ConfigError(f"training.ema: must be in [0, 1), got {t.ema!r}")
 
 
 def _set_nested(values: dict, dotted: str, value: Any) -> None:

@@ -8,6 +8,7 @@ file and renamed, so a write killed midway never replaces the last good one.
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ __all__ = [
     "set_rng_state",
     "signals_caught",
     "to_toml",
+    "trim_log",
     "write_log",
 ]
 
@@ -89,14 +91,36 @@ def signals_caught() -> Iterator[list[int]]:
             signal.signal(signum, previous)
 
 
+def _strict(value: object) -> object:
+    """NaN and infinities as null: strict JSON parsers reject the bare tokens."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
 def write_log(run_dir: Path, record: dict, board: object | None = None) -> None:
     """Appends one JSON line to ``log.jsonl`` (and scalars to TensorBoard when given)."""
+    line = json.dumps({key: _strict(value) for key, value in record.items()}, allow_nan=False)
     with (run_dir / "log.jsonl").open("a") as stream:
-        stream.write(json.dumps(record) + "\n")
+        stream.write(line + "\n")
     if board is not None:
         for name, value in record.items():
             if name != "step":
                 board.add_scalar(name, value, record["step"])
+
+
+def trim_log(run_dir: Path, step: int) -> None:
+    """Keeps the lines of ``log.jsonl`` up to ``step`` (none for 0), atomically."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    if step > 0:
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
 
 
 def tensorboard(run_dir: Path) -> object | None:

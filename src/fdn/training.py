@@ -47,6 +47,7 @@ from fdn.runstate import (
     signals_caught,
     tensorboard,
     to_toml,
+    trim_log,
     write_log,
 )
 from fdn.serialization import save_model
@@ -54,6 +55,7 @@ from fdn.serialization import save_model
 __all__ = [
     "CHECKPOINT",
     "TrainResult",
+    "TrainingError",
     "TrainingStopped",
     "build_model",
     "init_from",
@@ -63,6 +65,11 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
+_MAX_SKIPPED_IN_A_ROW = 100
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on or produced garbage (non-finite weights, every step skipped)."""
 
 
 class TrainingStopped(Exception):
@@ -198,17 +205,74 @@ class _Objective(nn.Module):
         return _step_loss(self.model, self.config, noisy, clean, step)
 
 
+_CHECKPOINT_KEYS = ("config", "model", "step", "optimizer", "scheduler", "skipped", "best_psnr")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A run's checkpoint, its ``config`` entry as a :class:`TrainConfig`.
+
+    Read with ``weights_only=True`` (nothing is unpickled); a missing, empty, foreign or
+    damaged file is a :class:`TrainingError` of one line that names it.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+    if path.stat().st_size == 0:
+        raise TrainingError(f"{path}: empty file, not a checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch's texts run to many lines
+        raise TrainingError(
+            f"{path}: not a checkpoint fdn can read ({type(error).__name__}); "
+            "fdn never unpickles other objects"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise TrainingError(f"{path}: not a checkpoint (a {type(checkpoint).__name__})")
+    for key in (*_CHECKPOINT_KEYS, "rng"):
+        if key not in checkpoint:
+            raise TrainingError(f"{path}: no '{key}' entry; the checkpoint is damaged")
+    try:
+        checkpoint["config"] = config_from_dict(checkpoint["config"])
+    except ConfigError as error:
+        raise TrainingError(f"{path}: its config is invalid ({error})") from None
+    return checkpoint
+
+
+def _load_weights(model: nn.Module, state: dict, path: Path) -> None:
+    """``model.load_state_dict(state)``, with a one-line error naming the first mismatch."""
+    ours = model.state_dict()
+    if set(ours) != set(state):
+        odd = sorted(set(ours) ^ set(state))
+        raise TrainingError(
+            f"{path}: does not match its config ({len(odd)} tensor names differ, e.g. {odd[0]})"
+        )
+    for name, tensor in ours.items():
+        if tensor.shape != state[name].shape:
+            raise TrainingError(
+                f"{path}: does not match its config ({name} is {tuple(state[name].shape)}, "
+                f"the config makes it {tuple(tensor.shape)})"
+            )
+    model.load_state_dict(state)
+
+
+def _finite(model: nn.Module) -> bool:
+    norms = torch._foreach_norm([p.detach() for p in model.parameters()])
+    return bool(torch.isfinite(torch.stack(norms)).all())
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module, images: list[tuple[str, Tensor, Tensor]], device: torch.device
 ) -> float:
-    """Mean PSNR (spec 7.3 convention) of the model's denoised validation images."""
-    was_training = model.training
-    model.eval()
+    """Mean PSNR (spec 7.3 convention) of the model's denoised validation images.
+
+    It denoises with a copy, so the model is left exactly as it was: eval mode would put its
+    weights in channels-last (the fast path), and a run that went on training them so would
+    round differently from one resumed from its checkpoint.
+    """
+    model = copy.deepcopy(model).eval()
     scores = [
         psnr(model.denoise(noisy.to(device)).cpu(), clean).item() for _, noisy, clean in images
     ]
-    model.train(was_training)
     return float(np.mean(scores))
 
 
@@ -261,11 +325,8 @@ def train(
     run_dir = Path(run_dir)
     checkpoint = None
     if resume:
-        path = run_dir / CHECKPOINT
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        config = config_from_dict(checkpoint["config"])
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+        config = checkpoint["config"]
     settings = config.training
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -286,6 +347,9 @@ def train(
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(to_toml(config.to_dict()))
+        # One line per step: a new run starts a new log, and a resumed one drops what was
+        # logged after its checkpoint (a kill -9 between a log line and the next checkpoint).
+        trim_log(run_dir, checkpoint["step"] if checkpoint is not None else 0)
 
     optimizer = torch.optim.Adam(
         model.parameters(),
@@ -296,7 +360,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     start, skipped, best = 0, 0, -math.inf
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        _load_weights(model, checkpoint["model"], run_dir / CHECKPOINT)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, skipped, best = checkpoint["step"], checkpoint["skipped"], checkpoint["best_psnr"]
@@ -358,7 +422,7 @@ def train(
     )
     window_start, window_images = time.perf_counter(), 0
     deadline = time.monotonic() + 60 * settings.time_limit
-    done = start
+    done, streak = start, 0
     with signals_caught() as caught:
         for step in range(start, settings.iterations):
             noisy, clean = (t.to(device) for t in next(batches))
@@ -375,8 +439,21 @@ def train(
                 not (torch.isfinite(terms["loss"]) and torch.isfinite(grad_norm)), world, device
             ):
                 skipped += 1
+                streak += 1
+                if streak >= _MAX_SKIPPED_IN_A_ROW:
+                    raise TrainingError(
+                        f"step {step + 1}: {streak} steps in a row were skipped (non-finite "
+                        f"loss or gradient); the data or the config is broken"
+                    )
             else:
                 optimizer.step()
+                streak = 0
+                if not _finite(model):
+                    # Raised before anything is written: the last checkpoint stays good.
+                    raise TrainingError(
+                        f"step {step + 1}: the weights are not finite any more (learning rate "
+                        f"{optimizer.param_groups[0]['lr']:g}); nothing was saved from this step"
+                    )
                 if average is not None:
                     average.update(model)
             lr = optimizer.param_groups[0]["lr"]  # the rate this step used
@@ -416,6 +493,11 @@ def train(
                 bar.close()
                 raise TrainingStopped(done, caught[0] if caught else signal.SIGTERM)
     bar.close()
+    if done > 0 and skipped >= done:
+        raise TrainingError(
+            f"every step of the run was skipped ({skipped} of {done}: non-finite loss or "
+            f"gradient); no model was written"
+        )
     final = None
     if main:
         final = run_dir / "model.safetensors"

@@ -1,0 +1,196 @@
+"""Training under faults (issue #16, items 1, 8, 10, 11, 13): garbage never exits 0, resume is
+exact with validation on, damaged checkpoints and bad values are one-line errors, logs stay
+strict JSON with one line per step."""
+
+import json
+import os
+import pickle
+import signal
+
+import pytest
+import torch
+
+import fdn.training as training
+from fdn.cli import main
+from fdn.config import ConfigError
+from fdn.training import CHECKPOINT, TrainingError, TrainingStopped, train
+from test_training import parameters, small_config
+
+from helpers import make_images
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("data"))
+
+
+def quiet(config, run_dir, **kwargs):
+    return train(config, run_dir, progress=False, log=lambda _: None, **kwargs)
+
+
+def log_rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=inf", "optim.lr: must be a finite number"),
+        ("data.sigma=nan", "data.sigma: must be a finite number"),
+        ("optim.grad_clip=-1", "optim.grad_clip: must be positive"),
+        ("validation.crop=-5", "validation.crop: must be >= 0"),
+        ("training.seed=-1", "training.seed: must be >= 0"),
+        ("training.threads=-1", "training.threads: must be >= 0"),
+        ("optim.betas=[0.9]", "optim.betas: expected [beta1, beta2] in [0, 1)"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas: expected [beta1, beta2] in [0, 1)"),
+        ("data.sigma_range=[0, inf]", "data.sigma_range[1]: must be a finite number"),
+        ("validation.sigmas=[25, -1]", "validation.sigmas[1]: must be >= 0"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(images, tmp_path, override, message):
+    with pytest.raises(ConfigError) as caught:
+        small_config(images, tmp_path, override)
+    assert message in str(caught.value)
+
+
+def test_a_run_whose_weights_turn_non_finite_fails_and_ships_nothing(images, tmp_path):
+    config = small_config(images, tmp_path, "validation.every=0")
+    config.optim.lr = float("inf")  # past the config check, as a bug elsewhere might do
+    with pytest.raises(TrainingError, match="not finite"):
+        quiet(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    # the last checkpoint written, if any, holds finite weights
+    if (tmp_path / "run" / CHECKPOINT).exists():
+        state = parameters(tmp_path / "run")
+        assert all(torch.isfinite(v.float()).all() for v in state.values())
+
+
+def test_a_run_that_skipped_every_step_fails(images, tmp_path, capsys):
+    config = small_config(images, tmp_path, "validation.every=0")
+    config.data.sigma_range, config.data.sigma = None, float("nan")
+    with pytest.raises(TrainingError, match="every step"):
+        quiet(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_cli_exits_non_zero_on_garbage(images, tmp_path, monkeypatch, capsys):
+    small_config(images, tmp_path)
+    real = training._step_loss
+
+    def nan_loss(model, cfg, noisy, clean, step):
+        terms = real(model, cfg, noisy, clean, step)
+        terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(training, "_step_loss", nan_loss)
+    code = main(["train", str(tmp_path / "small.toml"), "--out", str(tmp_path / "run")])
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and "every step" in error and "\n" not in error
+
+
+def test_resume_is_bit_exact_with_validation_on(images, tmp_path, monkeypatch):
+    # Validation in fp32 used to leave the weights channels-last; a resumed process rebuilt
+    # them contiguous, and the convolutions then rounded differently.
+    settings = ("validation.every=2", "training.checkpoint_every=100")
+    quiet(small_config(images, tmp_path, *settings), tmp_path / "straight")
+    real = training._step_loss
+
+    def interrupt_at_step_three(model, cfg, noisy, clean, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, cfg, noisy, clean, step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_step_loss", interrupt_at_step_three)
+        with pytest.raises(TrainingStopped):
+            quiet(small_config(images, tmp_path, *settings), tmp_path / "resumed")
+    quiet(None, tmp_path / "resumed", resume=True)
+    straight, resumed = parameters(tmp_path / "straight"), parameters(tmp_path / "resumed")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_validation_leaves_the_model_as_it_was(images, tmp_path):
+    from fdn.data import load_validation
+
+    config = small_config(images, tmp_path)
+    model = training.build_model(config).train()
+    before = {name: (p.stride(), p.clone()) for name, p in model.named_parameters()}
+    training.validate(model, load_validation(config), torch.device("cpu"))
+    assert model.training
+    for name, p in model.named_parameters():
+        assert p.stride() == before[name][0] and torch.equal(p, before[name][1]), name
+
+
+def test_resume_after_a_hard_kill_logs_each_step_once(images, tmp_path):
+    config = small_config(images, tmp_path, "validation.every=0", "training.checkpoint_every=4")
+    quiet(config, tmp_path / "run")
+    run_dir = tmp_path / "run"
+    # A kill -9 after step 6's log line but before its checkpoint: the checkpoint says 4.
+    checkpoint = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    early = small_config(images, tmp_path, "validation.every=0", "training.iterations=4")
+    quiet(early, tmp_path / "early")
+    early_checkpoint = torch.load(tmp_path / "early" / CHECKPOINT, weights_only=True)
+    early_checkpoint["config"] = checkpoint["config"]
+    torch.save(early_checkpoint, run_dir / CHECKPOINT)
+    quiet(None, run_dir, resume=True)
+    steps = [row["step"] for row in log_rows(run_dir) if "loss" in row]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_new_run_in_a_folder_with_an_old_log_starts_a_new_log(images, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "log.jsonl").write_text('{"step": 99, "loss": 1.0}\n')
+    quiet(small_config(images, tmp_path, "validation.every=0"), run_dir)
+    assert 99 not in [row["step"] for row in log_rows(run_dir)]
+
+
+def test_non_finite_values_are_logged_as_null(images, tmp_path, monkeypatch):
+    real = training._step_loss
+
+    def nan_at_two(model, cfg, noisy, clean, step):
+        terms = real(model, cfg, noisy, clean, step)
+        if step == 1:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(training, "_step_loss", nan_at_two)
+    quiet(small_config(images, tmp_path, "validation.every=0"), tmp_path / "run")
+    text = (tmp_path / "run" / "log.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    rows = [json.loads(line, parse_constant=pytest.fail) for line in text.splitlines()]
+    assert rows[1]["loss"] is None and rows[1]["skipped"] == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("empty", "empty"),
+        ("garbage", "not a checkpoint"),
+        ("pickle", "not a checkpoint"),
+        ("no_rng", "no 'rng'"),
+        ("shapes", "does not match its config"),
+    ],
+)
+def test_damaged_checkpoints_are_one_line_errors(images, tmp_path, capsys, damage, message):
+    run_dir = tmp_path / "run"
+    quiet(small_config(images, tmp_path, "validation.every=0", "training.iterations=2"), run_dir)
+    path = run_dir / CHECKPOINT
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 10)
+    elif damage == "pickle":
+        path.write_bytes(pickle.dumps({"config": {}}))
+    else:
+        checkpoint = torch.load(path, weights_only=True)
+        if damage == "no_rng":
+            del checkpoint["rng"]
+        else:
+            checkpoint["config"]["model"]["hidden_channels"] = 8
+        torch.save(checkpoint, path)
+    code = main(["train", "--resume", str(run_dir)])
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in error, error
+    assert str(path) in error and message in error
