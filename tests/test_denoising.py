@@ -92,6 +92,24 @@ def test_bad_arrays_are_clear_errors(model):
         denoise_image(np.full((4, 4), np.nan, np.float32), model)
 
 
+@pytest.mark.parametrize(
+    ("value", "dtype"), [(1e300, np.float64), (1e38, np.float32), (255.0, np.float32)]
+)
+def test_finite_floats_far_outside_the_unit_range_are_refused(model, value, dtype):
+    # 1e300 used to become inf in float32 and 1e38 to overflow the flow: all-NaN output.
+    image = np.full((8, 8, 3), 0.5, dtype)
+    image[0, 0, 0] = value
+    with pytest.raises(ValueError, match="must lie in"):
+        denoise_image(image, model)
+
+
+def test_noisy_floats_a_little_outside_the_unit_range_are_denoised(model):
+    image = np.random.default_rng(0).normal(0.5, 0.3, (8, 8, 3)).astype(np.float32)
+    assert image.min() < 0 and image.max() > 1
+    out = denoise_image(image, model)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
 def test_tiles_equal_whole_image_when_the_model_is_local():
     # At initialisation the couplings are the identity, so every output pixel depends on its
     # own 4x4 cell only: aligned tiles must reproduce the whole-image result exactly.

@@ -35,6 +35,23 @@ def test_grey_model_parameters_follow_the_spec_formula():
     assert count_parameters(grey) == fdn_parameters(1) == 3_220_000
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        FDNConfig(),
+        FDNConfig(in_channels=1),
+        FDNConfig(hidden_channels=16, steps_per_block=4),
+        FDNConfig(in_channels=1, num_blocks=3, steps_per_block=1, hidden_channels=5),
+    ],
+)
+def test_config_counts_the_parameters_of_its_network(config):
+    model = FDN.from_config(config)
+    assert config.num_parameters == count_parameters(model)
+    assert config.num_parameters == fdn_parameters(
+        config.in_channels, config.num_blocks, config.steps_per_block, config.hidden_channels
+    )
+
+
 def test_latent_layout():
     config = FDN().config
     assert config == FDNConfig()

@@ -194,3 +194,12 @@ def test_damaged_checkpoints_are_one_line_errors(images, tmp_path, capsys, damag
     error = capsys.readouterr().err.strip()
     assert code != 0 and "\n" not in error, error
     assert str(path) in error and message in error
+
+
+def test_a_resumed_run_removes_temporary_files_of_a_killed_write(images, tmp_path):
+    run_dir = tmp_path / "run"
+    quiet(small_config(images, tmp_path, "validation.every=0", "training.iterations=2"), run_dir)
+    stale = run_dir / ".checkpoint.pt.x1y2z3.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    quiet(None, run_dir, resume=True)
+    assert not stale.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -503,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = _exit_on_sigterm()
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -514,3 +516,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"fdn: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _exit_on_sigterm() -> object | None:
+    """SIGTERM as an exception, so that a file being written is removed, not left as a
+    temporary file (SIGINT already is one: KeyboardInterrupt). Training catches both
+    itself to save a checkpoint. Returns the previous handler (None off the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        return None

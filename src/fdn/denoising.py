@@ -155,6 +155,10 @@ def effective_tile(
     return tile
 
 
+# The float pixel values denoise_image accepts: [0, 1], with room for noise around it.
+FLOAT_RANGE = (-1.0, 2.0)
+
+
 def _to_unit_float(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255
@@ -163,6 +167,14 @@ def _to_unit_float(image: np.ndarray) -> np.ndarray:
     if np.issubdtype(image.dtype, np.floating):
         if not np.isfinite(image).all():
             raise ValueError("the image has NaN or infinite values")
+        # Noisy pixels stray a little outside [0, 1]; far beyond it the image is on another
+        # scale (0-255 floats, say), and values near float32's limit would overflow the flow.
+        low, high = float(image.min()), float(image.max())
+        if low < FLOAT_RANGE[0] or high > FLOAT_RANGE[1]:
+            raise ValueError(
+                f"float pixel values must lie in [0, 1] (noisy ones a little outside, within "
+                f"{list(FLOAT_RANGE)}); this image spans [{low:.4g}, {high:.4g}]: rescale it"
+            )
         return image.astype(np.float32)
     raise ValueError(f"unsupported dtype {image.dtype}: use uint8, uint16 or float")
 

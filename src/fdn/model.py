@@ -62,6 +62,25 @@ class FDNConfig:
         return round(self.clean_fraction * self.latent_channels)
 
     @property
+    def num_parameters(self) -> int:
+        """Trainable parameters, by the spec's formula (sections 3 and 5): per Step of Flow an
+        ActNorm (2C), a 1x1 convolution (C^2) and three Dense Blocks. Model files are checked
+        against it before a network is built from their config."""
+
+        def dense_block(c_in: int, c_out: int) -> int:
+            gc = self.hidden_channels
+            return 9 * gc * (4 * c_in + 6 * gc) + 4 * gc + 9 * (c_in + 4 * gc) * c_out + c_out
+
+        total, split = 0, self.in_channels
+        for k in range(1, self.num_blocks + 1):
+            channels = self.in_channels * 4**k
+            coupling = dense_block(channels - split, split) + 2 * dense_block(
+                split, channels - split
+            )
+            total += self.steps_per_block * (2 * channels + channels**2 + coupling)
+        return total
+
+    @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this for the Squeezes."""
         return 2**self.num_blocks

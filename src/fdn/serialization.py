@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -19,7 +20,9 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "ModelFileError",
+    "check_shapes",
     "check_tensors",
+    "check_values",
     "load_model",
     "save_model",
 ]
@@ -85,10 +88,38 @@ def _read_config(path: Path, metadata: dict[str, str] | None) -> FDNConfig:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ModelFileError(path, f"config has unknown keys: {', '.join(unknown)}")
+    for key, value in fields.items():
+        # An untrusted file must not make us build a network of any size: bound what can be.
+        low, high = _BOUNDS[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ModelFileError(path, f"invalid config: {key} is {value!r}, not a number")
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ModelFileError(
+                path, f"invalid config: {key} = {value!r} is outside [{low:g}, {high:g}]"
+            )
     try:
         return FDNConfig(**fields)
     except (TypeError, ValueError) as error:
         raise ModelFileError(path, f"invalid config: {error}") from None
+
+
+# The range of each config value a model file may hold; far beyond any trained FDN, yet small
+# enough that building the network it describes stays cheap.
+_BOUNDS = {
+    "in_channels": (1, 4),
+    "num_blocks": (1, 5),
+    "steps_per_block": (1, 64),
+    "hidden_channels": (1, 1024),
+    "clean_fraction": (0, 1),
+    "clamp": (0, 10),
+}
+# How many more weights than the file holds a config may describe before it is refused
+# unbuilt (twice the file, plus this); within it, mismatches are named tensor by tensor.
+_SLACK = 1_000_000
+# ActNorm scales beyond e^20 (5e8) make float32 overflow within a few layers.
+_MAX_LOG_SCALE = 20.0
+# A 1x1 weight this ill-conditioned has no usable float32 inverse.
+_MAX_CONDITION = 1e6
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> FDN:
@@ -120,14 +151,73 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
     try:
         with safe_open(path, framework="pt", device="cpu") as archive:
             config = _read_config(path, archive.metadata())
+            # Before a network is built from the config, its size is checked against the
+            # weights the header declares: a config cannot make us allocate much more than
+            # the file holds. Near misses are built and named tensor by tensor below.
+            weights = sum(
+                math.prod(archive.get_slice(name).get_shape())
+                for name in archive.keys()  # noqa: SIM118
+                if archive.get_slice(name).get_dtype().startswith(("F", "BF"))
+            )
+            if config.num_parameters > 2 * weights + _SLACK:
+                raise ModelFileError(
+                    path,
+                    f"holds {weights:,} weights where its config makes {config.num_parameters:,}",
+                )
             tensors = {name: archive.get_tensor(name) for name in archive.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, RuntimeError) as error:
         raise ModelFileError(path, f"truncated or corrupt safetensors file ({error})") from None
 
     model = FDN.from_config(config)
     check_tensors(model, tensors, path, what=" for its config")
+    check_values(tensors, path)
     model.load_state_dict(tensors)
     return model.to(device).eval()
+
+
+def check_values(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raises :class:`ModelFileError` on weights no trained FDN has: non-finite values,
+    ActNorm log-scales that overflow, or a 1x1 convolution without a usable inverse."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelFileError(path, f"tensor {name} holds NaN or infinite values")
+        if name.endswith("log_scale") and tensor.abs().max() > _MAX_LOG_SCALE:
+            raise ModelFileError(
+                path, f"tensor {name} has a log-scale beyond +-{_MAX_LOG_SCALE:g} (overflows)"
+            )
+        if tensor.dim() == 2 and tensor.shape[0] == tensor.shape[1]:  # an invertible 1x1 conv
+            condition = torch.linalg.cond(tensor.double()).item()
+            if not condition < _MAX_CONDITION:
+                raise ModelFileError(
+                    path, f"tensor {name} is a singular 1x1 weight (condition {condition:.3g})"
+                )
+
+
+def check_shapes(
+    model: torch.nn.Module,
+    shapes: dict[str, list[int] | tuple[int, ...]],
+    path: str | os.PathLike,
+    optional: frozenset[str] = frozenset(),
+    what: str = "",
+) -> None:
+    """Raises :class:`ModelFileError` unless ``shapes`` has exactly ``model``'s state-dict
+    names (``optional`` ones may be absent), each with its shape."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(shapes) - optional)
+    extra = sorted(set(shapes) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {_preview(missing)}")
+        if extra:
+            parts.append(f"unexpected tensors {_preview(extra)}")
+        raise ModelFileError(path, "; ".join(parts) + what)
+    for name, shape in shapes.items():
+        if tuple(shape) != tuple(expected[name].shape):
+            raise ModelFileError(
+                path,
+                f"tensor {name} has shape {tuple(shape)}, expected {tuple(expected[name].shape)}",
+            )
 
 
 def check_tensors(
@@ -139,23 +229,9 @@ def check_tensors(
 ) -> None:
     """Raises :class:`ModelFileError` unless ``tensors`` has exactly ``model``'s state-dict
     names (``optional`` ones may be absent), with the same shapes and kinds of dtype."""
+    check_shapes(model, {n: t.shape for n, t in tensors.items()}, path, optional, what)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors) - optional)
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {_preview(missing)}")
-        if extra:
-            parts.append(f"unexpected tensors {_preview(extra)}")
-        raise ModelFileError(path, "; ".join(parts) + what)
     for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise ModelFileError(
-                path,
-                f"tensor {name} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[name].shape)}",
-            )
         if tensor.dtype.is_floating_point != expected[name].dtype.is_floating_point:
             raise ModelFileError(path, f"tensor {name} has dtype {tensor.dtype}")
 

@@ -346,6 +346,8 @@ def train(
         model.to(memory_format=torch.channels_last)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # from a write killed by kill -9
+            stale.unlink(missing_ok=True)
         (run_dir / "config.toml").write_text(to_toml(config.to_dict()))
         # One line per step: a new run starts a new log, and a resumed one drops what was
         # logged after its checkpoint (a kill -9 between a log line and the next checkpoint).
