@@ -203,3 +203,37 @@ def test_a_resumed_run_removes_temporary_files_of_a_killed_write(images, tmp_pat
     stale.write_bytes(b"\0" * 1000)
     quiet(None, run_dir, resume=True)
     assert not stale.exists()
+
+
+def test_a_training_image_corrupt_past_its_header_fails_before_step_one(images, tmp_path):
+    import shutil
+
+    from fdn.data import DataError, TrainingPatches
+
+    data = tmp_path / "data"
+    shutil.copytree(images, data)
+    victim = sorted((data / "train").iterdir())[2]
+    from PIL import Image
+
+    Image.open(victim).convert("RGB").save(victim.with_suffix(".jpg"), quality=90)
+    victim.unlink()
+    jpeg = victim.with_suffix(".jpg").read_bytes()
+    victim.with_suffix(".jpg").write_bytes(jpeg[: len(jpeg) // 2])  # header intact, data cut
+    config = small_config(data, tmp_path)
+    with pytest.raises(DataError, match=victim.with_suffix(".jpg").name):
+        TrainingPatches(config, seed=0)
+
+
+def test_cached_and_decoded_patches_are_the_same(images, tmp_path, monkeypatch):
+    import fdn.data
+    from fdn.data import TrainingPatches
+
+    config = small_config(images, tmp_path)
+    cached = TrainingPatches(config, seed=0)
+    assert cached._cache is not None and len(cached._cache) == len(cached.items)
+    monkeypatch.setattr(fdn.data, "CACHE_BYTES", 0)
+    uncached = TrainingPatches(config, seed=0)
+    assert uncached._cache is None
+    for index in (0, 5, 17):
+        for a, b in zip(cached[index], uncached[index], strict=True):
+            assert torch.equal(a, b)

@@ -37,6 +37,10 @@ __all__ = [
 ]
 
 
+# Decoded training images are kept in memory while they take at most this many bytes.
+CACHE_BYTES = 1 << 30
+
+
 class DataError(ValueError):
     """Training or validation data that cannot be used; raised before any step."""
 
@@ -105,21 +109,13 @@ def _training_items(config: TrainConfig) -> tuple[Path, list[tuple[Path, Path]]]
     return root, [(path, path) for path in list_images(root)]
 
 
-def _size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: not a readable image ({error})") from None
-
-
 def _load(path: Path, channels: int) -> np.ndarray:
     """``(H, W, C)`` uint8."""
     try:
         with Image.open(path) as image:
             array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot decode ({error})") from None
+    except Exception as error:  # noqa: BLE001 - decoders raise many kinds; name the file
+        raise DataError(f"{path}: not a readable image ({' '.join(str(error).split())})") from None
     return array[:, :, None] if array.ndim == 2 else array
 
 
@@ -161,9 +157,15 @@ class TrainingPatches(Dataset):
         self.sigma = data.sigma
         self.sigma_range = data.sigma_range
         self.items = holdout_split(_training_items(config)[1], data.holdout)[0]
+        # Every image is decoded in full now: one corrupt past its header would otherwise
+        # crash the step that draws it, and every resume at the same step. While they fit
+        # in CACHE_BYTES, the decoded images are kept, which spares a JPEG decode per patch.
+        self._cache: dict[Path, np.ndarray] | None = {}
+        self._cached_bytes = 0
         for noisy, clean in self.items:
-            size = _size(clean)
-            if noisy != clean and _size(noisy) != size:
+            clean_array = self._decoded(clean)
+            size = clean_array.shape[1], clean_array.shape[0]
+            if noisy != clean and self._decoded(noisy).shape[:2] != clean_array.shape[:2]:
                 raise DataError(f"{noisy}: size differs from {clean.name}")
             if min(size) < self.patch:
                 raise DataError(
@@ -171,6 +173,18 @@ class TrainingPatches(Dataset):
                     f"{self.patch}x{self.patch} patch (data.patch_size)"
                 )
         self._orders: dict[int, np.ndarray] = {}
+
+    def _decoded(self, path: Path) -> np.ndarray:
+        """The image at ``path``, from the cache while there is one."""
+        if self._cache is not None and path in self._cache:
+            return self._cache[path]
+        array = _load(path, self.channels)
+        if self._cache is not None:
+            self._cache[path] = array
+            self._cached_bytes += array.nbytes
+            if self._cached_bytes > CACHE_BYTES:
+                self._cache = None  # too big to keep: decode per patch from now on
+        return array
 
     def __len__(self) -> int:
         return len(self.items)
@@ -186,11 +200,9 @@ class TrainingPatches(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         rng = np.random.default_rng([self.seed, index])
         noisy_path, clean_path = self._item(index)
-        clean = _load(clean_path, self.channels)
+        clean = self._decoded(clean_path)
         stack = (
-            clean
-            if noisy_path == clean_path
-            else np.dstack([clean, _load(noisy_path, self.channels)])
+            clean if noisy_path == clean_path else np.dstack([clean, self._decoded(noisy_path)])
         )
         height, width = stack.shape[:2]
         top = rng.integers(0, height - self.patch + 1)
