@@ -46,7 +46,7 @@ def config_values(root, batch_size, iterations=3):
     }
 
 
-def _worker(rank, world, port, values, run_dir, out_dir):
+def _worker(rank, world, port, values, run_dir, out_dir, resume=False):
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -54,9 +54,32 @@ def _worker(rank, world, port, values, run_dir, out_dir):
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
-    result = train(config_from_dict(values), run_dir, progress=False, log=lambda _: None)
+    config = None if resume else config_from_dict(values)
+    result = train(config, run_dir, resume=resume, progress=False, log=lambda _: None)
     torch.save(result.model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
+
+
+def test_ddp_resume_is_bit_exact_with_validation_on(images, tmp_path):
+    # Rank 0 validates; validation must leave its weights as they were (issue #16, item 8).
+    values = config_values(images, 2, iterations=4)
+    values["validation"] = {"folder": "val", "every": 2, "sigma": 25}
+
+    def spawn(run_dir, out_dir, values, resume=False):
+        out_dir.mkdir()
+        args = (2, free_port(), values, run_dir, str(out_dir), resume)
+        mp.spawn(_worker, args=args, nprocs=2, join=True)
+        return torch.load(out_dir / "rank0.pt", weights_only=True)
+
+    straight = spawn(tmp_path / "straight", tmp_path / "a", values)
+    short = {**values, "training": {**values["training"], "iterations": 3}}
+    spawn(tmp_path / "resumed", tmp_path / "b", short)
+    checkpoint = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
+    checkpoint["config"]["training"]["iterations"] = 4
+    torch.save(checkpoint, tmp_path / "resumed" / CHECKPOINT)
+    resumed = spawn(tmp_path / "resumed", tmp_path / "c", None, resume=True)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
 
 
 @pytest.fixture(scope="module")
