@@ -59,6 +59,27 @@ sigma = 25
     return load_config(path, list(overrides))
 
 
+def straight_and_resumed(images, tmp_path, monkeypatch, settings, stop_at):
+    """Trains ``settings`` once straight through, and once stopped by SIGTERM in step
+    ``stop_at`` (0-based) and resumed, as a real interruption is; returns both run folders."""
+    quiet = {"progress": False, "log": lambda _: None}
+    train(small_config(images, tmp_path, *settings), tmp_path / "straight", **quiet)
+    real = training._step_loss
+
+    def interrupt(model, cfg, noisy, clean, step):
+        if step == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, cfg, noisy, clean, step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_step_loss", interrupt)
+        with pytest.raises(TrainingStopped):
+            train(small_config(images, tmp_path, *settings), tmp_path / "resumed", **quiet)
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["step"] == stop_at + 1
+    train(None, tmp_path / "resumed", resume=True, **quiet)
+    return tmp_path / "straight", tmp_path / "resumed"
+
+
 def parameters(run_dir):
     state = torch.load(run_dir / CHECKPOINT, weights_only=True)["model"]
     return {k: v for k, v in state.items()}
@@ -153,6 +174,17 @@ def test_a_checkpoint_write_killed_midway_keeps_the_last_good_one(images, tmp_pa
         ("data.augment=rotate", "data.augment: expected one of none, flip, flip_rot"),
         ("data.patch_size=18", "data.patch_size: must be a multiple of 4"),
         ("optim.milestones=5", "optim.milestones: expected a list"),
+        # issue #16, items 1 and 13
+        ("optim.lr=inf", "optim.lr: must be a finite number"),
+        ("data.sigma=nan", "data.sigma: must be a finite number"),
+        ("optim.grad_clip=-1", "optim.grad_clip: must be positive"),
+        ("validation.crop=-5", "validation.crop: must be >= 0"),
+        ("training.seed=-1", "training.seed: must be >= 0"),
+        ("training.threads=-1", "training.threads: must be >= 0"),
+        ("optim.betas=[0.9]", "optim.betas: expected [beta1, beta2] in [0, 1)"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas: expected [beta1, beta2] in [0, 1)"),
+        ("data.sigma_range=[0, inf]", "data.sigma_range[1]: must be a finite number"),
+        ("validation.sigmas=[25, -1]", "validation.sigmas[1]: must be >= 0"),
     ],
 )
 def test_config_errors_name_the_key(images, tmp_path, override, message):

@@ -3,8 +3,6 @@
 import itertools
 import json
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -14,8 +12,8 @@ from fdn import FDN, load_model, save_model
 from fdn.cli import main
 from fdn.config import ConfigError
 from fdn.data import TrainingPatches, holdout_split, load_validation
-from fdn.training import CHECKPOINT, TrainingStopped, build_model, init_from, lr_factor, train
-from test_training import parameters, small_config
+from fdn.training import CHECKPOINT, build_model, init_from, lr_factor, train
+from test_training import parameters, small_config, straight_and_resumed
 
 from helpers import make_images, randomize
 
@@ -60,20 +58,7 @@ def test_resume_is_exact_on_the_fast_path(images, tmp_path, monkeypatch, overrid
     # Interrupted by a signal, as a real run is: the cosine schedule depends on the run's
     # length, so shortening the run instead would change it.
     settings = ("optim.warmup=2", *overrides)
-    quiet(small_config(images, tmp_path, *settings), tmp_path / "straight")
-    real = training._step_loss
-
-    def interrupt_at_step_two(model, cfg, noisy, clean, step):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(model, cfg, noisy, clean, step)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "_step_loss", interrupt_at_step_two)
-        with pytest.raises(TrainingStopped):
-            quiet(small_config(images, tmp_path, *settings), tmp_path / "resumed")
-    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["step"] == 3
-    quiet(None, tmp_path / "resumed", resume=True)
+    straight_and_resumed(images, tmp_path, monkeypatch, settings, 2)
     straight, resumed = parameters(tmp_path / "straight"), parameters(tmp_path / "resumed")
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name

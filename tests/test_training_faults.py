@@ -3,18 +3,15 @@ exact with validation on, damaged checkpoints and bad values are one-line errors
 strict JSON with one line per step."""
 
 import json
-import os
 import pickle
-import signal
 
 import pytest
 import torch
 
 import fdn.training as training
 from fdn.cli import main
-from fdn.config import ConfigError
-from fdn.training import CHECKPOINT, TrainingError, TrainingStopped, train
-from test_training import parameters, small_config
+from fdn.training import CHECKPOINT, TrainingError, train
+from test_training import parameters, small_config, straight_and_resumed
 
 from helpers import make_images
 
@@ -30,27 +27,6 @@ def quiet(config, run_dir, **kwargs):
 
 def log_rows(run_dir):
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("optim.lr=inf", "optim.lr: must be a finite number"),
-        ("data.sigma=nan", "data.sigma: must be a finite number"),
-        ("optim.grad_clip=-1", "optim.grad_clip: must be positive"),
-        ("validation.crop=-5", "validation.crop: must be >= 0"),
-        ("training.seed=-1", "training.seed: must be >= 0"),
-        ("training.threads=-1", "training.threads: must be >= 0"),
-        ("optim.betas=[0.9]", "optim.betas: expected [beta1, beta2] in [0, 1)"),
-        ("optim.betas=[0.9, 1.5]", "optim.betas: expected [beta1, beta2] in [0, 1)"),
-        ("data.sigma_range=[0, inf]", "data.sigma_range[1]: must be a finite number"),
-        ("validation.sigmas=[25, -1]", "validation.sigmas[1]: must be >= 0"),
-    ],
-)
-def test_bad_values_are_refused_naming_the_key(images, tmp_path, override, message):
-    with pytest.raises(ConfigError) as caught:
-        small_config(images, tmp_path, override)
-    assert message in str(caught.value)
 
 
 def test_a_run_whose_weights_turn_non_finite_fails_and_ships_nothing(images, tmp_path):
@@ -92,20 +68,8 @@ def test_resume_is_bit_exact_with_validation_on(images, tmp_path, monkeypatch):
     # Validation in fp32 used to leave the weights channels-last; a resumed process rebuilt
     # them contiguous, and the convolutions then rounded differently.
     settings = ("validation.every=2", "training.checkpoint_every=100")
-    quiet(small_config(images, tmp_path, *settings), tmp_path / "straight")
-    real = training._step_loss
-
-    def interrupt_at_step_three(model, cfg, noisy, clean, step):
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(model, cfg, noisy, clean, step)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "_step_loss", interrupt_at_step_three)
-        with pytest.raises(TrainingStopped):
-            quiet(small_config(images, tmp_path, *settings), tmp_path / "resumed")
-    quiet(None, tmp_path / "resumed", resume=True)
-    straight, resumed = parameters(tmp_path / "straight"), parameters(tmp_path / "resumed")
+    straight, resumed = straight_and_resumed(images, tmp_path, monkeypatch, settings, 3)
+    straight, resumed = parameters(straight), parameters(resumed)
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
 

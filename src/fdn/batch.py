@@ -122,6 +122,10 @@ def denoise_files(
 ) -> BatchResult:
     """Denoises each job's file into its target; a bad file is reported and skipped.
 
+    A failure of any kind (``Exception``) in one file is reported on one line naming the file
+    and counted in ``failed``; it never ends the batch. Only an interrupt (Ctrl-C, SIGTERM)
+    does.
+
     ``model`` is an FDN, or a function from an image's channel count (1 or 3) to the FDN to
     use for it (how the bundled grey and colour models are picked).
 
@@ -147,7 +151,7 @@ def denoise_files(
                 image.pixels, chosen, tile, overlap, max_pixels, progress, ensemble, precision
             )
             write_image(job.target, image, denoised)
-        except (ImageFileError, ValueError, OSError) as error:
+        except Exception as error:  # noqa: BLE001 - whatever one file does, the batch goes on
             result.failed += 1
             report(f"fdn: error: {_one_line(error, job.source)}")
             continue
@@ -156,5 +160,12 @@ def denoise_files(
 
 
 def _one_line(error: Exception, source: Path) -> str:
-    message = str(error) if isinstance(error, ImageFileError) else f"{source}: {error}"
+    if isinstance(error, ImageFileError):
+        message = str(error)
+    elif isinstance(error, (ValueError, OSError)):
+        message = f"{source}: {error}"
+    else:
+        # An unexpected kind (a RuntimeError from the model, a KeyError): its message alone,
+        # such as "'x'" or nothing at all, would not say what went wrong.
+        message = f"{source}: {type(error).__name__}: {error}"
     return " ".join(message.split())

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +43,20 @@ EXTENSIONS = {
 }
 _FORMATS = set(EXTENSIONS.values())
 
-# PNG chunks that describe how to show the pixels; copied to 16-bit outputs.
-_PNG_KEPT_CHUNKS = (b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"pHYs", b"eXIf", b"tEXt", b"iTXt")
+# PNG chunks that describe how to show the pixels; copied to 16-bit outputs. tRNS is a colour
+# key (the one grey level or RGB colour that is transparent), kept as stored rather than
+# turned into an alpha channel.
+_PNG_KEPT_CHUNKS = (
+    b"iCCP",
+    b"sRGB",
+    b"gAMA",
+    b"cHRM",
+    b"pHYs",
+    b"eXIf",
+    b"tEXt",
+    b"iTXt",
+    b"tRNS",
+)
 
 _REFUSED_MODES = {
     "1": "1-bit black-and-white images are not supported (nothing to denoise at 1 bit)",
@@ -92,7 +106,13 @@ class ImageFile:
 
 
 def read_image(path: str | os.PathLike) -> ImageFile:
-    """Reads an image file. Raises :class:`ImageFileError` with a one-line reason."""
+    """Reads an image file. Raises :class:`ImageFileError` with a one-line reason.
+
+    Every failure of a decoder (Pillow, pypng, tifffile, zlib) becomes an
+    :class:`ImageFileError`, so that a batch can report the file and go on. A file of several
+    frames or pages (multi-page TIFF, animated WebP or PNG) is refused rather than cut down to
+    its first image.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageFileError(path, "no such file")
@@ -111,6 +131,7 @@ def read_image(path: str | os.PathLike) -> ImageFile:
             image_format = image.format
             if image_format not in _FORMATS:
                 raise ImageFileError(path, f"unsupported image format {image_format}")
+            _refuse_frames(path, getattr(image, "n_frames", 1))
             if image_format == "PNG" and _png_bit_depth(path) == 16:
                 return _read_png16(path)
             if image_format == "TIFF" and _tiff_bits(image) == 16:
@@ -121,8 +142,52 @@ def read_image(path: str | os.PathLike) -> ImageFile:
         raise
     except UnidentifiedImageError:
         raise ImageFileError(path, "not an image file, or a corrupt one") from None
+    except Image.DecompressionBombError as error:
+        raise ImageFileError(path, _too_large(error)) from None
+    except MemoryError:
+        raise ImageFileError(path, "not enough memory to decode this image") from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
-        raise ImageFileError(path, f"corrupt or truncated image ({error})") from None
+        raise ImageFileError(path, f"corrupt or truncated image ({_one_line(error)})") from None
+    except Exception as error:  # noqa: BLE001 - pypng, zlib and tifffile raise their own kinds
+        raise ImageFileError(
+            path, f"corrupt or truncated image ({_one_line(error, named=True)})"
+        ) from None
+
+
+def _one_line(error: Exception, named: bool = False) -> str:
+    """The error's message on one line, after its kind's name if ``named`` and the message
+    does not already start with it (pypng's do; zlib's "Error -3 ..." says nothing of zlib)."""
+    text = " ".join(str(error).split())
+    kind = type(error)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    if not named or text.startswith(kind.__name__):
+        return text or name
+    return f"{name}: {text}" if text else name
+
+
+def _too_large(error: Exception) -> str:
+    """The reason for Pillow's DecompressionBombError, with the pixel count the header claims.
+
+    Pillow refuses to decode more than twice ``Image.MAX_IMAGE_PIXELS`` (about 179 million
+    pixels) so that a few bytes of header cannot make it allocate gigabytes.
+    """
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    claimed = f" ({int(found.group(1)):,} pixels)" if found else ""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return (
+        f"image too large{claimed}, above the decoder's safety limit of {limit:,} pixels: "
+        "a damaged or hostile header, or an image to split into parts first"
+    )
+
+
+def _refuse_frames(path: Path, frames: int) -> None:
+    """Refuses a file of several images: denoising the first alone would drop the others."""
+    if frames > 1:
+        raise ImageFileError(
+            path,
+            f"has {frames} frames (pages); fdn denoises single images: "
+            "split it into separate files first",
+        )
 
 
 def _png_bit_depth(path: Path) -> int:
@@ -159,6 +224,11 @@ def _from_pillow(path: Path, image: Image.Image) -> ImageFile:
         metadata["lossless"] = _webp_is_lossless(path)
     if image_format == "TIFF":
         metadata["compression"] = image.info.get("compression", "raw")
+    transparency = image.info.get("transparency")
+    if image_format == "PNG" and mode in ("L", "RGB") and transparency is not None:
+        # A colour key (tRNS): an int for grey, an (r, g, b) tuple for RGB. Pillow keeps it
+        # in `info` only, and would not write it back unless told to.
+        metadata["transparency"] = transparency
     if mode in ("P", "PA"):
         metadata["palette_image"] = image.copy()
         transparency = image.info.get("transparency")
@@ -184,17 +254,35 @@ def _jpeg_subsampling(image: Image.Image) -> int:
 
 
 def _webp_is_lossless(path: Path) -> bool:
+    """Whether a WebP file's image is lossless (a VP8L chunk) rather than lossy (VP8).
+
+    The simple container has the image chunk first, but the extended one (a VP8X chunk first,
+    used as soon as the file carries an ICC profile, EXIF, XMP or lossy alpha) puts other
+    chunks before it. So walk the RIFF chunks after the 12-byte ``RIFF size WEBP`` header:
+    each is a fourcc, a little-endian 32-bit size, and data padded to an even length.
+    """
     with path.open("rb") as stream:
-        header = stream.read(16)
-    return header[12:16] == b"VP8L"
+        stream.seek(12)
+        while len(header := stream.read(8)) == 8:
+            fourcc, size = header[:4], struct.unpack("<I", header[4:])[0]
+            if fourcc in (b"VP8 ", b"VP8L"):
+                return fourcc == b"VP8L"
+            stream.seek(size + size % 2, io.SEEK_CUR)
+    return False
 
 
 def _read_png16(path: Path) -> ImageFile:
     import png
 
-    reader = png.Reader(filename=os.fspath(path))
-    chunks = [(kind, data) for kind, data in reader.chunks() if kind in _PNG_KEPT_CHUNKS]
-    width, height, rows, info = png.Reader(filename=os.fspath(path)).asDirect()
+    every_chunk = list(png.Reader(filename=os.fspath(path)).chunks())
+    for kind, data in every_chunk:
+        if kind == b"acTL" and len(data) >= 4:  # an APNG; its first field is the frame count
+            _refuse_frames(path, struct.unpack(">I", data[:4])[0])
+    chunks = [(kind, data) for kind, data in every_chunk if kind in _PNG_KEPT_CHUNKS]
+    # read(), not asDirect(): asDirect would turn a tRNS colour key into an alpha channel and
+    # rescale to an sBIT depth; read() gives the planes as stored (a 16-bit PNG never has a
+    # palette to expand), and the tRNS chunk goes back out with the other kept chunks.
+    width, height, rows, info = png.Reader(filename=os.fspath(path)).read()
     if info["bitdepth"] != 16:
         raise ImageFileError(path, f"unsupported PNG bit depth {info['bitdepth']}")
     array = np.array([np.asarray(row, dtype=np.uint16) for row in rows], dtype=np.uint16)
@@ -208,6 +296,7 @@ def _read_tiff16(path: Path) -> ImageFile:
     tifffile = _import_tifffile(path)
     try:
         with tifffile.TiffFile(path) as tif:
+            pages = len(tif.pages)
             page = tif.pages[0]
             array = page.asarray()
             photometric = page.photometric.name
@@ -215,7 +304,11 @@ def _read_tiff16(path: Path) -> ImageFile:
             compression = page.compression.name
             icc = page.tags.get(34675)
     except ValueError as error:
-        raise ImageFileError(path, f"cannot decode this TIFF ({error})") from None
+        raise ImageFileError(path, f"cannot decode this TIFF ({_one_line(error)})") from None
+    except zlib.error as error:  # a truncated or damaged deflate-compressed strip
+        reason = _one_line(error, named=True)
+        raise ImageFileError(path, f"cannot decode this TIFF ({reason})") from None
+    _refuse_frames(path, pages)
     if array.dtype != np.uint16:
         raise ImageFileError(path, f"unsupported TIFF sample type {array.dtype}")
     if photometric not in ("RGB", "MINISBLACK") or array.ndim not in (2, 3):
@@ -325,6 +418,8 @@ def _pillow_writer(source: ImageFile, array: np.ndarray) -> Callable[[Path], Non
         options.update(lossless=True) if meta.get("lossless") else options.update(quality=95)
     elif source.format == "TIFF":
         options["compression"] = meta.get("compression", "raw")
+    elif source.format == "PNG" and meta.get("transparency") is not None:
+        options["transparency"] = meta["transparency"]
     elif source.format == "BMP":
         options = {}
 
