@@ -112,3 +112,20 @@ def test_demo_is_the_readme_main_job_and_is_fast(tmp_path, capsys):
     assert seconds < 60
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert ".venv/bin/fdn demo" in readme
+
+
+def test_the_api_takes_bundled_names():
+    import numpy as np
+
+    import fdn
+
+    model = fdn.load_model("fdn-grey-blind")
+    assert model.config.in_channels == 1 and not model.training
+    noisy = np.random.default_rng(0).integers(0, 256, (12, 10), dtype=np.uint8)
+    by_name = fdn.denoise_image(noisy, "fdn-grey-blind")
+    assert np.array_equal(by_name, fdn.denoise_image(noisy, model))
+    assert np.array_equal(by_name, fdn.denoise_image(noisy))  # grey: the grey model
+    with pytest.raises(fdn.ModelFileError, match="no such file"):
+        fdn.load_model("fdn-no-such-model")
+    with pytest.raises(ValueError, match="neither a file nor a bundled model"):
+        fdn.denoise_image(noisy, "fdn-no-such-model")

@@ -24,3 +24,19 @@ def test_readme_layout_names_every_module():
             continue
         missing.append(relative)
     assert not missing, f"README's Layout does not name {missing}"
+
+
+def test_the_readme_python_examples_run(tmp_path, monkeypatch):
+    # They must run as written, in seconds: a newcomer pastes them first.
+    import re
+
+    from fdn.pretrained import sample_image_paths
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    noisy, _ = sample_image_paths()
+    (tmp_path / "photo.png").write_bytes(noisy.read_bytes())
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "model.safetensors").is_file()

@@ -189,7 +189,7 @@ def _from_unit_float(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def denoise_image(
     image: np.ndarray,
-    model: FDN,
+    model: FDN | str | None = None,
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -202,7 +202,9 @@ def denoise_image(
     Arguments:
         image: ``(H, W)`` or ``(H, W, C)``, uint8, uint16 or float in [0, 1]. C is 1 or 3
             colour channels, or 2 or 4 with alpha last; alpha is returned unchanged.
-        model: the FDN, on the device to use.
+        model: the FDN, on the device to use; or a bundled model's name
+            (``"fdn-color-blind"``) or a model file's path; or None, the bundled model for
+            the image's channels (grey or colour), on the CPU.
         tile: denoise in tiles of this size (pixels); None for the whole image, unless it has
             more than ``max_pixels`` pixels, in which case it is tiled at 1024.
         overlap: overlap of neighbouring tiles, blended linearly.
@@ -230,6 +232,10 @@ def denoise_image(
     alpha = None
     if colour.shape[2] in (2, 4):
         colour, alpha = colour[:, :, :-1], colour[:, :, -1:]
+    if not isinstance(model, FDN):
+        from fdn.pretrained import resolve_model
+
+        model = resolve_model(model, colour.shape[2])
     unit = torch.from_numpy(_to_unit_float(colour)).permute(2, 0, 1)  # (C, H, W)
     height, width = unit.shape[1:]
     tile = effective_tile(height, width, tile, max_pixels)

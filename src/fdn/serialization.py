@@ -125,11 +125,19 @@ _MAX_CONDITION = 1e6
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> FDN:
     """Rebuilds an FDN from a file written by :func:`save_model`, in eval mode.
 
+    ``path`` may also name a bundled model (``"fdn-color-blind"``, ``"fdn-grey-blind"``),
+    whose checksum is checked first.
+
     Never unpickles anything. Raises :class:`ModelFileError` on a missing or unreadable
     file, a pickle or zip checkpoint, a truncated or corrupt file, an unknown config, or
     tensors that do not match the architecture (missing, extra or mis-shaped).
     """
     path = Path(path)
+    if not path.exists() and path.suffix == "":
+        from fdn.pretrained import available_models, load_pretrained
+
+        if str(path) in available_models():  # a bundled model's name
+            return load_pretrained(str(path), device)
     if not path.is_file():
         raise ModelFileError(path, "no such file" if not path.exists() else "not a file")
     try:
