@@ -167,6 +167,9 @@ def release(name: str, run_dir: Path, table: dict, weights: Path, data_root: str
         },
         "cumulative": cumulative,
         "releases": releases,
+        # The last stage's resolved config: `fdn train` with it and --init of the previous
+        # release reproduces this one (configs/bundled_*.toml are the same, data.root aside).
+        "stage_config": config.to_dict(),
     }
     print(f"{name}: released ({storage}, float16 change {half - score:+.4f} dB)")
     return True
