@@ -514,11 +514,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         else:
-            print(f"fdn: error: {error}", file=sys.stderr)
+            print(f"fdn: error: {_error_line(error)}", file=sys.stderr)
         return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _error_line(error: BaseException) -> str:
+    """The error's message as the one line that ``main`` prints.
+
+    PyTorch's DataLoader re-raises a worker's exception with the worker's whole traceback in
+    the message ("Caught DataError in DataLoader worker process 0.", "Original Traceback (most
+    recent call last):", ...); its last line is the original exception, the part that tells
+    the user what is wrong. Any other message has its line breaks and spaces collapsed.
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1]
+    return " ".join(text.split()) or type(error).__name__
 
 
 def _terminate(signum: int, _frame: object) -> None:

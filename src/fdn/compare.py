@@ -73,10 +73,20 @@ def compare(
     inset_size: int | None = None,
     seed: int = 0,
 ) -> tuple[Path, list[tuple[str, float]]]:
-    """Writes the comparison strip to ``out``; returns it and (label, PSNR) per panel."""
+    """Writes the comparison strip to ``out``; returns it and (label, PSNR) per panel.
+
+    ``out``'s folder must exist: it is one file, and a mistyped folder would otherwise be
+    created without a word (``fdn denoise -o`` names a folder to create; ``--out`` does not).
+    Checked first, so that no method runs for a figure that cannot be written.
+    """
     from fdn.evaluation import _read_image
     from fdn.figures import side_by_side
 
+    folder = Path(out).parent
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder for --out")
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such folder for --out")
     clean = _read_image(clean_path)
     noisy = add_gaussian_noise(clean, sigma, noise_seed(Path(clean_path).name, sigma, seed))
     channels = clean.shape[1]

@@ -58,6 +58,8 @@ _PNG_KEPT_CHUNKS = (
     b"tRNS",
 )
 
+_FLOAT_ADVICE = "save as 8- or 16-bit, or call fdn.denoise_image on the float array"
+
 _REFUSED_MODES = {
     "1": "1-bit black-and-white images are not supported (nothing to denoise at 1 bit)",
     "CMYK": "CMYK images are not supported: convert to RGB first",
@@ -65,8 +67,7 @@ _REFUSED_MODES = {
     "LAB": "Lab images are not supported: convert to RGB first",
     "HSV": "HSV images are not supported: convert to RGB first",
     "I": "32-bit integer images are not supported: save as 8- or 16-bit",
-    "F": "floating-point images are not supported by the file reader: save as 8- or 16-bit, "
-    "or call fdn.denoise_image on the float array",
+    "F": f"floating-point images are not supported by the file reader: {_FLOAT_ADVICE}",
 }
 
 
@@ -141,7 +142,7 @@ def read_image(path: str | os.PathLike) -> ImageFile:
     except ImageFileError:
         raise
     except UnidentifiedImageError:
-        raise ImageFileError(path, "not an image file, or a corrupt one") from None
+        raise ImageFileError(path, _unidentified(path)) from None
     except Image.DecompressionBombError as error:
         raise ImageFileError(path, _too_large(error)) from None
     except MemoryError:
@@ -163,6 +164,64 @@ def _one_line(error: Exception, named: bool = False) -> str:
     if not named or text.startswith(kind.__name__):
         return text or name
     return f"{name}: {text}" if text else name
+
+
+def _unidentified(path: Path) -> str:
+    """The reason Pillow could not open ``path``: a floating-point TIFF, or not an image.
+
+    Pillow has no mode for floating-point colour (nor for 16- or 64-bit floating-point grey),
+    so it cannot identify such a TIFF, valid as it is, and it would be reported as corrupt.
+    """
+    bits, sample_format = _tiff_sample_kind(path)
+    if sample_format == 3:  # IEEE floating point
+        return (
+            f"{bits}-bit floating-point TIFF is not supported by the file reader: {_FLOAT_ADVICE}"
+        )
+    return "not an image file, or a corrupt one"
+
+
+def _tiff_sample_kind(path: Path) -> tuple[int, int]:
+    """BitsPerSample and SampleFormat of a TIFF's first image, or (0, 0) for another file.
+
+    Read from the first IFD with struct, as tifffile is an optional extra. Each tag holds one
+    value per channel; the first is enough to name the kind of samples.
+    """
+    try:
+        with path.open("rb") as stream:
+            order = {b"II": "<", b"MM": ">"}.get(stream.read(2))
+            if order is None:
+                return 0, 0
+            (version,) = struct.unpack(order + "H", stream.read(2))
+            if version == 42:  # classic TIFF: 4-byte offsets, 2-byte entry count
+                offset, count = "I", "H"
+                (ifd,) = struct.unpack(order + offset, stream.read(4))
+            elif version == 43:  # BigTIFF: 8-byte offsets and entry count, after 4 bytes
+                offset, count = "Q", "Q"
+                (ifd,) = struct.unpack(order + offset, stream.read(12)[4:])
+            else:
+                return 0, 0
+            size = struct.calcsize(offset)
+            entry_size = 4 + 2 * size  # tag, type, value count, value or its offset
+            stream.seek(ifd)
+            (entries,) = struct.unpack(order + count, stream.read(struct.calcsize(count)))
+            # A damaged count could ask for exabytes; no real IFD has more entries than this.
+            table = stream.read(min(entries, 65535) * entry_size)
+            found = {258: 1, 339: 1}  # BitsPerSample, SampleFormat: TIFF's defaults
+            for start in range(0, len(table) - entry_size + 1, entry_size):
+                entry = table[start : start + entry_size]
+                tag, kind = struct.unpack(order + "HH", entry[:4])
+                if tag not in found or kind != 3:  # both tags are SHORTs
+                    continue
+                (values,) = struct.unpack(order + offset, entry[4 : 4 + size])
+                value = entry[4 + size : 6 + size]
+                if 2 * values > size:  # too long to fit in the entry: stored elsewhere
+                    (where,) = struct.unpack(order + offset, entry[4 + size :])
+                    stream.seek(where)
+                    value = stream.read(2)
+                (found[tag],) = struct.unpack(order + "H", value)
+            return found[258], found[339]
+    except (OSError, struct.error):
+        return 0, 0
 
 
 def _too_large(error: Exception) -> str:
@@ -303,7 +362,14 @@ def _read_tiff16(path: Path) -> ImageFile:
             extrasamples = len(page.extrasamples)
             compression = page.compression.name
             icc = page.tags.get(34675)
-    except ValueError as error:
+    except (ValueError, KeyError, ImportError) as error:
+        # tifffile turns a missing imagecodecs (an ImportError, then a KeyError for the codec)
+        # into a ValueError when decoding; the other two are caught should a version not.
+        needs = _needs_imagecodecs(error)
+        if needs is not None:
+            raise ImageFileError(path, needs) from None
+        if not isinstance(error, ValueError):
+            raise
         raise ImageFileError(path, f"cannot decode this TIFF ({_one_line(error)})") from None
     except zlib.error as error:  # a truncated or damaged deflate-compressed strip
         reason = _one_line(error, named=True)
@@ -320,6 +386,26 @@ def _read_tiff16(path: Path) -> ImageFile:
     mode = ("L" if pixels.shape[2] == 1 else "RGB") + ("A" if has_alpha else "") + ";16"
     metadata = {"compression": compression, "icc_profile": icc.value if icc else None}
     return ImageFile(pixels, alpha, "TIFF", mode, metadata)
+
+
+def _needs_imagecodecs(error: Exception) -> str | None:
+    """The reason to give for a TIFF that tifffile cannot decode without imagecodecs, or None.
+
+    tifffile decodes LZW, JPEG, ZStandard and most other compressions (and some predictors)
+    through imagecodecs, which the tiff extra leaves out as a large binary wheel; its error
+    ("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package") is rewritten to say what to do.
+    """
+    text = str(error)
+    if "imagecodecs" not in text:
+        return None
+    found = re.search(r"<(COMPRESSION|PREDICTOR)\.(\w+): \d+>", text)
+    if found is None:
+        what = "a compression"
+    elif found.group(1) == "COMPRESSION":
+        what = f"{found.group(2)} compression"
+    else:
+        what = f"the {found.group(2).lower()} predictor"
+    return f"this TIFF uses {what}, which needs the imagecodecs package: pip install imagecodecs"
 
 
 def _import_tifffile(path: Path):  # noqa: ANN202 - a module
