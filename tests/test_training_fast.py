@@ -12,7 +12,8 @@ from fdn import FDN, load_model, save_model
 from fdn.cli import main
 from fdn.config import ConfigError
 from fdn.data import TrainingPatches, holdout_split, load_validation
-from fdn.training import CHECKPOINT, build_model, init_from, lr_factor, train
+from fdn.optim import WeightAverage, lr_factor
+from fdn.training import CHECKPOINT, build_model, init_from, train
 from test_training import parameters, small_config, straight_and_resumed
 
 from helpers import make_images, randomize
@@ -83,10 +84,8 @@ def test_the_model_files_hold_the_moving_average(images, tmp_path):
 
 
 def test_the_average_is_the_ramped_exponential_mean(images, tmp_path):
-    from fdn.training import _Average
-
     model = torch.nn.Linear(2, 1, bias=False)
-    average = _Average(model, decay=0.99)
+    average = WeightAverage(model, decay=0.99)
     start = model.weight.detach().clone()
     values = [start]
     for step in range(1, 4):

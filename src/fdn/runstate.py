@@ -1,5 +1,7 @@
 r"""What a training run keeps on disk besides the model: checkpoints, RNG states, logs, signals.
 
+Also the checks that keep a run from going on with, or resuming from, garbage.
+
 Checkpoints hold only tensors and plain Python values, so they are read back with
 ``torch.load(weights_only=True)``: nothing is unpickled. They are written to a temporary
 file and renamed, so a write killed midway never replaces the last good one.
@@ -17,11 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from fdn.atomic import atomic_write
+from fdn.config import ConfigError, config_from_dict
 
 __all__ = [
+    "TrainingError",
     "atomic_torch_save",
+    "finite_weights",
+    "load_checkpoint",
+    "load_weights",
     "rng_state",
     "seed_everything",
     "set_rng_state",
@@ -30,6 +38,65 @@ __all__ = [
     "trim_log",
     "write_log",
 ]
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on or produced garbage (non-finite weights, every step skipped)."""
+
+
+_CHECKPOINT_KEYS = ("config", "model", "step", "optimizer", "scheduler", "skipped", "best_psnr")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A run's checkpoint, its ``config`` entry as a :class:`TrainConfig`.
+
+    Read with ``weights_only=True`` (nothing is unpickled); a missing, empty, foreign or
+    damaged file is a :class:`TrainingError` of one line that names it.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+    if path.stat().st_size == 0:
+        raise TrainingError(f"{path}: empty file, not a checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch's texts run to many lines
+        raise TrainingError(
+            f"{path}: not a checkpoint fdn can read ({type(error).__name__}); "
+            "fdn never unpickles other objects"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise TrainingError(f"{path}: not a checkpoint (a {type(checkpoint).__name__})")
+    for key in (*_CHECKPOINT_KEYS, "rng"):
+        if key not in checkpoint:
+            raise TrainingError(f"{path}: no '{key}' entry; the checkpoint is damaged")
+    try:
+        checkpoint["config"] = config_from_dict(checkpoint["config"])
+    except ConfigError as error:
+        raise TrainingError(f"{path}: its config is invalid ({error})") from None
+    return checkpoint
+
+
+def load_weights(model: nn.Module, state: dict, path: Path) -> None:
+    """``model.load_state_dict(state)``, with a one-line error naming the first mismatch."""
+    ours = model.state_dict()
+    if set(ours) != set(state):
+        odd = sorted(set(ours) ^ set(state))
+        raise TrainingError(
+            f"{path}: does not match its config ({len(odd)} tensor names differ, e.g. {odd[0]})"
+        )
+    for name, tensor in ours.items():
+        if tensor.shape != state[name].shape:
+            raise TrainingError(
+                f"{path}: does not match its config ({name} is {tuple(state[name].shape)}, "
+                f"the config makes it {tuple(tensor.shape)})"
+            )
+    model.load_state_dict(state)
+
+
+def finite_weights(model: nn.Module) -> bool:
+    """Whether every weight of ``model`` is finite (one reduction per tensor)."""
+    norms = torch._foreach_norm([p.detach() for p in model.parameters()])
+    return bool(torch.isfinite(torch.stack(norms)).all())
 
 
 def atomic_torch_save(payload: dict, path: Path) -> None:

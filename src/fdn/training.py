@@ -22,7 +22,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +34,18 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fdn.baselines.dncnn import DnCNN, save_dncnn
-from fdn.config import ConfigError, TrainConfig, config_from_dict
+from fdn.config import ConfigError, TrainConfig
 from fdn.data import StepSampler, TrainingPatches, load_validation
 from fdn.losses import bits_per_dim, fdn_loss
 from fdn.metrics import psnr
 from fdn.model import FDN
+from fdn.optim import WeightAverage, build_optimizer, build_scheduler
 from fdn.runstate import (
+    TrainingError,
     atomic_torch_save,
+    finite_weights,
+    load_checkpoint,
+    load_weights,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -59,17 +64,12 @@ __all__ = [
     "TrainingStopped",
     "build_model",
     "init_from",
-    "lr_factor",
     "train",
     "validate",
 ]
 
 CHECKPOINT = "checkpoint.pt"
 _MAX_SKIPPED_IN_A_ROW = 100
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on or produced garbage (non-finite weights, every step skipped)."""
 
 
 class TrainingStopped(Exception):
@@ -127,46 +127,6 @@ def init_from(model: nn.Module, config: TrainConfig) -> None:
     model.load_state_dict(source.state_dict())
 
 
-def lr_factor(config: TrainConfig, step: int) -> float:
-    """The learning rate of ``step`` (0-based) as a fraction of ``optim.lr``."""
-    o = config.optim
-    warmup = min(1.0, (step + 1) / o.warmup) if o.warmup else 1.0
-    if o.schedule == "step":
-        return warmup * o.gamma ** sum(step >= m for m in o.milestones)
-    span = max(1, config.training.iterations - 1 - o.warmup)  # the last step is at min_lr
-    progress = min(1.0, max(0, step - o.warmup) / span)
-    floor = o.min_lr / o.lr
-    return warmup * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-class _Average:
-    """An exponential moving average of a model's weights, as a second model to evaluate.
-
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates, so an
-    average started from random weights forgets them quickly. Buffers are copied.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay, self.updates = decay, 0
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ours = list(self.model.parameters())
-        torch._foreach_lerp_(ours, [p.detach() for p in model.parameters()], 1 - decay)
-        for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
-            mine.copy_(theirs)
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.updates = int(state["updates"])
-
-
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
     if config.training.precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -178,12 +138,19 @@ def _dequantize(config: TrainConfig) -> bool:
     return config.data.kind == "paired" if flag is None else flag
 
 
-def _step_loss(
+def _dncnn_loss(
     model: nn.Module, config: TrainConfig, noisy: Tensor, clean: Tensor, step: int
 ) -> dict[str, Tensor]:
-    if isinstance(model, DnCNN):
-        loss = (noisy - model(noisy) - clean).pow(2).mean()
-        return {"loss": loss, "mse": loss}
+    """DnCNN's residual objective: the network predicts the noise, MSE."""
+    loss = (noisy - model(noisy) - clean).pow(2).mean()
+    return {"loss": loss, "mse": loss}
+
+
+def _fdn_loss(
+    model: nn.Module, config: TrainConfig, noisy: Tensor, clean: Tensor, step: int
+) -> dict[str, Tensor]:
+    """FDN's objective (spec 6.4): lambda1 * NLL(noisy) + lambda2 * L1(decode(z_hat), clean);
+    the dequantisation noise is drawn from the run's seed and the step, for exact resumes."""
     generator = torch.Generator(device=noisy.device).manual_seed(
         config.training.seed * 7919 + step
     )
@@ -192,6 +159,16 @@ def _step_loss(
         model, noisy, clean, o.lambda_nll, o.lambda_rec, _dequantize(config), generator
     )
     return {"loss": terms.total, "nll": terms.nll, "l1": terms.reconstruction}
+
+
+# One objective per model kind (config.model.kind).
+_LOSSES = {"fdn": _fdn_loss, "dncnn": _dncnn_loss}
+
+
+def _step_loss(
+    model: nn.Module, config: TrainConfig, noisy: Tensor, clean: Tensor, step: int
+) -> dict[str, Tensor]:
+    return _LOSSES[config.model.kind](model, config, noisy, clean, step)
 
 
 class _Objective(nn.Module):
@@ -203,60 +180,6 @@ class _Objective(nn.Module):
 
     def forward(self, noisy: Tensor, clean: Tensor, step: int) -> dict[str, Tensor]:
         return _step_loss(self.model, self.config, noisy, clean, step)
-
-
-_CHECKPOINT_KEYS = ("config", "model", "step", "optimizer", "scheduler", "skipped", "best_psnr")
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A run's checkpoint, its ``config`` entry as a :class:`TrainConfig`.
-
-    Read with ``weights_only=True`` (nothing is unpickled); a missing, empty, foreign or
-    damaged file is a :class:`TrainingError` of one line that names it.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-    if path.stat().st_size == 0:
-        raise TrainingError(f"{path}: empty file, not a checkpoint")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch's texts run to many lines
-        raise TrainingError(
-            f"{path}: not a checkpoint fdn can read ({type(error).__name__}); "
-            "fdn never unpickles other objects"
-        ) from None
-    if not isinstance(checkpoint, dict):
-        raise TrainingError(f"{path}: not a checkpoint (a {type(checkpoint).__name__})")
-    for key in (*_CHECKPOINT_KEYS, "rng"):
-        if key not in checkpoint:
-            raise TrainingError(f"{path}: no '{key}' entry; the checkpoint is damaged")
-    try:
-        checkpoint["config"] = config_from_dict(checkpoint["config"])
-    except ConfigError as error:
-        raise TrainingError(f"{path}: its config is invalid ({error})") from None
-    return checkpoint
-
-
-def _load_weights(model: nn.Module, state: dict, path: Path) -> None:
-    """``model.load_state_dict(state)``, with a one-line error naming the first mismatch."""
-    ours = model.state_dict()
-    if set(ours) != set(state):
-        odd = sorted(set(ours) ^ set(state))
-        raise TrainingError(
-            f"{path}: does not match its config ({len(odd)} tensor names differ, e.g. {odd[0]})"
-        )
-    for name, tensor in ours.items():
-        if tensor.shape != state[name].shape:
-            raise TrainingError(
-                f"{path}: does not match its config ({name} is {tuple(state[name].shape)}, "
-                f"the config makes it {tuple(tensor.shape)})"
-            )
-    model.load_state_dict(state)
-
-
-def _finite(model: nn.Module) -> bool:
-    norms = torch._foreach_norm([p.detach() for p in model.parameters()])
-    return bool(torch.isfinite(torch.stack(norms)).all())
 
 
 @torch.no_grad()
@@ -309,20 +232,59 @@ def first_samples(patches: TrainingPatches, size: int) -> Tensor:
     return torch.stack([patches[i][0] for i in range(size)])
 
 
-def train(
-    config: TrainConfig | None,
-    run_dir: str | os.PathLike,
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> TrainResult:
-    """Trains as ``config`` says into ``run_dir``.
+@dataclass
+class _Run:
+    """Everything a run's loop works with, set up by :func:`_start`."""
 
-    With ``resume``, continues the run in ``run_dir`` from its checkpoint, with the config
-    stored there (``config`` is ignored): the result equals an uninterrupted run. SIGINT or
-    SIGTERM saves a checkpoint and raises :class:`TrainingStopped`.
-    """
-    run_dir = Path(run_dir)
+    config: TrainConfig
+    run_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    model: nn.Module
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    average: WeightAverage | None
+    batches: Iterator
+    validation: list
+    say: Callable[[str], None]
+    start: int = 0
+    skipped: int = 0
+    best: float = -math.inf
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shipped(self) -> nn.Module:
+        """What validation scores and the model files hold: the average when there is one."""
+        return self.average.model if self.average is not None else self.model
+
+    def save_checkpoint(self, step: int) -> None:
+        if not self.main:
+            return
+        state = {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "step": step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "skipped": self.skipped,
+            "best_psnr": self.best,
+            "rng": rng_state(),
+        }
+        if self.average is not None:
+            state["ema"] = self.average.state_dict()
+        atomic_torch_save(state, self.run_dir / CHECKPOINT)
+
+
+def _start(
+    config: TrainConfig | None, run_dir: Path, resume: bool, log: Callable[[str], None] | None
+) -> _Run:
+    """Sets a run up, new or resumed: data, model, optimiser, run folder. Everything that can
+    be wrong with the data, the config or a model file fails here, before any step."""
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(run_dir / CHECKPOINT)
@@ -335,14 +297,12 @@ def train(
     say = (log or tqdm.write) if main else (lambda _: None)
     seed_everything(settings.seed)
 
-    # Data first: a bad dataset fails here, before any step.
     patches = TrainingPatches(config, settings.seed)
     validation = load_validation(config) if main else []
     model = build_model(config).to(device)
     if checkpoint is None and settings.init:
-        init_from(model, config)  # a bad file fails here too, before the run folder exists
-    fast = settings.precision == "bf16"
-    if fast:
+        init_from(model, config)
+    if settings.precision == "bf16":
         model.to(memory_format=torch.channels_last)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -353,16 +313,11 @@ def train(
         # logged after its checkpoint (a kill -9 between a log line and the next checkpoint).
         trim_log(run_dir, checkpoint["step"] if checkpoint is not None else 0)
 
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        config.optim.lr,
-        tuple(config.optim.betas),
-        weight_decay=config.optim.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
     start, skipped, best = 0, 0, -math.inf
     if checkpoint is not None:
-        _load_weights(model, checkpoint["model"], run_dir / CHECKPOINT)
+        load_weights(model, checkpoint["model"], run_dir / CHECKPOINT)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, skipped, best = checkpoint["step"], checkpoint["skipped"], checkpoint["best_psnr"]
@@ -373,100 +328,106 @@ def train(
         model.train()
         with torch.no_grad():
             model.encode(first_samples(patches, settings.batch_size * world).to(device))
-
-    average = _Average(model, settings.ema) if settings.ema else None
+    average = WeightAverage(model, settings.ema) if settings.ema else None
     if average is not None and checkpoint is not None:
         average.load_state_dict(checkpoint["ema"])
-    # What validation scores and the model files hold: the average when there is one.
-    shipped = average.model if average is not None else model
+
     objective: nn.Module = _Objective(model, config)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
-    batch = settings.batch_size
     loader = DataLoader(
         patches,
-        batch_size=batch,
-        sampler=StepSampler(start, settings.iterations, batch, rank, world),
+        batch_size=settings.batch_size,
+        sampler=StepSampler(start, settings.iterations, settings.batch_size, rank, world),
         num_workers=config.data.workers,
         pin_memory=device.type == "cuda",
     )
-    batches = iter(loader)
-
-    def save_checkpoint(step: int) -> None:
-        if main:
-            state = {
-                "config": config.to_dict(),
-                "model": model.state_dict(),
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "skipped": skipped,
-                "best_psnr": best,
-                "rng": rng_state(),
-            }
-            if average is not None:
-                state["ema"] = average.state_dict()
-            atomic_torch_save(state, run_dir / CHECKPOINT)
-
     model.train()
     if validation and checkpoint is None:
         noisy_psnr = float(np.mean([psnr(n, c).item() for _, n, c in validation]))
         write_log(run_dir, {"step": 0, "val_psnr_noisy": noisy_psnr})
         say(f"validation: {len(validation)} images, noisy input PSNR {noisy_psnr:.2f} dB")
-    board = tensorboard(run_dir) if main else None
+    return _Run(
+        config, run_dir, rank, world, device, model, objective, optimizer, scheduler, average,
+        iter(loader), validation, say, start, skipped, best,
+    )  # fmt: skip
+
+
+def _step(run: _Run, step: int, noisy: Tensor, clean: Tensor) -> tuple[dict[str, Tensor], bool]:
+    """One optimisation step and whether it was skipped: a non-finite loss or gradient on
+    any rank skips it on every rank."""
+    if run.config.training.precision == "bf16":
+        noisy = noisy.contiguous(memory_format=torch.channels_last)
+        clean = clean.contiguous(memory_format=torch.channels_last)
+    with _autocast(run.config, run.device):
+        terms = run.objective(noisy, clean, step)
+    run.optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), run.config.optim.grad_clip)
+    finite = bool(torch.isfinite(terms["loss"]) and torch.isfinite(grad_norm))
+    if _any_rank(not finite, run.world, run.device):
+        run.skipped += 1
+        return terms, True
+    run.optimizer.step()
+    if not finite_weights(run.model):
+        # Raised before anything is written: the last checkpoint stays good.
+        raise TrainingError(
+            f"step {step + 1}: the weights are not finite any more (learning rate "
+            f"{run.optimizer.param_groups[0]['lr']:g}); nothing was saved from this step"
+        )
+    if run.average is not None:
+        run.average.update(run.model)
+    return terms, False
+
+
+def train(
+    config: TrainConfig | None,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Trains as ``config`` says into ``run_dir``.
+
+    With ``resume``, continues the run in ``run_dir`` from its checkpoint, with the config
+    stored there (``config`` is ignored): the result equals an uninterrupted run. SIGINT or
+    SIGTERM saves a checkpoint and raises :class:`TrainingStopped`. A run that produces
+    garbage (non-finite weights, 100 skipped steps in a row, every step skipped) raises
+    :class:`TrainingError` and writes no model file.
+    """
+    run = _start(config, Path(run_dir), resume, log)
+    config, settings, world = run.config, run.config.training, run.world
+    board = tensorboard(run.run_dir) if run.main else None
     bar = tqdm(
         total=settings.iterations,
-        initial=start,
+        initial=run.start,
         desc="training",
         unit="it",
-        disable=not (progress and main),
+        disable=not (progress and run.main),
         dynamic_ncols=True,
     )
     window_start, window_images = time.perf_counter(), 0
     deadline = time.monotonic() + 60 * settings.time_limit
-    done, streak = start, 0
+    done, streak = run.start, 0
     with signals_caught() as caught:
-        for step in range(start, settings.iterations):
-            noisy, clean = (t.to(device) for t in next(batches))
-            if fast:
-                noisy = noisy.contiguous(memory_format=torch.channels_last)
-                clean = clean.contiguous(memory_format=torch.channels_last)
-            with _autocast(config, device):
-                terms = objective(noisy, clean, step)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-            # A non-finite loss or gradient on any rank skips the step on every rank.
-            if _any_rank(
-                not (torch.isfinite(terms["loss"]) and torch.isfinite(grad_norm)), world, device
-            ):
-                skipped += 1
-                streak += 1
-                if streak >= _MAX_SKIPPED_IN_A_ROW:
-                    raise TrainingError(
-                        f"step {step + 1}: {streak} steps in a row were skipped (non-finite "
-                        f"loss or gradient); the data or the config is broken"
-                    )
-            else:
-                optimizer.step()
-                streak = 0
-                if not _finite(model):
-                    # Raised before anything is written: the last checkpoint stays good.
-                    raise TrainingError(
-                        f"step {step + 1}: the weights are not finite any more (learning rate "
-                        f"{optimizer.param_groups[0]['lr']:g}); nothing was saved from this step"
-                    )
-                if average is not None:
-                    average.update(model)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-            scheduler.step()
+        for step in range(run.start, settings.iterations):
+            noisy, clean = (t.to(run.device) for t in next(run.batches))
+            terms, skipped = _step(run, step, noisy, clean)
+            streak = streak + 1 if skipped else 0
+            if streak >= _MAX_SKIPPED_IN_A_ROW:
+                raise TrainingError(
+                    f"step {step + 1}: {streak} steps in a row were skipped (non-finite "
+                    f"loss or gradient); the data or the config is broken"
+                )
+            lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used
+            run.scheduler.step()
             window_images += noisy.shape[0] * world
             done = step + 1
             bar.update(1)
 
             # The time limit ends the run here as if this were its last step.
             last = done == settings.iterations or _any_rank(
-                bool(settings.time_limit) and time.monotonic() > deadline, world, device
+                bool(settings.time_limit) and time.monotonic() > deadline, world, run.device
             )
             record: dict = {}
             if done % settings.log_every == 0 or last:
@@ -474,36 +435,39 @@ def train(
                 record.update({name: value.item() for name, value in terms.items()})
                 if "nll" in record:
                     record["nll_bits_per_dim"] = bits_per_dim(record["nll"], _dequantize(config))
-                record.update(lr=lr, images_per_s=window_images / elapsed, skipped=skipped)
+                record.update(lr=lr, images_per_s=window_images / elapsed, skipped=run.skipped)
                 window_start, window_images = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if validation and (done % config.validation.every == 0 or last):
-                record["val_psnr"] = validate(shipped, validation, device)
-                if record["val_psnr"] > best:
-                    best = record["val_psnr"]
-                    _save_model_file(shipped, run_dir / "best.safetensors")
-                say(f"step {done}: validation PSNR {record['val_psnr']:.2f} dB (best {best:.2f})")
-            if record and main:
-                write_log(run_dir, {"step": done, **record}, board)
+            if run.validation and (done % config.validation.every == 0 or last):
+                record["val_psnr"] = validate(run.shipped, run.validation, run.device)
+                if record["val_psnr"] > run.best:
+                    run.best = record["val_psnr"]
+                    _save_model_file(run.shipped, run.run_dir / "best.safetensors")
+                run.say(
+                    f"step {done}: validation PSNR {record['val_psnr']:.2f} dB "
+                    f"(best {run.best:.2f})"
+                )
+            if record and run.main:
+                write_log(run.run_dir, {"step": done, **record}, board)
             if done % settings.checkpoint_every == 0 or last:
-                save_checkpoint(done)
+                run.save_checkpoint(done)
             if last and done < settings.iterations:
-                say(f"step {done}: time limit of {settings.time_limit:g} minutes reached")
+                run.say(f"step {done}: time limit of {settings.time_limit:g} minutes reached")
                 break
-            if _any_rank(bool(caught), world, device):
-                save_checkpoint(done)
+            if _any_rank(bool(caught), world, run.device):
+                run.save_checkpoint(done)
                 bar.close()
                 raise TrainingStopped(done, caught[0] if caught else signal.SIGTERM)
     bar.close()
-    if done > 0 and skipped >= done:
+    if done > 0 and run.skipped >= done:
         raise TrainingError(
-            f"every step of the run was skipped ({skipped} of {done}: non-finite loss or "
+            f"every step of the run was skipped ({run.skipped} of {done}: non-finite loss or "
             f"gradient); no model was written"
         )
     final = None
-    if main:
-        final = run_dir / "model.safetensors"
-        _save_model_file(shipped, final)
+    if run.main:
+        final = run.run_dir / "model.safetensors"
+        _save_model_file(run.shipped, final)
     if world > 1:
         dist.barrier()
-    return TrainResult(shipped, final, done)
+    return TrainResult(run.shipped, final, done)

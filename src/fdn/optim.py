@@ -1,0 +1,87 @@
+r"""How a run's weights move: Adam, the learning-rate schedule, and the weights' moving average.
+
+The schedule is a function of the step alone (:func:`lr_factor`), so a resumed run needs no
+scheduler state beyond the step, and the paper's step decay and the cosine decay of short
+runs share one warm-up.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from fdn.config import TrainConfig
+
+__all__ = ["WeightAverage", "build_optimizer", "build_scheduler", "lr_factor"]
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    o = config.optim
+    return torch.optim.Adam(model.parameters(), o.lr, tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The learning rate of ``step`` (0-based) as a fraction of ``optim.lr``.
+
+    A linear warm-up over ``optim.warmup`` steps, then the paper's step decay (``gamma`` at
+    each milestone) or a cosine from ``lr`` to ``min_lr`` that reaches it at the last step.
+    """
+    o = config.optim
+    warmup = min(1.0, (step + 1) / o.warmup) if o.warmup else 1.0
+    if o.schedule == "step":
+        return warmup * o.gamma ** sum(step >= m for m in o.milestones)
+    span = max(1, config.training.iterations - 1 - o.warmup)
+    progress = min(1.0, max(0, step - o.warmup) / span)
+    floor = o.min_lr / o.lr
+    return warmup * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights, kept as a second model.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first ``n`` updates,
+    so an average started from random weights forgets them quickly. Buffers are copied.
+
+    Arguments:
+        model: the model whose weights are averaged (copied once, then only read).
+        decay: the weight of the old average at each update, e.g. 0.999.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> average = WeightAverage(model, decay=0.5)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(1.0)
+        >>> average.update(model)
+        >>> average.updates
+        1
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ours = list(self.model.parameters())
+        torch._foreach_lerp_(ours, [p.detach() for p in model.parameters()], 1 - decay)
+        for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
