@@ -185,6 +185,9 @@ def test_a_checkpoint_write_killed_midway_keeps_the_last_good_one(images, tmp_pa
         ("optim.betas=[0.9, 1.5]", "optim.betas: expected [beta1, beta2] in [0, 1)"),
         ("data.sigma_range=[0, inf]", "data.sigma_range[1]: must be a finite number"),
         ("validation.sigmas=[25, -1]", "validation.sigmas[1]: must be >= 0"),
+        # issue #21 item 2: FDNConfig's own checks, when the config is loaded
+        ("model.clean_fraction=0.7", "model: clean_fraction 0.7 of 48 latent channels"),
+        ("model.hidden_channels=0", "model: hidden_channels must be a positive integer"),
     ],
 )
 def test_config_errors_name_the_key(images, tmp_path, override, message):
@@ -379,3 +382,19 @@ def test_paired_data_errors(tmp_path):
         find_pairs(tmp_path)
     with pytest.raises(DataError, match="expected Data/SCENE"):
         find_pairs(tmp_path / "Data")
+
+
+def test_the_model_section_is_fdns_own_config_and_its_lattice_is_fdns_alone(images, tmp_path):
+    import dataclasses
+
+    from fdn.config import ModelConfig
+    from fdn.model import FDNConfig
+
+    fdn_fields = {f.name: f.default for f in dataclasses.fields(FDNConfig)}
+    ours = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    assert fdn_fields.items() <= ours.items()  # same names, same defaults: one definition
+    config = small_config(images, tmp_path, "model.hidden_channels=6")
+    assert training.build_model(config).config == config.model.fdn_config()
+    # A DnCNN has no size lattice: any patch size is fine.
+    dncnn = small_config(images, tmp_path, "model.kind='dncnn'", "data.patch_size=18")
+    assert dncnn.data.patch_size == 18

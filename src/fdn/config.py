@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fdn.model import FDNConfig
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -38,19 +40,28 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the key."""
 
 
-@dataclass
-class ModelConfig:
-    """What to train: ``kind = "fdn"`` (the FDN fields) or ``"dncnn"`` (the DnCNN fields)."""
+def _model_config_fields() -> list[tuple[str, Any, Any]]:
+    """``[model]``'s keys: ``kind``, every field of :class:`fdn.model.FDNConfig` (its one
+    definition, defaults included), and DnCNN's two."""
+    fdn = [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(FDNConfig)]
+    dncnn = [("dncnn_depth", int, field(default=17)), ("dncnn_features", int, field(default=64))]
+    return [("kind", str, field(default="fdn")), *fdn, *dncnn]
 
-    kind: str = "fdn"
-    in_channels: int = 3
-    num_blocks: int = 2
-    steps_per_block: int = 8
-    hidden_channels: int = 32
-    clean_fraction: float = 0.75
-    clamp: float = 1.0
-    dncnn_depth: int = 17
-    dncnn_features: int = 64
+
+def _fdn_config(self: Any) -> FDNConfig:
+    """The FDN architecture this section describes (raises ValueError if it is invalid)."""
+    return FDNConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FDNConfig)})
+
+
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    _model_config_fields(),
+    namespace={"fdn_config": _fdn_config, "__module__": __name__},
+)
+ModelConfig.__doc__ = """What to train: ``kind = "fdn"`` (the fields of
+:class:`fdn.model.FDNConfig`, its architecture, checked by it when the config is loaded) or
+``"dncnn"`` (``in_channels`` and the ``dncnn_`` fields). ``fdn_config()`` gives the FDN's own
+config object."""
 
 
 @dataclass
@@ -295,11 +306,18 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError(f"optim.betas: expected [beta1, beta2] in [0, 1), got {o.betas!r}")
     if o.lambda_nll == 0 and o.lambda_rec == 0:
         raise ConfigError("optim.lambda_nll and optim.lambda_rec: at least one must be positive")
-    if d.patch_size % 2**config.model.num_blocks:
-        raise ConfigError(
-            f"data.patch_size: must be a multiple of "
-            f"{2**config.model.num_blocks} for {config.model.num_blocks} blocks"
-        )
+    if config.model.kind == "fdn":
+        # The architecture is checked where it is defined, FDNConfig, and so is only FDN's
+        # size lattice: a DnCNN takes any patch size.
+        try:
+            architecture = config.model.fdn_config()
+        except ValueError as error:
+            raise ConfigError(f"model: {error}") from None
+        if d.patch_size % architecture.size_multiple:
+            raise ConfigError(
+                f"data.patch_size: must be a multiple of "
+                f"{architecture.size_multiple} for {architecture.num_blocks} blocks"
+            )
     if not 0 <= t.ema < 1:
         raise ConfigError(f"training.ema: must be in [0, 1), got {t.ema!r}")
 

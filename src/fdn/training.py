@@ -93,14 +93,7 @@ def build_model(config: TrainConfig) -> nn.Module:
     m = config.model
     if m.kind == "dncnn":
         return DnCNN(m.in_channels, m.dncnn_depth, m.dncnn_features, batch_norm=True)
-    return FDN(
-        m.in_channels,
-        m.num_blocks,
-        m.steps_per_block,
-        m.hidden_channels,
-        m.clean_fraction,
-        m.clamp,
-    )
+    return FDN.from_config(m.fdn_config())
 
 
 def init_from(model: nn.Module, config: TrainConfig) -> None:
