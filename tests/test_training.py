@@ -380,8 +380,12 @@ def test_paired_data_errors(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "Data" / "scene" / "NOISY_SRGB_010.PNG")
     with pytest.raises(DataError, match=r"no ground truth GT_SRGB_010\.PNG"):
         find_pairs(tmp_path)
-    with pytest.raises(DataError, match="expected Data/SCENE"):
+    # SIDD's Data folder is a data set too (fdn eval took it): the same missing image.
+    with pytest.raises(DataError, match=r"no ground truth GT_SRGB_010\.PNG"):
         find_pairs(tmp_path / "Data")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="expected Data/SCENE"):
+        find_pairs(tmp_path / "empty")
 
 
 def test_the_model_section_is_fdns_own_config_and_its_lattice_is_fdns_alone(images, tmp_path):

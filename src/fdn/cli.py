@@ -176,7 +176,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from fdn.denoising import denoise_image
     from fdn.figures import side_by_side
-    from fdn.images import read_image, write_image
+    from fdn.images import read_array, read_image, write_image
     from fdn.metrics import psnr
     from fdn.pretrained import resolve_model, sample_image_paths
 
@@ -184,12 +184,12 @@ def _demo(args: argparse.Namespace) -> int:
     noisy, clean = read_image(noisy_path), read_image(clean_path)
     model = resolve_model(args.model, 3, _resolve_device(args.device))
     denoised = denoise_image(noisy.pixels, model)
+    reference = read_array(clean_path, noisy.pixels.shape[2])
+    reference = torch.from_numpy(reference).permute(2, 0, 1)[None].double()
 
-    def score(image: object) -> float:
-        as_tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].double() / 255
-        reference = torch.from_numpy(np.array(clean.pixels)).permute(2, 0, 1)[None].double()
-        reference = reference / 255
-        return psnr(as_tensor, reference).item()
+    def score(pixels: np.ndarray) -> float:
+        scaled = pixels / np.iinfo(pixels.dtype).max  # as read_array scales a file's values
+        return psnr(torch.from_numpy(scaled).permute(2, 0, 1)[None], reference).item()
 
     out = Path(args.out)
     result = write_image(out / "astronaut_denoised.png", noisy, denoised)

@@ -79,15 +79,15 @@ def compare(
     created without a word (``fdn denoise -o`` names a folder to create; ``--out`` does not).
     Checked first, so that no method runs for a figure that cannot be written.
     """
-    from fdn.evaluation import _read_image
     from fdn.figures import side_by_side
+    from fdn.images import read_array
 
     folder = Path(out).parent
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder}: not a folder for --out")
     if not folder.exists():
         raise FileNotFoundError(f"{folder}: no such folder for --out")
-    clean = _read_image(clean_path)
+    clean = torch.from_numpy(read_array(clean_path).transpose(2, 0, 1).copy())[None]
     noisy = add_gaussian_noise(clean, sigma, noise_seed(Path(clean_path).name, sigma, seed))
     channels = clean.shape[1]
     results = []

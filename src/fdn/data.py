@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from fdn.config import TrainConfig
-from fdn.images import EXTENSIONS
+from fdn.images import EXTENSIONS, ImageFileError, read_array
 
 __all__ = [
     "DataError",
@@ -46,40 +45,74 @@ class DataError(ValueError):
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted."""
+    """Image files under ``folder`` (those :data:`fdn.images.EXTENSIONS` names, any case),
+    recursively, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)
+    found = _image_files(folder)
     if not found:
         raise DataError(f"{folder}: no images found ({', '.join(sorted(EXTENSIONS))})")
     return found
 
 
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+
+
 def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """(noisy, clean) pairs: the SIDD layout ``Data/SCENE/NOISY_*`` with ``GT_*``, or
-    ``noisy/`` and ``clean/`` folders matched by file name."""
+    """(noisy, clean) image pairs under ``folder``, sorted by the noisy image's path: what
+    training, validation and ``fdn eval --paired`` all read.
+
+    Two layouts, the first that ``folder`` has:
+
+    - ``noisy/`` and ``clean/`` folders: each image under ``noisy/`` (recursively) pairs with
+      the one of the same path under ``clean/``, or failing that with the one whose path
+      differs only in its extension (``noisy/a.png`` with ``clean/a.tif``).
+    - SIDD: each ``NOISY_*`` image (any case) anywhere under ``folder`` pairs with the
+      ``GT_*`` image of the same name beside it. So ``folder`` may be SIDD's root (holding
+      ``Data/SCENE/``), its ``Data`` folder, or one scene.
+
+    Only the image files of :data:`fdn.images.EXTENSIONS` count. A noisy image without its
+    clean partner is an error that names them, rather than a pair silently left out.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
-    if (folder / "Data").is_dir():
-        pairs = []
-        for noisy in sorted((folder / "Data").glob("*/NOISY_*")):
-            clean = noisy.with_name("GT_" + noisy.name[len("NOISY_") :])
+    pairs, unmatched = [], []
+    if (folder / "noisy").is_dir() and (folder / "clean").is_dir():
+        noisy_root, clean_root = folder / "noisy", folder / "clean"
+        by_stem = {  # in sorted order, so the last of several extensions wins
+            p.relative_to(clean_root).with_suffix("").as_posix(): p
+            for p in _image_files(clean_root)
+        }
+        for noisy in _image_files(noisy_root):
+            relative = noisy.relative_to(noisy_root)
+            clean = clean_root / relative
             if not clean.is_file():
-                raise DataError(f"{noisy}: no ground truth {clean.name} beside it")
-            pairs.append((noisy, clean))
-    elif (folder / "noisy").is_dir() and (folder / "clean").is_dir():
-        pairs = []
-        for noisy in list_images(folder / "noisy"):
-            clean = folder / "clean" / noisy.relative_to(folder / "noisy")
-            if not clean.is_file():
-                raise DataError(f"{noisy}: no clean image {clean}")
-            pairs.append((noisy, clean))
+                clean = by_stem.get(relative.with_suffix("").as_posix())
+            if clean is None:
+                unmatched.append(relative.as_posix())
+            else:
+                pairs.append((noisy, clean))
     else:
-        raise DataError(f"{folder}: expected Data/SCENE/NOISY_*+GT_* or noisy/ and clean/")
+        for noisy in _image_files(folder):
+            if not noisy.name.upper().startswith("NOISY_"):
+                continue
+            clean = noisy.with_name("GT_" + noisy.name[len("NOISY_") :])
+            if clean.is_file():
+                pairs.append((noisy, clean))
+            else:
+                relative = noisy.relative_to(folder).as_posix()
+                unmatched.append(f"{relative}: no ground truth {clean.name} beside it")
+    if unmatched:
+        shown = ", ".join(unmatched[:3]) + (" ..." if len(unmatched) > 3 else "")
+        raise DataError(f"{folder}: no clean image for {len(unmatched)} noisy ones ({shown})")
     if not pairs:
-        raise DataError(f"{folder}: no noisy/clean pairs found")
+        raise DataError(
+            f"{folder}: no noisy/clean pairs found; expected Data/SCENE/NOISY_*+GT_* or "
+            "noisy/ and clean/"
+        )
     return pairs
 
 
@@ -109,14 +142,19 @@ def _training_items(config: TrainConfig) -> tuple[Path, list[tuple[Path, Path]]]
     return root, [(path, path) for path in list_images(root)]
 
 
-def _load(path: Path, channels: int) -> np.ndarray:
-    """``(H, W, C)`` uint8."""
+def _load(path: Path, channels: int, raw: bool = False) -> np.ndarray:
+    """``(H, W, channels)``: float32 in [0, 1], or with ``raw`` the stored uint8/uint16."""
     try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    except Exception as error:  # noqa: BLE001 - decoders raise many kinds; name the file
-        raise DataError(f"{path}: not a readable image ({' '.join(str(error).split())})") from None
-    return array[:, :, None] if array.ndim == 2 else array
+        return read_array(path, channels, raw=raw)
+    except ImageFileError as error:
+        raise DataError(f"{error.path}: not a readable image ({error.problem})") from None
+
+
+def _scaled(array: np.ndarray) -> np.ndarray:
+    """Stored uint8 or uint16 values as float32 in [0, 1], as :func:`read_array` scales them."""
+    scaled = array.astype(np.float32)
+    scaled /= np.float32(np.iinfo(array.dtype).max)
+    return scaled
 
 
 def _augment(patch: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
@@ -131,9 +169,8 @@ def _augment(patch: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarr
 
 
 def _to_tensor(array: np.ndarray) -> Tensor:
-    return (
-        torch.from_numpy(np.ascontiguousarray(array).transpose(2, 0, 1).astype(np.float32)) / 255
-    )
+    """A float32 ``(H, W, C)`` array as a ``(C, H, W)`` tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
 class TrainingPatches(Dataset):
@@ -159,7 +196,8 @@ class TrainingPatches(Dataset):
         self.items = holdout_split(_training_items(config)[1], data.holdout)[0]
         # Every image is decoded in full now: one corrupt past its header would otherwise
         # crash the step that draws it, and every resume at the same step. While they fit
-        # in CACHE_BYTES, the decoded images are kept, which spares a JPEG decode per patch.
+        # in CACHE_BYTES, the decoded images are kept, which spares a JPEG decode per patch;
+        # as stored (uint8 or uint16, a quarter or half of float32), scaled per patch.
         self._cache: dict[Path, np.ndarray] | None = {}
         self._cached_bytes = 0
         for noisy, clean in self.items:
@@ -178,7 +216,7 @@ class TrainingPatches(Dataset):
         """The image at ``path``, from the cache while there is one."""
         if self._cache is not None and path in self._cache:
             return self._cache[path]
-        array = _load(path, self.channels)
+        array = _load(path, self.channels, raw=True)
         if self._cache is not None:
             self._cache[path] = array
             self._cached_bytes += array.nbytes
@@ -201,15 +239,16 @@ class TrainingPatches(Dataset):
         rng = np.random.default_rng([self.seed, index])
         noisy_path, clean_path = self._item(index)
         clean = self._decoded(clean_path)
-        stack = (
-            clean if noisy_path == clean_path else np.dstack([clean, self._decoded(noisy_path)])
-        )
-        height, width = stack.shape[:2]
+        images = [clean] if noisy_path == clean_path else [clean, self._decoded(noisy_path)]
+        height, width = clean.shape[:2]
         top = rng.integers(0, height - self.patch + 1)
         left = rng.integers(0, width - self.patch + 1)
-        patch = _augment(
-            stack[top : top + self.patch, left : left + self.patch], self.augment, rng
-        )
+        # Cropped before scaling, and each image by its own bit depth (noisy and clean may
+        # differ); stacked so that both get the same flip and rotation.
+        crops = [
+            _scaled(image[top : top + self.patch, left : left + self.patch]) for image in images
+        ]
+        patch = _augment(crops[0] if len(crops) == 1 else np.dstack(crops), self.augment, rng)
         tensor = _to_tensor(patch)
         clean_patch = tensor[: self.channels]
         if self.kind == "paired":

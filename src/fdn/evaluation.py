@@ -23,9 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 import torch
-from PIL import Image
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from tqdm import tqdm
@@ -42,7 +40,9 @@ from fdn.baselines import (
     load_peer_ffdnet,
 )
 from fdn.baselines.dncnn import ModuleDenoiser, read_state_dict
+from fdn.data import DataError, find_pairs, list_images
 from fdn.denoising import add_precision_option, precision_context
+from fdn.images import EXTENSIONS, read_array
 from fdn.metrics import psnr, ssim
 from fdn.model import FDN
 from fdn.noise import add_gaussian_noise, noise_seed
@@ -73,7 +73,6 @@ __all__ = [
 BASELINES = ("bm3d", "nlm", "dncnn", "dncnn-b", "ffdnet")
 DEFAULT_SIGMAS = (15.0, 25.0, 50.0)
 DEFAULT_WEIGHTS = Path("../shared/peer-weights")
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 
 @runtime_checkable
@@ -202,42 +201,26 @@ class Dataset:
 
 
 def _images_under(root: Path) -> list[Path]:
-    return sorted(
-        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    # The files training reads (fdn.images.EXTENSIONS), in the order of their paths' text.
+    try:
+        found = list_images(root)
+    except DataError:
+        return []
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _find_pairs(root: Path) -> list[ImageItem]:
-    # Two layouts: noisy/ + clean/ folders matched by name (extension aside), or SIDD's
-    # Data/SCENE/NOISY_*.PNG next to GT_*.PNG.
-    if (root / "noisy").is_dir() and (root / "clean").is_dir():
-        clean_by_stem = {
-            p.relative_to(root / "clean").with_suffix("").as_posix(): p
-            for p in _images_under(root / "clean")
-        }
-        items, unmatched = [], []
-        for noisy in _images_under(root / "noisy"):
-            stem = noisy.relative_to(root / "noisy").with_suffix("").as_posix()
-            if stem in clean_by_stem:
-                items.append(ImageItem(stem, clean_by_stem[stem], noisy))
-            else:
-                unmatched.append(noisy.name)
-    else:
-        items, unmatched = [], []
-        for noisy in _images_under(root):
-            if not noisy.name.upper().startswith("NOISY_"):
-                continue
-            clean = noisy.with_name("GT_" + noisy.name[len("NOISY_") :])
+def _pair_items(root: Path) -> list[ImageItem]:
+    # The pairs training reads. An item is named by its noisy image's path: inside noisy/
+    # without its extension (clean/ may hold another), else inside the data set.
+    noisy_root = root / "noisy"
+    items = []
+    for noisy, clean in find_pairs(root):
+        if noisy_root.is_dir() and (root / "clean").is_dir():
+            name = noisy.relative_to(noisy_root).with_suffix("").as_posix()
+        else:
             name = noisy.relative_to(root).as_posix()
-            if clean.is_file():
-                items.append(ImageItem(name, clean, noisy))
-            else:
-                unmatched.append(name)
-    if unmatched:
-        shown = ", ".join(unmatched[:3]) + (" ..." if len(unmatched) > 3 else "")
-        raise ValueError(f"{root}: no clean image for {len(unmatched)} noisy ones ({shown})")
-    return items
+        items.append(ImageItem(name, clean, noisy))
+    return sorted(items, key=lambda item: item.noisy.relative_to(root).as_posix())
 
 
 def find_dataset(
@@ -246,9 +229,10 @@ def find_dataset(
     """Finds the test images under ``root`` (searched recursively, sorted by path).
 
     Arguments:
-        root: a folder of clean images, or with ``paired``, of noisy/clean pairs: either
-            ``noisy/`` and ``clean/`` subfolders matched by name, or SIDD's layout
-            (``Data/SCENE/NOISY_*.PNG`` next to ``GT_*.PNG``).
+        root: a folder of clean images, or with ``paired``, of noisy/clean pairs as
+            :func:`fdn.data.find_pairs` finds them for training: ``noisy/`` and ``clean/``
+            subfolders matched by name, or SIDD's layout (``NOISY_*`` next to ``GT_*``).
+            Every format ``fdn denoise`` reads counts (:data:`fdn.images.EXTENSIONS`).
         paired: read real noisy/clean pairs instead of clean images.
         limit: keep only the first ``limit`` images (in sorted order).
     """
@@ -256,13 +240,11 @@ def find_dataset(
     if not root.is_dir():
         raise ValueError(f"{root}: no such folder")
     if paired:
-        items = _find_pairs(root)
-        layout = "noisy/clean pairs (noisy/ + clean/, or SIDD NOISY_* + GT_*)"
+        items = _pair_items(root)
     else:
         items = [ImageItem(p.relative_to(root).as_posix(), p) for p in _images_under(root)]
-        layout = f"images ({', '.join(sorted(IMAGE_SUFFIXES))})"
     if not items:
-        raise ValueError(f"{root}: found no {layout}")
+        raise ValueError(f"{root}: found no images ({', '.join(sorted(EXTENSIONS))})")
     name = root.resolve().name
     if name.lower() == "data" and paired:  # SIDD's .../SIDD_Small/Data: name it by its parent
         name = root.resolve().parent.name
@@ -270,18 +252,9 @@ def find_dataset(
 
 
 def _read_image(path: str | os.PathLike) -> Tensor:
-    """Reads an 8-bit grey or colour image as a (1, C, H, W) float32 tensor in [0, 1]."""
-    with Image.open(path) as image:
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            raise ValueError(f"{path}: {image.mode} images are not supported; use 8-bit images")
-        if image.mode in ("1", "LA"):
-            image = image.convert("L")
-        elif image.mode not in ("L", "RGB"):
-            image = image.convert("RGB")
-        array = np.array(image, dtype=np.float32) / 255
-    if array.ndim == 2:
-        array = array[..., None]
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+    """Reads an image file (:func:`fdn.images.read_array`, alpha dropped, in its own channel
+    count) as a (1, C, H, W) float32 tensor in [0, 1]."""
+    return torch.from_numpy(read_array(path).transpose(2, 0, 1).copy())[None]
 
 
 # Evaluation

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fdn.atomic import atomic_write
 
-__all__ = ["EXTENSIONS", "ImageFile", "ImageFileError", "read_image", "write_image"]
+__all__ = ["EXTENSIONS", "ImageFile", "ImageFileError", "read_array", "read_image", "write_image"]
 
 # Formats we read and write, with the extensions that find them in a folder.
 EXTENSIONS = {
@@ -153,6 +153,49 @@ def read_image(path: str | os.PathLike) -> ImageFile:
         raise ImageFileError(
             path, f"corrupt or truncated image ({_one_line(error, named=True)})"
         ) from None
+
+
+def read_array(
+    path: str | os.PathLike, channels: int | None = None, raw: bool = False
+) -> np.ndarray:
+    """An image file's colour channels as an ``(H, W, C)`` array: the one way training,
+    validation, ``fdn eval`` and ``fdn compare`` read an image.
+
+    The file is read by :func:`read_image`, so every format, mode and bit depth that
+    ``fdn denoise`` takes is read here too, and fails with the same :class:`ImageFileError`.
+    Alpha is dropped; a palette image gives its RGB colours.
+
+    Arguments:
+        path: the image file.
+        channels: None keeps the file's own (1 for grey, 3 for colour); 3 replicates grey;
+            1 turns colour into grey with the ITU-R 601 luma weights (0.299, 0.587, 0.114),
+            rounded as Pillow's ``convert("L")`` rounds them, at the file's bit depth.
+        raw: return the stored integers (uint8 or uint16) instead of float32.
+
+    Returns:
+        float32 in [0, 1] (uint8 values / 255, uint16 values / 65535), or with ``raw`` the
+        uint8 or uint16 values, C-contiguous.
+    """
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    pixels = read_image(path).pixels
+    if channels == 3 and pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    elif channels == 1 and pixels.shape[2] == 3:
+        pixels = _luma(pixels)
+    if raw:
+        return np.ascontiguousarray(pixels)  # no view into a larger (alpha) buffer
+    scaled = pixels.astype(np.float32)
+    scaled /= np.float32(np.iinfo(pixels.dtype).max)
+    return scaled
+
+
+def _luma(pixels: np.ndarray) -> np.ndarray:
+    """``(H, W, 1)`` grey of ``(H, W, 3)`` RGB, of the same dtype: Pillow's RGB-to-L in
+    16.16 fixed point, ``(19595 R + 38470 G + 7471 B + 2**15) >> 16``, at 8 or 16 bits."""
+    wide = pixels.astype(np.uint32 if pixels.dtype == np.uint8 else np.uint64)
+    grey = (wide[..., 0] * 19595 + wide[..., 1] * 38470 + wide[..., 2] * 7471 + 0x8000) >> 16
+    return grey.astype(pixels.dtype)[:, :, None]
 
 
 def _one_line(error: Exception, named: bool = False) -> str:
