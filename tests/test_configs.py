@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -5,7 +6,8 @@ import pytest
 from fdn.config import load_config
 from fdn.training import build_model
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 
 
 def test_there_is_a_config_for_every_experiment_of_the_paper():
@@ -24,3 +26,18 @@ def test_every_shipped_config_loads_validates_and_builds(path):
     # every config is validated: on a folder of its own or on images held back from training
     assert config.data.train and (config.validation.folder or config.data.holdout)
     assert build_model(config).config.in_channels == config.model.in_channels
+
+
+def test_the_smoke_config_trains_on_images_it_draws(tmp_path):
+    from fdn.training import train
+
+    config = load_config(
+        ROOT / "configs" / "smoke.toml",
+        [f"data.root={tmp_path}", "training.iterations=100", "validation.every=100"],
+    )
+    result = train(config, tmp_path / "run", progress=False, log=lambda _: None)
+    assert len(list((tmp_path / "fdn-smoke-data").glob("*.png"))) == 40
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    noisy, trained = rows[0]["val_psnr_noisy"], rows[-1]["val_psnr"]
+    assert trained > noisy + 0.5  # it learns to denoise within 100 steps
+    assert result.model_file.is_file()

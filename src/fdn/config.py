@@ -71,8 +71,10 @@ class DataConfig:
     ``train`` (and the validation folder) are relative to ``root`` unless absolute. With
     ``kind = "awgn"``, ``sigma`` is a fixed noise level, or ``sigma_range = [lo, hi]`` draws
     one per image (blind training; the paper's is [0, 55]). ``kind = "paired"`` reads the SIDD
-    layout or ``noisy/`` + ``clean/`` folders. ``dequantize`` adds one 8-bit bin of uniform
-    noise to the noisy input for the NLL; on by default for paired (8-bit) data.
+    layout or ``noisy/`` + ``clean/`` folders. ``kind = "synthetic"`` is AWGN on images fdn
+    draws itself into ``train`` (:func:`fdn.data.make_synthetic_images`), for a first run.
+    ``dequantize`` adds one 8-bit bin of uniform noise to the noisy input for the NLL; on by
+    default for paired (8-bit) data.
 
     ``holdout = N`` keeps N images of ``train`` out of training (the same N for every seed:
     :func:`fdn.data.holdout_split`); validation then uses them unless ``validation.folder``
@@ -182,7 +184,7 @@ class TrainConfig:
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 _CHOICES = {
     ("model", "kind"): ("fdn", "dncnn"),
-    ("data", "kind"): ("awgn", "paired"),
+    ("data", "kind"): ("awgn", "paired", "synthetic"),
     ("data", "augment"): ("none", "flip", "flip_rot"),
     ("training", "device"): ("auto", "cpu", "cuda"),
     ("training", "precision"): ("fp32", "bf16"),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
@@ -33,6 +34,7 @@ __all__ = [
     "holdout_split",
     "list_images",
     "load_validation",
+    "make_synthetic_images",
 ]
 
 
@@ -139,7 +141,47 @@ def _training_items(config: TrainConfig) -> tuple[Path, list[tuple[Path, Path]]]
     root = config.resolve(data.train)
     if data.kind == "paired":
         return root, find_pairs(root)
+    if data.kind == "synthetic":
+        make_synthetic_images(root)
     return root, [(path, path) for path in list_images(root)]
+
+
+SYNTHETIC_COUNT, SYNTHETIC_SIZE = 40, 96
+
+
+def make_synthetic_images(folder: Path, count: int = SYNTHETIC_COUNT) -> None:
+    """Draws ``count`` clean colour PNGs into ``folder`` (those missing; they are the same on
+    every machine): smooth gradients with discs, bars and a faint texture, 96x96.
+
+    What ``data.kind = "synthetic"`` trains on (``configs/smoke.toml``): a first run, or a
+    test, that needs no data set.
+    """
+    from fdn.atomic import atomic_write
+
+    folder.mkdir(parents=True, exist_ok=True)
+    size = SYNTHETIC_SIZE
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    for index in range(count):
+        path = folder / f"synthetic_{index:03d}.png"
+        if path.is_file():
+            continue
+        rng = np.random.default_rng([20221209, index])
+        start, end = rng.random((2, 3), dtype=np.float32)
+        angle = rng.uniform(0, np.pi)
+        ramp = (np.cos(angle) * x + np.sin(angle) * y)[..., None]
+        image = start + (end - start) * (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)
+        for _ in range(rng.integers(3, 8)):
+            colour = rng.random(3, dtype=np.float32)
+            cy, cx, r = rng.random(3, dtype=np.float32) * [1, 1, 0.3]
+            if rng.integers(2):
+                mask = (y - cy) ** 2 + (x - cx) ** 2 < r**2
+            else:
+                mask = (abs(y - cy) < r) & (abs(x - cx) < r / 3)
+            image[mask] = colour
+        frequency = rng.uniform(10, 30)
+        image += 0.03 * np.sin(2 * np.pi * frequency * (x + 0.5 * y))[..., None]
+        pixels = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+        atomic_write(path, lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"))
 
 
 def _load(path: Path, channels: int, raw: bool = False) -> np.ndarray:
