@@ -1,4 +1,3 @@
-import argparse
 import csv
 import json
 import sys
@@ -10,6 +9,7 @@ from PIL import Image
 
 from fdn import FDN, save_model
 from fdn.baselines import DnCNN, DnCNNDenoiser, FFDNet, FFDNetDenoiser, NonLocalMeans, save_dncnn
+from fdn.cli import build_parser, command_options
 from fdn.evaluation import (
     Denoiser,
     DenoiserSet,
@@ -17,7 +17,6 @@ from fdn.evaluation import (
     FDNDenoiser,
     Result,
     _read_image,
-    add_eval_arguments,
     evaluate,
     find_dataset,
     markdown_table,
@@ -57,9 +56,8 @@ def write_images(folder, count=3, mode="L", size=(16, 20)):
 
 
 def parse(*argv):
-    parser = argparse.ArgumentParser()
-    add_eval_arguments(parser)
-    return parser.parse_args(list(argv))
+    """``fdn eval ARGV``'s options, as :func:`run_eval` takes them."""
+    return command_options(build_parser().parse_args(["eval", *argv]))
 
 
 # Noise
@@ -285,7 +283,7 @@ def test_run_eval_end_to_end(tmp_path, capsys):
         "--out", str(out),
         "--no-progress",
     )  # fmt: skip
-    assert run_eval(args) == 0
+    assert run_eval(**args) == 0
     printed = capsys.readouterr().out
     assert printed == (out / "table.md").read_text()
     assert "| Data set | sigma | NLM | FDN-S | d |" in printed
@@ -301,7 +299,7 @@ def test_run_eval_skips_a_baseline_whose_extra_is_missing(tmp_path, capsys, monk
     data = write_images(tmp_path / "tiny", 1)
     args = parse("--baselines", "bm3d,nlm,dncnn", "--weights", str(tmp_path / "none"),
                  "--data", str(data), "--sigma", "25", "--no-progress")  # fmt: skip
-    assert run_eval(args) == 0
+    assert run_eval(**args) == 0
     captured = capsys.readouterr()
     assert "skipping bm3d: BM3D needs the 'bm3d' package" in captured.err
     assert "pip install 'fdn[baselines]'" in captured.err
@@ -312,10 +310,10 @@ def test_run_eval_skips_a_baseline_whose_extra_is_missing(tmp_path, capsys, monk
 def test_run_eval_errors(tmp_path):
     data = write_images(tmp_path / "tiny", 1)
     with pytest.raises(ValueError, match="nothing to evaluate"):
-        run_eval(parse("--data", str(data), "--no-progress"))
+        run_eval(**parse("--data", str(data), "--no-progress"))
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(ValueError, match=r"bad\.safetensors"):
-        run_eval(parse("--model", str(tmp_path / "bad.safetensors"), "--data", str(data)))
+        run_eval(**parse("--model", str(tmp_path / "bad.safetensors"), "--data", str(data)))
     with pytest.raises(SystemExit):
         parse("--baselines", "bm3d,unknown", "--data", str(data))
 

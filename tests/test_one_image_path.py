@@ -86,7 +86,7 @@ def test_eval_reads_every_format_that_denoise_reads(tmp_path):
         "--out", str(out),
         "--no-progress",
     )  # fmt: skip
-    assert run_eval(args) == 0
+    assert run_eval(**args) == 0
     document = json.loads((out / "results.json").read_text())
     assert document["failures"] == []
     assert sorted(row["image"] for row in document["images"]) == ["a.webp", "b.png"]

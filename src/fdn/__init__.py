@@ -1,10 +1,32 @@
-r"""FDN: flow-based image denoising (Liu et al., 2022), as a tested PyTorch library."""
+r"""FDN: flow-based image denoising (Liu et al., 2022), as a tested PyTorch library.
+
+The public names load on first use (PEP 562), so ``import fdn`` (and ``fdn --version``,
+``fdn --help``) does not import torch; ``from fdn import FDN`` works as usual.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 from fdn._version import __version__
-from fdn.denoising import denoise_image
-from fdn.model import FDN, FDNConfig
-from fdn.runtime import tune_allocator
-from fdn.serialization import ModelFileError, load_model, save_model
+
+if TYPE_CHECKING:
+    from fdn.denoising import denoise_image
+    from fdn.model import FDN, FDNConfig
+    from fdn.runtime import tune_allocator
+    from fdn.serialization import ModelFileError, load_model, save_model
+
+# Each public name and the module that defines it.
+_LAZY = {
+    "FDN": "fdn.model",
+    "FDNConfig": "fdn.model",
+    "ModelFileError": "fdn.serialization",
+    "denoise_image": "fdn.denoising",
+    "load_model": "fdn.serialization",
+    "save_model": "fdn.serialization",
+    "tune_allocator": "fdn.runtime",
+}
 
 __all__ = [
     "FDN",
@@ -16,3 +38,15 @@ __all__ = [
     "save_model",
     "tune_allocator",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fdn' has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value  # the next lookup does not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -26,9 +26,13 @@ import torch
 __all__ = ["bench", "device_name", "measure"]
 
 
+def _is_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
+    if _is_cuda(device):
+        return torch.cuda.get_device_name(torch.device(device))
     return platform.processor() or platform.machine() or "cpu"
 
 
@@ -89,15 +93,15 @@ def measure(
         model = _model(method, device)
         noisy = torch.rand(1, 3, size, size, device=device)
         before = _rss_bytes()
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
+        if _is_cuda(device):
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
 
         def run() -> None:
             with torch.no_grad(), precision_context(precision, device):
                 model.denoise(noisy)
-            if device == "cuda":
-                torch.cuda.synchronize()
+            if _is_cuda(device):
+                torch.cuda.synchronize(device)
 
     run()  # warm-up
     times = []
@@ -105,8 +109,8 @@ def measure(
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    if device == "cuda" and method != "bm3d":
-        peak = torch.cuda.max_memory_allocated() - base
+    if _is_cuda(device) and method != "bm3d":
+        peak = torch.cuda.max_memory_allocated(device) - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     return {

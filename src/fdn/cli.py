@@ -1,17 +1,25 @@
-r"""The ``fdn`` command: parses arguments and calls library functions, nothing more."""
+r"""The ``fdn`` command: parses arguments and calls library functions, nothing more.
+
+Every option of every command is declared here, and building the parser imports no torch
+(what it checks values against is in :mod:`fdn.choices`), so ``fdn --version`` and
+``fdn --help`` answer at once; a command imports what it runs after its arguments parse.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from fdn._version import __version__
+from fdn.choices import BASELINES, DEFAULT_WEIGHTS, PRECISIONS, check_device_name
 
-__all__ = ["CommandError", "main"]
+__all__ = ["CommandError", "build_parser", "command_options", "main"]
 
 
 class CommandError(Exception):
@@ -35,6 +43,79 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def _device_name(text: str) -> str:
+    """An argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked without torch."""
+    try:
+        return check_device_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _baseline_list(text: str) -> list[str]:
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown baseline(s) {', '.join(unknown) or text!r}; choose from "
+            f"{', '.join(BASELINES)}"
+        )
+    return names
+
+
+def _sigma(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"sigma must be >= 0, got {text!r}")
+    return value
+
+
+def _add_device_option(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--device``, the same for every command (:func:`fdn.runtime.resolve_device`)."""
+    parser.add_argument(
+        "--device",
+        type=_device_name,
+        default=default,
+        metavar="DEVICE",
+        help="where to run: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N "
+        f"(default: {default})",
+    )
+
+
+def _add_precision_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--precision {fp32,bf16}``; ``what`` is what runs in bfloat16."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help=f"bf16 runs {what} in bfloat16: about 1.5x faster on CPUs with AVX-512 BF16 or "
+        "AMX and on GPUs, slower on other CPUs (default: fp32)",
+    )
+
+
+def _add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``, the same for every command that draws progress bars."""
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (bars are drawn only when stderr is a terminal)",
+    )
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Whether to draw progress bars: not with --no-progress, and only on a terminal."""
+    return args.progress and sys.stderr.isatty()
+
+
+def command_options(args: argparse.Namespace) -> dict:
+    """A command's parsed options as keyword arguments (without ``command``, ``debug`` and
+    ``run``, the parser's own)."""
+    return {k: v for k, v in vars(args).items() if k not in ("command", "debug", "run")}
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -68,22 +149,13 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CommandError("--device cuda: no CUDA device is available")
-    return name
-
-
 def _denoise(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
     from fdn.batch import denoise_files, plan_jobs
     from fdn.pretrained import resolve_model
+    from fdn.runtime import resolve_device
 
     if args.tile is not None and args.tile < 2 * args.tile_overlap + 4:
         raise CommandError(
@@ -92,7 +164,7 @@ def _denoise(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     jobs = plan_jobs(args.inputs, args.output)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.model is not None:
         model = resolve_model(args.model, 3, device)
     else:
@@ -103,7 +175,7 @@ def _denoise(args: argparse.Namespace) -> int:
                 models[channels] = resolve_model(None, channels, device)
             return models[channels]
 
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = _progress(args) and not args.quiet
 
     def report(line: str) -> None:
         if line.startswith("fdn: error") or not args.quiet:
@@ -126,7 +198,6 @@ def _denoise(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
 
     from fdn.config import load_config
     from fdn.training import CHECKPOINT, TrainingStopped, train
@@ -154,9 +225,8 @@ def _train(args: argparse.Namespace) -> int:
                 f"{run_dir} already holds a run: continue it with --resume "
                 f"{run_dir}, or choose another --out"
             )
-    progress = sys.stderr.isatty()
     try:
-        result = train(config, run_dir, resume=bool(args.resume), progress=progress)
+        result = train(config, run_dir, resume=bool(args.resume), progress=_progress(args))
     except TrainingStopped as stopped:
         print(
             f"fdn: {stopped}; checkpoint saved, continue with: fdn train --resume {run_dir}",
@@ -169,8 +239,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import numpy as np
     import torch
 
@@ -179,10 +247,12 @@ def _demo(args: argparse.Namespace) -> int:
     from fdn.images import read_array, read_image, write_image
     from fdn.metrics import psnr
     from fdn.pretrained import resolve_model, sample_image_paths
+    from fdn.runtime import resolve_device
 
+    device = resolve_device(args.device)
     noisy_path, clean_path = sample_image_paths()
     noisy, clean = read_image(noisy_path), read_image(clean_path)
-    model = resolve_model(args.model, 3, _resolve_device(args.device))
+    model = resolve_model(args.model, 3, device)
     denoised = denoise_image(noisy.pixels, model)
     reference = read_array(clean_path, noisy.pixels.shape[2])
     reference = torch.from_numpy(reference).permute(2, 0, 1)[None].double()
@@ -219,7 +289,7 @@ def _ablate(args: argparse.Namespace) -> int:
             overrides = " ".join(f"--set {s}" for s in [*args.set, *sets])
             print(f"fdn train {args.config} --out {args.out}/{name} {overrides}")
         return 0
-    table = run_grid(args.grid, args.config, args.out, args.set, progress=sys.stderr.isatty())
+    table = run_grid(args.grid, args.config, args.out, args.set, progress=_progress(args))
     print(table.read_text(), end="")
     print(f"table: {table}")
     return 0
@@ -227,8 +297,9 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from fdn.bench import bench
+    from fdn.runtime import resolve_device
 
-    device = _resolve_device(args.device)
+    device = str(resolve_device(args.device))
     say = None if args.json else (lambda line: print(line, file=sys.stderr))
     report = bench(
         args.sizes,
@@ -269,13 +340,14 @@ def _bench(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from fdn.evaluation import run_eval
 
-    return run_eval(args)
+    return run_eval(**{**command_options(args), "progress": _progress(args)})
 
 
 def _compare(args: argparse.Namespace) -> int:
     from fdn.compare import build_methods, compare
+    from fdn.runtime import resolve_device
 
-    methods = build_methods(args.methods, args.weights, _resolve_device(args.device))
+    methods = build_methods(args.methods, args.weights, resolve_device(args.device))
     figure, scores = compare(args.image, methods, args.sigma, args.out, args.inset)
     for label, score in scores:
         print(f"{label:24s} {score:6.2f} dB")
@@ -284,8 +356,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fdn.denoising import add_precision_option
-
+    """The ``fdn`` parser: every command and option (imports no torch)."""
     parser = argparse.ArgumentParser(
         prog="fdn", description="Flow-based image denoising (FDN, Liu et al. 2022)."
     )
@@ -333,12 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a bundled model name or an fdn model file (default: the bundled blind model "
         "for each image's channels: fdn-color-blind or fdn-grey-blind)",
     )
-    denoise.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where to run (default: auto, CUDA when available)",
-    )
+    _add_device_option(denoise)
     denoise.add_argument(
         "--threads", type=_positive_int, metavar="N", help="CPU threads (default: torch's)"
     )
@@ -361,11 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="x8 self-ensemble: average over flips and rotations (8x slower, often better)",
     )
-    add_precision_option(denoise, "the convolutions")
+    _add_precision_option(denoise, "the convolutions")
     denoise.add_argument("--quiet", action="store_true", help="no progress bar or notices")
+    _add_progress_option(denoise)
     denoise.set_defaults(run=_denoise)
-
-    from fdn.evaluation import add_eval_arguments
 
     evaluate = commands.add_parser(
         "eval",
@@ -376,7 +441,62 @@ def build_parser() -> argparse.ArgumentParser:
             "the paper's layout, and with --out write table.md, results.csv and results.json."
         ),
     )
-    add_eval_arguments(evaluate)
+    evaluate.add_argument(
+        "--model",
+        dest="models",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="[NAME[@SIGMA]=]PATH",
+        help="model files: FDN or DnCNN .safetensors, or DnCNN/FFDNet reference .pth files. "
+        "Files with the same NAME form one column; @SIGMA marks a model for that noise level "
+        "only (default: the file name, used at every sigma)",
+    )
+    evaluate.add_argument(
+        "--baselines",
+        type=_baseline_list,
+        default=[],
+        metavar="LIST",
+        help=f"comma-separated, from {', '.join(BASELINES)}",
+    )
+    evaluate.add_argument(
+        "--weights",
+        type=Path,
+        default=DEFAULT_WEIGHTS,
+        metavar="DIR",
+        help="the reference weights for dncnn, dncnn-b and ffdnet (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--data", nargs="+", required=True, metavar="DIR", help="test set folders"
+    )
+    evaluate.add_argument(
+        "--sigma",
+        dest="sigmas",
+        nargs="+",
+        type=_sigma,
+        metavar="S",
+        help="AWGN levels on the 0-255 scale (default: 15 25 50; with --paired: none, or the "
+        "levels non-blind methods are told)",
+    )
+    evaluate.add_argument(
+        "--paired",
+        action="store_true",
+        help="real noise: noisy/clean pairs (SIDD Data/SCENE/NOISY_*, GT_*; or noisy/ + "
+        "clean/ folders matched by name)",
+    )
+    evaluate.add_argument("--out", type=Path, metavar="DIR", help="write table.md, CSV, JSON")
+    evaluate.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    evaluate.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="only the first N images of each data set"
+    )
+    _add_device_option(evaluate)
+    evaluate.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="x8 self-ensemble (flips and rotations, averaged) for every method",
+    )
+    _add_precision_option(evaluate, "every network's convolutions")
+    _add_progress_option(evaluate)
     evaluate.set_defaults(run=_eval)
 
     compare = commands.add_parser(
@@ -399,13 +519,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--sigma", type=float, default=50, help="AWGN sigma (default 50)")
     compare.add_argument("--out", required=True, help="the PNG to write")
-    compare.add_argument("--inset", nargs=2, type=_non_negative_int, metavar=("TOP", "LEFT"))
+    compare.add_argument(
+        "--inset",
+        nargs=2,
+        type=_non_negative_int,
+        metavar=("TOP", "LEFT"),
+        help="top-left corner of the zoomed inset (default: where the methods differ most)",
+    )
     compare.add_argument(
         "--weights",
-        default="../shared/peer-weights",
+        default=str(DEFAULT_WEIGHTS),
         help="reference weights folder for dncnn/ffdnet",
     )
-    compare.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    _add_device_option(compare)
     compare.set_defaults(run=_compare)
 
     demo = commands.add_parser(
@@ -419,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="fdn-demo", help="output folder (default: fdn-demo)")
     demo.add_argument("--model", metavar="NAME|PATH", help="another bundled name or file")
-    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_device_option(demo)
     demo.set_defaults(run=_demo)
 
     train = commands.add_parser(
@@ -449,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from a trained model (a bundled name or a .safetensors file) with a fresh "
         "optimiser, e.g. to fine-tune on your own data; its architecture must match [model]",
     )
+    _add_progress_option(train)
     train.set_defaults(run=_train)
 
     bench = commands.add_parser(
@@ -460,8 +587,16 @@ def build_parser() -> argparse.ArgumentParser:
             "ratio; BM3D too when installed (CPU)."
         ),
     )
-    bench.add_argument("--sizes", nargs="+", type=_positive_int, default=[256, 512, 1024])
-    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    bench.add_argument(
+        "--sizes",
+        nargs="+",
+        type=_positive_int,
+        default=[256, 512, 1024],
+        metavar="N",
+        help="image sizes to time, N x N each (default: 256 512 1024)",
+    )
+    # The CPU by default: the numbers bench reports (docs/performance.md) are CPU numbers.
+    _add_device_option(bench, default="cpu")
     bench.add_argument("--threads", type=_positive_int, default=1, help="torch threads (1)")
     bench.add_argument("--repeats", type=_positive_int, default=3, help="timed runs (3)")
     bench.add_argument("--json", action="store_true", help="print JSON")
@@ -470,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave glibc's malloc untuned (see fdn.runtime), to measure what it costs",
     )
-    add_precision_option(bench, "both networks' convolutions (BM3D is unaffected)")
+    _add_precision_option(bench, "both networks' convolutions (BM3D is unaffected)")
     bench.set_defaults(run=_bench)
 
     ablate = commands.add_parser(
@@ -482,7 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
             "interrupted ones resume; the table of validation PSNRs goes to OUT/table.md."
         ),
     )
-    ablate.add_argument("grid", choices=("table1", "table2"))
+    ablate.add_argument(
+        "grid",
+        choices=("table1", "table2"),
+        help="table1: 1-3 blocks x 2/4/8 steps; table2: z_C fraction 1/8..7/8",
+    )
     ablate.add_argument("config", metavar="BASE.toml", help="the base config of every cell")
     ablate.add_argument("--out", required=True, metavar="DIR", help="one run folder per cell")
     ablate.add_argument(
@@ -493,17 +632,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a key of the base config in every cell",
     )
     ablate.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
+    _add_progress_option(ablate)
     ablate.set_defaults(run=_ablate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
-    from fdn.runtime import tune_allocator
+    args = build_parser().parse_args(argv)  # --help, --version and bad options stop here
+    from fdn.runtime import tune_allocator  # imports torch
 
     tune_allocator()
-    parser = build_parser()
-    args = parser.parse_args(argv)
     previous = _exit_on_sigterm()
     try:
         return args.run(args)

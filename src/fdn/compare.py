@@ -18,7 +18,9 @@ from fdn.noise import add_gaussian_noise, noise_seed
 __all__ = ["build_methods", "compare", "pick_inset"]
 
 
-def build_methods(specs: Sequence[str], weights: str | os.PathLike, device: str) -> list:
+def build_methods(
+    specs: Sequence[str], weights: str | os.PathLike, device: str | torch.device
+) -> list:
     """``fdn:MODEL`` (a bundled name or file) or a baseline name, one Denoiser each."""
     methods = []
     for spec in specs:

@@ -2,7 +2,6 @@ r"""Denoising numpy images of any size, dtype and channel count, whole or in fea
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import Iterator
 
@@ -11,13 +10,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fdn.choices import PRECISIONS
 from fdn.model import FDN
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_TILE",
     "PRECISIONS",
-    "add_precision_option",
     "denoise_image",
     "denoise_tensor",
     "effective_tile",
@@ -31,24 +30,6 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 4_000_000
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 32
-
-# "bf16" runs every convolution in bfloat16 (torch.autocast), while the couplings' and
-# ActNorm's elementwise arithmetic stays in float32: 0.64x the time of "fp32" on a CPU with
-# AVX-512 BF16, within 0.05 dB on the bundled models (docs/performance.md). Not the default:
-# it does not equal the plain path within 1e-5, and a CPU without bfloat16 instructions runs
-# it slower, not faster.
-PRECISIONS = ("fp32", "bf16")
-
-
-def add_precision_option(parser: argparse.ArgumentParser, what: str) -> None:
-    """Adds ``--precision {fp32,bf16}`` to a command's parser; ``what`` runs in bfloat16."""
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help=f"bf16 runs {what} in bfloat16: about 1.5x faster on CPUs with AVX-512 BF16 or "
-        "AMX and on GPUs, slower on other CPUs (default: fp32)",
-    )
 
 
 def precision_context(
@@ -211,7 +192,8 @@ def denoise_image(
         max_pixels: above this, an untiled request is tiled; None never tiles on its own.
         progress: show a progress bar over tiles.
         ensemble: average the denoised eight flips and rotations (x8 self-ensemble).
-        precision: ``"fp32"``, or ``"bf16"`` for bfloat16 convolutions (see ``PRECISIONS``).
+        precision: ``"fp32"``, or ``"bf16"`` for bfloat16 convolutions
+            (see :data:`fdn.choices.PRECISIONS`).
 
     A grey image through a colour model is replicated to RGB, denoised, and averaged back to
     grey; a colour image through a grey model is denoised one channel at a time.

@@ -10,7 +10,6 @@ columns, the best in bold), a CSV and a JSON file.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -40,12 +39,14 @@ from fdn.baselines import (
     load_peer_ffdnet,
 )
 from fdn.baselines.dncnn import ModuleDenoiser, read_state_dict
+from fdn.choices import BASELINES, DEFAULT_SIGMAS, DEFAULT_WEIGHTS
 from fdn.data import DataError, find_pairs, list_images
-from fdn.denoising import add_precision_option, precision_context
+from fdn.denoising import precision_context
 from fdn.images import EXTENSIONS, read_array
 from fdn.metrics import psnr, ssim
 from fdn.model import FDN
 from fdn.noise import add_gaussian_noise, noise_seed
+from fdn.runtime import resolve_device
 from fdn.serialization import ModelFileError, load_model
 
 __all__ = [
@@ -59,7 +60,6 @@ __all__ = [
     "ImageItem",
     "Result",
     "Summary",
-    "add_eval_arguments",
     "build_baseline",
     "evaluate",
     "find_dataset",
@@ -69,10 +69,6 @@ __all__ = [
     "summarize",
     "write_results",
 ]
-
-BASELINES = ("bm3d", "nlm", "dncnn", "dncnn-b", "ffdnet")
-DEFAULT_SIGMAS = (15.0, 25.0, 50.0)
-DEFAULT_WEIGHTS = Path("../shared/peer-weights")
 
 
 @runtime_checkable
@@ -576,7 +572,7 @@ def write_results(evaluation: Evaluation, out: str | os.PathLike) -> list[Path]:
 
 
 def build_baseline(
-    name: str, weights: str | os.PathLike = DEFAULT_WEIGHTS, device: str = "cpu"
+    name: str, weights: str | os.PathLike = DEFAULT_WEIGHTS, device: str | torch.device = "cpu"
 ) -> Denoiser:
     """One of :data:`BASELINES`; DnCNN and FFDNet read the reference weights in ``weights``.
 
@@ -612,7 +608,7 @@ def build_baseline(
 
 
 def load_denoiser(
-    path: str | os.PathLike, name: str | None = None, device: str = "cpu"
+    path: str | os.PathLike, name: str | None = None, device: str | torch.device = "cpu"
 ) -> FDNDenoiser | DnCNNDenoiser | FFDNetDenoiser:
     """Any model file as a blind-or-not :class:`Denoiser`, by what the file holds.
 
@@ -656,7 +652,7 @@ def _parse_model_spec(spec: str) -> tuple[str | None, float | None, str]:
         raise ValueError(f"--model {spec!r}: {sigma_text!r} is not a sigma") from None
 
 
-def _models_from_specs(specs: Iterable[str], device: str) -> list[Denoiser]:
+def _models_from_specs(specs: Iterable[str], device: str | torch.device) -> list[Denoiser]:
     # Files that share a NAME form one column: one model per channel count and sigma.
     groups: dict[str, list[tuple[float | None, Denoiser]]] = {}
     for spec in specs:
@@ -679,136 +675,82 @@ def _models_from_specs(specs: Iterable[str], device: str) -> list[Denoiser]:
     return models
 
 
-# Command line
+# Running it all
 
 
-def _baseline_list(text: str) -> list[str]:
-    names = [name.strip().lower() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in BASELINES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown baseline(s) {', '.join(unknown) or text!r}; choose from "
-            f"{', '.join(BASELINES)}"
-        )
-    return names
+def run_eval(
+    data: Sequence[str | os.PathLike],
+    models: Sequence[str] = (),
+    baselines: Sequence[str] = (),
+    *,
+    weights: str | os.PathLike = DEFAULT_WEIGHTS,
+    sigmas: Sequence[float] | None = None,
+    paired: bool = False,
+    out: str | os.PathLike | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    device: str | torch.device = "cpu",
+    ensemble: bool = False,
+    precision: str = "fp32",
+    progress: bool = True,
+) -> int:
+    """Runs ``fdn eval``: prints the Markdown table, writes files with ``out``.
 
-
-def _sigma(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"sigma must be >= 0, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the ``fdn eval`` options to ``parser`` (run them with :func:`run_eval`)."""
-    parser.add_argument(
-        "--model",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="[NAME[@SIGMA]=]PATH",
-        help="model files: FDN or DnCNN .safetensors, or DnCNN/FFDNet reference .pth files. "
-        "Files with the same NAME form one column; @SIGMA marks a model for that noise level "
-        "only (default: the file name, used at every sigma)",
-    )
-    parser.add_argument(
-        "--baselines",
-        type=_baseline_list,
-        default=[],
-        metavar="LIST",
-        help=f"comma-separated, from {', '.join(BASELINES)}",
-    )
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=DEFAULT_WEIGHTS,
-        metavar="DIR",
-        help="the reference weights for dncnn, dncnn-b and ffdnet (default: %(default)s)",
-    )
-    parser.add_argument("--data", nargs="+", required=True, metavar="DIR", help="test set folders")
-    parser.add_argument(
-        "--sigma",
-        nargs="+",
-        type=_sigma,
-        metavar="S",
-        help="AWGN levels on the 0-255 scale (default: 15 25 50; with --paired: none, or the "
-        "levels non-blind methods are told)",
-    )
-    parser.add_argument(
-        "--paired",
-        action="store_true",
-        help="real noise: noisy/clean pairs (SIDD Data/SCENE/NOISY_*, GT_*; or noisy/ + "
-        "clean/ folders matched by name)",
-    )
-    parser.add_argument("--out", type=Path, metavar="DIR", help="write table.md, CSV, JSON")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    parser.add_argument(
-        "--limit", type=_count, metavar="N", help="only the first N images of each data set"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument(
-        "--ensemble",
-        action="store_true",
-        help="x8 self-ensemble (flips and rotations, averaged) for every method",
-    )
-    add_precision_option(parser, "every network's convolutions")
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar"
-    )
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    """Runs ``fdn eval``: prints the Markdown table, writes files with ``--out``.
+    Arguments:
+        data: the test set folders (:func:`find_dataset`).
+        models: model files as ``[NAME[@SIGMA]=]PATH``; files with the same NAME form one
+            column, @SIGMA marks a model for that noise level only.
+        baselines: names from :data:`BASELINES`.
+        weights: the reference weights folder for dncnn, dncnn-b and ffdnet.
+        sigmas: noise levels (None: 15, 25, 50; with ``paired``, none).
+        paired: real noise: noisy/clean pairs instead of clean images.
+        out: a folder for ``table.md``, ``results.csv`` and ``results.json``.
+        seed, limit, ensemble, precision, progress: as for :func:`evaluate`,
+            :func:`find_dataset`, :class:`EnsembleDenoiser` and ``fdn eval``'s options.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (:func:`fdn.runtime.resolve_device`)
+            or a :class:`torch.device`.
 
     Returns 0 when every method ran on every image, 1 when something failed. Baselines
     whose optional package or weights are missing are skipped with a message on stderr.
     """
+    device = resolve_device(device)
     denoisers: list[Denoiser] = []
-    for name in args.baselines:
+    for name in baselines:
         try:
-            denoisers.append(build_baseline(name, args.weights, args.device))
+            denoisers.append(build_baseline(name, weights, device))
         except (MissingExtraError, ModelFileError) as error:
             print(f"fdn eval: skipping {name}: {error}", file=sys.stderr)
-    denoisers += _models_from_specs(args.model, args.device)
+    denoisers += _models_from_specs(models, device)
     if not denoisers:
         raise ValueError("nothing to evaluate: give --model and/or --baselines")
-    if args.ensemble:
+    if ensemble:
         denoisers = [EnsembleDenoiser(d) for d in denoisers]
-    datasets = [find_dataset(root, args.paired, args.limit) for root in args.data]
+    datasets = [find_dataset(root, paired, limit) for root in data]
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise ValueError(f"data set folders must have distinct names, got {names}")
-    sigmas = args.sigma if args.sigma is not None else ([] if args.paired else DEFAULT_SIGMAS)
-    with precision_context(args.precision, args.device):
-        evaluation = evaluate(denoisers, datasets, sigmas, args.seed, args.progress)
+    if sigmas is None:
+        sigmas = [] if paired else DEFAULT_SIGMAS
+    with precision_context(precision, device):
+        evaluation = evaluate(denoisers, datasets, sigmas, seed, progress)
     evaluation.settings = {
         "data": [str(d.root) for d in datasets],
         "images": {d.name: len(d.items) for d in datasets},
-        "paired": args.paired,
+        "paired": paired,
         "sigmas": list(sigmas),
-        "seed": args.seed,
-        "limit": args.limit,
+        "seed": seed,
+        "limit": limit,
         "methods": [d.name for d in denoisers],
-        "models": list(args.model),
-        "device": args.device,
-        "precision": args.precision,
+        "models": list(models),
+        "device": str(device),
+        "precision": precision,
         "fdn": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
     print(markdown_table(evaluation), end="")
-    if args.out:
-        for path in write_results(evaluation, args.out):
+    if out:
+        for path in write_results(evaluation, out):
             print(f"fdn eval: wrote {path}", file=sys.stderr)
     if evaluation.failures:
         print(f"fdn eval: {len(evaluation.failures)} failure(s)", file=sys.stderr)

@@ -1,5 +1,9 @@
-r"""Settings for fast inference: channels-last convolutions, and glibc's malloc kept from
-unmapping big blocks.
+r"""Where and how fast to run: the device a ``--device`` name means, channels-last
+convolutions, and glibc's malloc kept from unmapping big blocks.
+
+:func:`resolve_device` turns ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the names every ``fdn``
+command's ``--device`` takes, :mod:`fdn.choices`) into a :class:`torch.device`, with a one-line
+error when CUDA is asked for and absent.
 
 :func:`channels_last` puts a network's weights and its input in NHWC, where oneDNN's
 convolutions run faster on CPU than in NCHW, with equal results: FDN in about 0.65x the time,
@@ -31,7 +35,9 @@ import sys
 import torch
 from torch import Tensor, nn
 
-__all__ = ["allocator_tuned", "channels_last", "tune_allocator"]
+from fdn.choices import check_device_name
+
+__all__ = ["allocator_tuned", "channels_last", "resolve_device", "tune_allocator"]
 
 # From glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -39,6 +45,37 @@ _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 1 << 30  # 1 GiB: any block below it is served from, and returned to, the heap
 
 _tuned = False
+
+
+def resolve_device(name: str | torch.device, what: str = "--device") -> torch.device:
+    """The device ``name`` means: ``auto`` is CUDA when available, else the CPU.
+
+    ``cuda`` or ``cuda:N`` without CUDA, or with no device N, and a name that is none of
+    ``auto``, ``cpu``, ``cuda``, ``cuda:N``, raise a one-line ValueError that starts with
+    ``what`` (the option or setting the name came from). A :class:`torch.device` is returned
+    as it is.
+    """
+    if isinstance(name, torch.device):
+        return name
+    try:
+        check_device_name(name)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from None
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what} {name}: no CUDA device is available")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            there = (
+                "is 1 CUDA device (0)"
+                if count == 1
+                else f"are {count} CUDA devices (0-{count - 1})"
+            )
+            raise ValueError(f"{what} {name}: there {there}")
+    return device
 
 
 def tune_allocator() -> bool:

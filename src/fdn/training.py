@@ -55,6 +55,7 @@ from fdn.runstate import (
     trim_log,
     write_log,
 )
+from fdn.runtime import resolve_device
 from fdn.serialization import save_model
 
 __all__ = [
@@ -199,9 +200,10 @@ def _save_model_file(model: nn.Module, path: Path) -> None:
 def _distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device); joins the process group when torchrun started us."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    device = resolve_device(device_name, "training.device")
     if world == 1:
-        return 0, 1, torch.device("cuda" if cuda else "cpu")
+        return 0, 1, device
+    cuda = device.type == "cuda"
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

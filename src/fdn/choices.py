@@ -1,0 +1,50 @@
+r"""The names the command line offers and the library accepts, importable without torch.
+
+``fdn --help`` and ``fdn --version`` build the whole parser, so everything the parser checks
+a value against lives here rather than in the modules that use it (which import torch):
+device names, precisions, baseline names and the reference-weights folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+__all__ = [
+    "BASELINES",
+    "DEFAULT_SIGMAS",
+    "DEFAULT_WEIGHTS",
+    "DEVICE_NAMES",
+    "PRECISIONS",
+    "check_device_name",
+]
+
+# Every command's --device, and fdn.runtime.resolve_device: "auto" is CUDA when available.
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+# "bf16" runs every convolution in bfloat16 (torch.autocast), while the couplings' and
+# ActNorm's elementwise arithmetic stays in float32: 0.64x the time of "fp32" on a CPU with
+# AVX-512 BF16, within 0.05 dB on the bundled models (docs/performance.md). Not the default:
+# it does not equal the plain path within 1e-5, and a CPU without bfloat16 instructions runs
+# it slower, not faster.
+PRECISIONS = ("fp32", "bf16")
+
+# fdn eval's and fdn compare's baselines (fdn.evaluation.build_baseline).
+BASELINES = ("bm3d", "nlm", "dncnn", "dncnn-b", "ffdnet")
+DEFAULT_SIGMAS = (15.0, 25.0, 50.0)
+DEFAULT_WEIGHTS = Path("../shared/peer-weights")
+
+
+def check_device_name(name: str) -> str:
+    """Returns ``name`` if it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; else ValueError.
+
+    >>> check_device_name("cuda:1")
+    'cuda:1'
+    >>> check_device_name("gpu")
+    Traceback (most recent call last):
+    ValueError: 'gpu' is not auto, cpu, cuda or cuda:N
+    """
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+        raise ValueError(f"{name!r} is not {DEVICE_NAMES}")
+    return name
