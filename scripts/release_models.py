@@ -189,6 +189,44 @@ def add_psnr(table: dict, name: str, results: Path) -> None:
             line.setdefault(dataset, {}).update(values)
 
 
+# What the bundled models are measured against (PSNR dB at sigma 15, 25, 50; `fdn eval`,
+# same noisy images; docs/evaluation.md): the targets of issue #20.
+REFERENCES = {
+    "CBSD68": {"CBM3D": (33.56, 30.80, 27.46), "FFDNet": (33.79, 31.18, 27.99)},
+    "BSD68": {"BM3D": (31.13, 28.62, 25.69), "FFDNet": (31.61, 29.20, 26.31)},
+}
+
+
+def release_table(record: dict) -> str:
+    """A Markdown table of a model's releases: iterations and CPU hours so far, held-back
+    PSNR, test-set PSNR and the gap to the references (negative: still below)."""
+    dataset = next(iter(record.get("psnr_db", {})), None)
+    references = REFERENCES.get(dataset, {})
+    header = ["release", "iterations", "CPU hours", "held-back PSNR"]
+    if dataset:
+        header += [f"{dataset} s15 / s25 / s50", *(f"vs {name}" for name in references)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for line in record.get("releases", []):
+        row = [
+            line["date"],
+            f"{line['iterations']:,}",
+            f"{line['cpu_hours']:.2f}",
+            f"{line['holdout_psnr_db']:.3f}",
+        ]
+        if dataset:
+            scores = line.get("psnr_db", {}).get(dataset, {})
+            values = [scores.get(f"sigma{s}") for s in (15, 25, 50)]
+            row.append(" / ".join("-" if v is None else f"{v:.2f}" for v in values))
+            for reference in references.values():
+                gaps = [
+                    "-" if v is None else f"{v - r:+.2f}"
+                    for v, r in zip(values, reference, strict=True)
+                ]
+                row.append(" / ".join(gaps))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="*", metavar="NAME=RUN_DIR")
@@ -201,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=RESULTS.json",
         help="add an fdn eval results.json summary to NAME's record",
     )
+    parser.add_argument("--table", metavar="NAME", help="print NAME's table of releases")
     args = parser.parse_args(argv)
     table_path = args.weights / "models.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
@@ -210,8 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     for entry in args.psnr:
         name, results = entry.split("=", 1)
         add_psnr(table, name, Path(results))
-    text = json.dumps(table, indent=2) + "\n"
-    atomic_write(table_path, lambda tmp: Path(tmp).write_text(text))
+    if args.runs or args.psnr:
+        text = json.dumps(table, indent=2) + "\n"
+        atomic_write(table_path, lambda tmp: Path(tmp).write_text(text))
+    if args.table:
+        print(release_table(table[args.table]))
     return 0
 
 

@@ -87,3 +87,22 @@ def test_test_set_scores_go_to_the_record_and_its_last_release(tmp_path, release
     release_models.add_psnr(table, "m", results)
     assert table["m"]["psnr_db"] == {"CBSD68": {"sigma25": 30.12}}
     assert table["m"]["releases"][-1]["psnr_db"] == {"CBSD68": {"sigma25": 30.12}}
+
+
+def test_the_release_table_shows_the_gap_to_the_references(release_models):
+    record = {
+        "psnr_db": {"CBSD68": {}},
+        "releases": [
+            {
+                "date": "2026-11-25",
+                "iterations": 6000,
+                "cpu_hours": 2.5,
+                "holdout_psnr_db": 29.341,
+                "psnr_db": {"CBSD68": {"sigma15": 32.10, "sigma25": 29.81, "sigma50": 26.85}},
+            }
+        ],
+    }
+    table = release_models.release_table(record)
+    assert "| 2026-11-25 | 6,000 | 2.50 | 29.341 | 32.10 / 29.81 / 26.85 |" in table
+    assert "-1.46 / -0.99 / -0.61" in table  # against CBM3D
+    assert "-1.69 / -1.37 / -1.14" in table  # against FFDNet
