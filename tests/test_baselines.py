@@ -20,7 +20,7 @@ from fdn.baselines import (
     load_peer_ffdnet,
     save_dncnn,
 )
-from fdn.evaluation import _read_image
+from fdn.evaluation import read_image_tensor
 from fdn.metrics import psnr
 from fdn.noise import add_gaussian_noise
 
@@ -293,7 +293,7 @@ REFERENCE_DENOISERS = {
 def real_crop(channels: int) -> torch.Tensor:
     """A smooth 96x96 crop of a BSD68 (grey) or CBSD68 (colour) image."""
     path = "BSD68/test010.png" if channels == 1 else "CBSD68/103070.png"
-    return _read_image(SHARED / "data" / "test" / path)[..., 100:196, 100:196]
+    return read_image_tensor(SHARED / "data" / "test" / path)[..., 100:196, 100:196]
 
 
 @needs_shared

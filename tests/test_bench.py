@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from fdn.cli import main
 
 
+@pytest.mark.slow
 def test_bench_json_has_every_field(capsys):
     assert main(["bench", "--sizes", "32", "--repeats", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -28,6 +28,7 @@ def test_every_shipped_config_loads_validates_and_builds(path):
     assert build_model(config).config.in_channels == config.model.in_channels
 
 
+@pytest.mark.slow
 def test_the_smoke_config_trains_on_images_it_draws(tmp_path):
     from fdn.training import train
 

@@ -60,6 +60,7 @@ def _worker(rank, world, port, values, run_dir, out_dir, resume=False):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_resume_is_bit_exact_with_validation_on(images, tmp_path):
     # Rank 0 validates; validation must leave its weights as they were (issue #16, item 8).
     values = config_values(images, 2, iterations=4)
@@ -87,6 +88,7 @@ def images(tmp_path_factory):
     return make_images(tmp_path_factory.mktemp("data"))
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_agree_and_match_one_process_on_the_combined_batch(images, tmp_path):
     mp.spawn(
         _worker,
@@ -128,6 +130,7 @@ def test_two_gloo_ranks_agree_and_match_one_process_on_the_combined_batch(images
     assert torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=True)["step"] == 3
 
 
+@pytest.mark.slow
 def test_torchrun_trains_and_resumes(images, tmp_path):
     config = tmp_path / "ddp.toml"
     values = config_values(images, 2, iterations=2)

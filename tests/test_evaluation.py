@@ -16,10 +16,10 @@ from fdn.evaluation import (
     Evaluation,
     FDNDenoiser,
     Result,
-    _read_image,
     evaluate,
     find_dataset,
     markdown_table,
+    read_image_tensor,
     run_eval,
     summarize,
     write_results,
@@ -233,7 +233,7 @@ def test_paired_evaluation_uses_the_real_noisy_image(tmp_path):
     dataset = find_dataset(tmp_path / "pairs", paired=True)
     blind, informed = Recorder("blind", blind=True), Recorder("informed")
     evaluation = evaluate([blind, informed], [dataset], sigmas=[], progress=False)
-    assert torch.equal(blind.seen[0][0], _read_image(dataset.items[0].noisy))
+    assert torch.equal(blind.seen[0][0], read_image_tensor(dataset.items[0].noisy))
     assert evaluation.conditions == [("pairs", None)]
     # Paired images have no sigma: a non-blind method is told None, and may refuse.
     assert informed.seen[0][1] is None
@@ -241,12 +241,12 @@ def test_paired_evaluation_uses_the_real_noisy_image(tmp_path):
 
 def test_image_modes(tmp_path):
     write_images(tmp_path, 1, "L")
-    assert _read_image(tmp_path / "img0.png").shape == (1, 1, 20, 16)
+    assert read_image_tensor(tmp_path / "img0.png").shape == (1, 1, 20, 16)
     Image.new("RGBA", (5, 4)).save(tmp_path / "rgba.png")
-    assert _read_image(tmp_path / "rgba.png").shape == (1, 3, 4, 5)
+    assert read_image_tensor(tmp_path / "rgba.png").shape == (1, 3, 4, 5)
     # 16-bit grey is read at its depth, as fdn denoise reads it (it was refused once).
     Image.fromarray(np.full((4, 5), 65535, np.uint16)).save(tmp_path / "deep.png")
-    deep = _read_image(tmp_path / "deep.png")
+    deep = read_image_tensor(tmp_path / "deep.png")
     assert deep.shape == (1, 1, 4, 5) and torch.all(deep == 1)
 
 

@@ -48,6 +48,7 @@ def _faults(mode: str, **env: str) -> tuple[str, int]:
     return applied, int(faults)
 
 
+@pytest.mark.slow
 @glibc_only
 def test_tuned_malloc_reuses_big_blocks_instead_of_faulting_in_new_pages():
     applied, faults = _faults("tune")

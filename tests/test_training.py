@@ -260,6 +260,7 @@ def test_a_dncnn_trains_on_the_same_data(images, tmp_path):
     assert load_dncnn(final).config.depth == 3
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_that_resumes(images, tmp_path):
     config = tmp_path / "long.toml"
     small_config(images, tmp_path)  # writes small.toml

@@ -65,6 +65,7 @@ __all__ = [
     "find_dataset",
     "load_denoiser",
     "markdown_table",
+    "read_image_tensor",
     "run_eval",
     "summarize",
     "write_results",
@@ -251,6 +252,9 @@ def _read_image(path: str | os.PathLike) -> Tensor:
     """Reads an image file (:func:`fdn.images.read_array`, alpha dropped, in its own channel
     count) as a (1, C, H, W) float32 tensor in [0, 1]."""
     return torch.from_numpy(read_array(path).transpose(2, 0, 1).copy())[None]
+
+
+read_image_tensor = _read_image  # the public name of the reader every evaluation uses
 
 
 # Evaluation
