@@ -30,7 +30,8 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 # it slower, not faster.
 PRECISIONS = ("fp32", "bf16")
 
-# fdn eval's and fdn compare's baselines (fdn.evaluation.build_baseline).
+# fdn eval's and fdn compare's baselines: the keys of fdn.denoisers.BASELINE_FACTORIES
+# (tests/test_denoisers.py keeps them equal).
 BASELINES = ("bm3d", "nlm", "dncnn", "dncnn-b", "ffdnet")
 DEFAULT_SIGMAS = (15.0, 25.0, 50.0)
 DEFAULT_WEIGHTS = Path("../shared/peer-weights")

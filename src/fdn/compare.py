@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fdn.evaluation import build_baseline, load_denoiser
+from fdn.denoisers import build_baseline, load_denoiser
 from fdn.metrics import psnr
 from fdn.noise import add_gaussian_noise, noise_seed
 

@@ -1,4 +1,4 @@
-r"""Baseline denoisers, each a :class:`fdn.evaluation.Denoiser`: DnCNN, FFDNet, BM3D, NLM."""
+r"""Baseline denoisers, each a :class:`fdn.denoisers.Denoiser`: DnCNN, FFDNet, BM3D, NLM."""
 
 from fdn.baselines.classical import BM3D, MissingExtraError, NonLocalMeans
 from fdn.baselines.dncnn import (

@@ -147,7 +147,7 @@ class DnCNN(nn.Module):
 
 class ModuleDenoiser:
     r"""A blind network with a ``denoise(noisy)`` method and a ``config.in_channels``, as a
-    :class:`fdn.evaluation.Denoiser` (shared by DnCNN and FDN).
+    :class:`fdn.denoisers.Denoiser` (shared by DnCNN and FDN).
 
     Arguments:
         model: the network; it is put in eval mode.
@@ -173,7 +173,7 @@ class ModuleDenoiser:
 
 
 class DnCNNDenoiser(ModuleDenoiser):
-    r"""One DnCNN as a :class:`fdn.evaluation.Denoiser`: it ignores sigma.
+    r"""One DnCNN as a :class:`fdn.denoisers.Denoiser`: it ignores sigma.
 
     Arguments:
         model: the network; it is put in eval mode.

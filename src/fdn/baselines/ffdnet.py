@@ -85,7 +85,7 @@ class FFDNet(nn.Module):
 
 
 class FFDNetDenoiser:
-    r"""An FFDNet as a :class:`fdn.evaluation.Denoiser`: non-blind, any sigma.
+    r"""An FFDNet as a :class:`fdn.denoisers.Denoiser`: non-blind, any sigma.
 
     Arguments:
         model: the network; it is put in eval mode.

@@ -1,0 +1,166 @@
+r"""What ``fdn eval`` writes: the means per data set, sigma and method, the Markdown table in
+the paper's layout (data set x sigma rows, methods as columns, the best in bold), a CSV with one
+row per image and method, and a JSON file with the settings, means, rows and failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fdn.evaluation import Evaluation, Result
+
+__all__ = ["Summary", "markdown_table", "summarize", "write_results"]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Means over the images of one data set and sigma for one method."""
+
+    dataset: str
+    sigma: float | None
+    method: str
+    psnr: float
+    ssim: float
+    seconds: float
+    images: int
+    expected: int
+
+
+def summarize(evaluation: Evaluation) -> list[Summary]:
+    """Mean PSNR, SSIM and seconds per (data set, sigma, method) that has results."""
+    groups: dict[tuple[str, float | None, str], list[Result]] = {}
+    for result in evaluation.results:
+        groups.setdefault((result.dataset, result.sigma, result.method), []).append(result)
+    summaries = []
+    for dataset, sigma in evaluation.conditions:
+        for method in evaluation.methods:
+            results = groups.get((dataset, sigma, method))
+            if not results:
+                continue
+            summaries.append(
+                Summary(
+                    dataset,
+                    sigma,
+                    method,
+                    psnr=sum(r.psnr for r in results) / len(results),
+                    ssim=sum(r.ssim for r in results) / len(results),
+                    seconds=sum(r.seconds for r in results) / len(results),
+                    images=len(results),
+                    expected=evaluation.images.get((dataset, sigma), len(results)),
+                )
+            )
+    return summaries
+
+
+def _sigma_label(sigma: float | None, paired: bool) -> str:
+    if sigma is None:
+        return "real"
+    return f"real (told {sigma:g})" if paired else f"{sigma:g}"
+
+
+def markdown_table(evaluation: Evaluation) -> str:
+    """The paper's layout: one row per data set and sigma, one column per method.
+
+    Cells read ``PSNR / SSIM``; in each row the best PSNR and the best SSIM (at the shown
+    precision, ties included, among the means over all images) are bold. ``-`` marks a method
+    that does not apply, ``failed`` one that produced no result, and ``*`` a mean over fewer
+    images than the data set has.
+    A second table gives the mean seconds per image.
+    """
+    means = {(s.dataset, s.sigma, s.method): s for s in summarize(evaluation)}
+    paired = set(evaluation.paired)
+    header = "| Data set | sigma | " + " | ".join(evaluation.methods) + " |"
+    rule = "|---|---:|" + "---:|" * len(evaluation.methods)
+    quality, timing = [header, rule], [header, rule]
+    partial = False
+    for dataset, sigma in evaluation.conditions:
+        row = [means.get((dataset, sigma, m)) for m in evaluation.methods]
+        shown = [(f"{s.psnr:.2f}", f"{s.ssim:.4f}") if s else None for s in row]
+        # Means over fewer images are not comparable: they compete only if all are partial.
+        complete = [t for s, t in zip(row, shown, strict=True) if s and s.images == s.expected]
+        contenders = complete or [t for t in shown if t]
+        best_psnr = max((float(p) for p, _ in contenders), default=None)
+        best_ssim = max((float(q) for _, q in contenders), default=None)
+        cells, times = [], []
+        for method, summary, text in zip(evaluation.methods, row, shown, strict=True):
+            if summary is None or text is None:
+                missing = (dataset, sigma, method) in evaluation.not_applicable
+                cells.append("-" if missing else "failed")
+                times.append("-" if missing else "failed")
+                continue
+            p, q = text
+            p = f"**{p}**" if float(p) == best_psnr else p
+            q = f"**{q}**" if float(q) == best_ssim else q
+            mark = "*" if summary.images < summary.expected else ""
+            partial |= bool(mark)
+            cells.append(f"{p} / {q}{mark}")
+            times.append(f"{summary.seconds:.3g}{mark}")
+        label = f"| {dataset} | {_sigma_label(sigma, dataset in paired)} | "
+        quality.append(label + " | ".join(cells) + " |")
+        timing.append(label + " | ".join(times) + " |")
+    lines = [
+        "PSNR (dB) / SSIM, mean over images (8-bit, FDN_SPEC 7.3); best of each row in bold.",
+        "",
+        *quality,
+        "",
+        "Seconds per image:",
+        "",
+        *timing,
+    ]
+    if partial:
+        lines += ["", "\\* mean over the images that succeeded; see the failures."]
+    if evaluation.not_applicable:
+        grouped: dict[tuple[str, str, str], list[str]] = {}
+        for (dataset, sigma, method), reason in evaluation.not_applicable.items():
+            label = "" if sigma is None else f"{sigma:g}"
+            grouped.setdefault((method, dataset, reason), []).append(label)
+        lines += ["", "Not applicable (-):"]
+        for (method, dataset, reason), labels in grouped.items():
+            at = ", ".join(filter(None, labels))
+            lines.append(f"- {method} on {dataset}{f' (sigma {at})' if at else ''}: {reason}")
+    if evaluation.failures:
+        lines += ["", f"Failures: {len(evaluation.failures)} (listed in results.json)."]
+    return "\n".join(lines) + "\n"
+
+
+def _json_ready(value: float | None) -> float | str | None:
+    # JSON has no infinity; PSNR is infinite only for a perfect result.
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return value
+
+
+def write_results(evaluation: Evaluation, out: str | os.PathLike) -> list[Path]:
+    """Writes ``table.md``, ``results.csv`` (one row per image and method) and
+    ``results.json`` (settings, means, per-image rows, failures) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "table.md"
+    table.write_text(markdown_table(evaluation))
+    rows = out / "results.csv"
+    fields = ["dataset", "sigma", "method", "image", "psnr", "ssim", "seconds"]
+    with rows.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fields)
+        writer.writeheader()
+        for result in evaluation.results:
+            writer.writerow(asdict(result))
+    document = {
+        "settings": evaluation.settings,
+        "methods": evaluation.methods,
+        "means": [{**asdict(s), "psnr": _json_ready(s.psnr)} for s in summarize(evaluation)],
+        "images": [{**asdict(r), "psnr": _json_ready(r.psnr)} for r in evaluation.results],
+        "failures": [asdict(f) for f in evaluation.failures],
+        "not_applicable": [
+            {"dataset": d, "sigma": s, "method": m, "reason": reason}
+            for (d, s, m), reason in evaluation.not_applicable.items()
+        ],
+    }
+    results = out / "results.json"
+    results.write_text(json.dumps(document, indent=2) + "\n")
+    return [table, rows, results]
