@@ -13,7 +13,6 @@ from torch import Tensor
 
 from fdn.denoisers import build_baseline, load_denoiser
 from fdn.metrics import psnr
-from fdn.noise import add_gaussian_noise, noise_seed
 
 __all__ = ["build_methods", "compare", "pick_inset"]
 
@@ -81,6 +80,7 @@ def compare(
     created without a word (``fdn denoise -o`` names a folder to create; ``--out`` does not).
     Checked first, so that no method runs for a figure that cannot be written.
     """
+    from fdn.evaluation import synthetic_noise
     from fdn.figures import side_by_side
     from fdn.images import read_array
 
@@ -90,7 +90,8 @@ def compare(
     if not folder.exists():
         raise FileNotFoundError(f"{folder}: no such folder for --out")
     clean = torch.from_numpy(read_array(clean_path).transpose(2, 0, 1).copy())[None]
-    noisy = add_gaussian_noise(clean, sigma, noise_seed(Path(clean_path).name, sigma, seed))
+    noise = synthetic_noise(sigma)  # the noise fdn eval adds, seeded by the file's name
+    noisy = noise.sample(clean, noise.seed_for(Path(clean_path).name, seed))
     channels = clean.shape[1]
     results = []
     for method in methods:

@@ -8,7 +8,8 @@ DDP, rank ``r`` of ``w`` takes samples ``(s * w + r) * batch + i``, so the ranks
 exactly the batch one process of ``w * batch`` would.
 
 Synthetic noise is added after crop and augmentation, in float, on the paper's 0-255 scale,
-unclipped (spec 7.2): ``noisy = clean + sigma / 255 * n``.
+unclipped (spec 7.2): ``noisy = clean + sigma / 255 * n``, by the noise object of
+:func:`fdn.noise.noise_from_config`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset, Sampler
 
 from fdn.config import TrainConfig
 from fdn.images import EXTENSIONS, ImageFileError, read_array
+from fdn.noise import noise_from_config, validation_noises
 
 __all__ = [
     "DataError",
@@ -235,6 +237,7 @@ class TrainingPatches(Dataset):
         self.kind = data.kind
         self.sigma = data.sigma
         self.sigma_range = data.sigma_range
+        self.noise = noise_from_config(data)  # None for paired (real) noise
         self.items = holdout_split(_training_items(config)[1], data.holdout)[0]
         # Every image is decoded in full now: one corrupt past its header would otherwise
         # crash the step that draws it, and every resume at the same step. While they fit
@@ -293,11 +296,10 @@ class TrainingPatches(Dataset):
         patch = _augment(crops[0] if len(crops) == 1 else np.dstack(crops), self.augment, rng)
         tensor = _to_tensor(patch)
         clean_patch = tensor[: self.channels]
-        if self.kind == "paired":
+        if self.noise is None:
             return tensor[self.channels :], clean_patch
-        sigma = self.sigma if self.sigma_range is None else rng.uniform(*self.sigma_range)
-        noise = rng.standard_normal(clean_patch.shape, dtype=np.float32)
-        return clean_patch + float(sigma) / 255 * torch.from_numpy(noise), clean_patch
+        # Drawn from the patch's generator after its crop and flips (a range's sigma first).
+        return self.noise.sample(clean_patch, rng), clean_patch
 
 
 class StepSampler(Sampler[int]):
@@ -317,8 +319,6 @@ class StepSampler(Sampler[int]):
 
 def load_validation(config: TrainConfig) -> list[tuple[str, Tensor, Tensor]]:
     """``(name, noisy, clean)`` validation images, ``(1, C, H, W)``, with fixed-seed noise."""
-    from fdn.noise import add_gaussian_noise, noise_seed
-
     settings = config.validation
     if settings.every == 0:
         return []
@@ -347,8 +347,8 @@ def load_validation(config: TrainConfig) -> list[tuple[str, Tensor, Tensor]]:
             continue
         # One noisy copy per validation sigma; a blind model is scored on their mean.
         name = str(clean_path.relative_to(root))
-        for sigma in settings.sigmas or [settings.sigma]:
-            noisy = add_gaussian_noise(clean, sigma, noise_seed(name, sigma, settings.seed))
+        for noise in validation_noises(settings):
+            noisy = noise.sample(clean, noise.seed_for(name, settings.seed))
             images.append((clean_path.name, noisy, clean))
     return images
 

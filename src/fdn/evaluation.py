@@ -41,7 +41,7 @@ from fdn.denoisers import (
 from fdn.denoising import precision_context
 from fdn.images import EXTENSIONS, read_array
 from fdn.metrics import psnr, ssim
-from fdn.noise import add_gaussian_noise, noise_seed
+from fdn.noise import AWGN, Noise
 from fdn.reports import Summary, markdown_table, summarize, write_results
 from fdn.runtime import resolve_device
 from fdn.serialization import ModelFileError
@@ -63,9 +63,11 @@ __all__ = [
     "find_dataset",
     "load_denoiser",
     "markdown_table",
+    "noise_name",
     "read_image_tensor",
     "run_eval",
     "summarize",
+    "synthetic_noise",
     "write_results",
 ]
 
@@ -165,6 +167,7 @@ class Result:
     psnr: float
     ssim: float
     seconds: float
+    noise: str = ""  # the noise's describe() ("awgn-25"), "real" for pairs: see noise_name
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ class Failure:
     method: str | None
     image: str
     error: str
+    noise: str = ""
 
 
 @dataclass
@@ -190,6 +194,20 @@ class Evaluation:
     images: dict[tuple[str, float | None], int] = field(default_factory=dict)
     paired: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+
+
+def synthetic_noise(sigma: float) -> Noise:
+    """The synthetic noise ``fdn eval`` and ``fdn compare`` add at ``sigma`` (0-255)."""
+    return AWGN(sigma)
+
+
+def noise_name(sigma: float | None, paired: bool) -> str:
+    """What a condition's results are keyed by besides its sigma: the synthetic noise's
+    :meth:`fdn.noise.Noise.describe` (``"awgn-25"``), or ``"real"`` for noisy/clean pairs
+    (whose sigma, if any, is only what non-blind methods are told)."""
+    if paired or sigma is None:
+        return "real"
+    return synthetic_noise(sigma).describe()
 
 
 def _sigma_rows(dataset: Dataset, sigmas: Sequence[float]) -> list[float | None]:
@@ -212,7 +230,8 @@ def _load_pair(item: ImageItem, sigma: float | None, seed: int) -> tuple[Tensor,
             )
         return noisy, clean
     assert sigma is not None
-    return add_gaussian_noise(clean, sigma, noise_seed(item.name, sigma, seed)), clean
+    noise = synthetic_noise(sigma)
+    return noise.sample(clean, noise.seed_for(item.name, seed)), clean
 
 
 def _one_line(error: BaseException) -> str:
@@ -229,11 +248,12 @@ def evaluate(
 ) -> Evaluation:
     """Runs every denoiser on every image of every data set at every sigma.
 
-    Synthetic noise comes from :func:`fdn.noise.noise_seed` (``seed``, the image's name,
-    sigma), so every method sees the same noisy image and reruns repeat. A method that
-    raises on an image is recorded in ``failures`` (and reported on stderr) and the rest go
-    on; a method that cannot handle a data set (wrong channel count, missing sigma) is
-    recorded once in ``not_applicable``.
+    Synthetic noise is :func:`synthetic_noise` (AWGN), seeded by
+    :meth:`fdn.noise.Noise.seed_for` (``seed``, the image's name, the noise), so every method
+    sees the same noisy image and reruns repeat. Results carry the noise's name
+    (:func:`noise_name`) beside their sigma. A method that raises on an image is recorded in
+    ``failures`` (and reported on stderr) and the rest go on; a method that cannot handle a
+    data set (wrong channel count, missing sigma) is recorded once in ``not_applicable``.
 
     Arguments:
         denoisers: the methods; their names must be distinct.
@@ -259,13 +279,16 @@ def evaluate(
         for dataset in datasets:
             for sigma in _sigma_rows(dataset, sigmas):
                 label = dataset.name if sigma is None else f"{dataset.name}, sigma {sigma:g}"
+                noise = noise_name(sigma, dataset.paired)
                 bar.set_description(label)
                 evaluation.images[dataset.name, sigma] = len(dataset.items)
                 for item in dataset.items:
                     try:
                         noisy, clean = _load_pair(item, sigma, seed)
                     except Exception as error:  # noqa: BLE001 - report the image, go on
-                        failure = Failure(dataset.name, sigma, None, item.name, _one_line(error))
+                        failure = Failure(
+                            dataset.name, sigma, None, item.name, _one_line(error), noise
+                        )
                         evaluation.failures.append(failure)
                         report(f"{label}: cannot read {item.name}: {failure.error}")
                         bar.update(len(denoisers))
@@ -288,6 +311,7 @@ def _run_one(
 ) -> None:
     given = None if denoiser.blind else sigma
     key = (dataset.name, sigma, denoiser.name)
+    noise = noise_name(sigma, dataset.paired)
     reason = denoiser.supports(clean.shape[1], given)
     if reason is not None and given is None and not denoiser.blind:
         reason += " (real noise has none unless a sigma is given)"
@@ -306,12 +330,12 @@ def _run_one(
             )
         scores = psnr(denoised, clean).item(), ssim(denoised, clean).item()
     except Exception as error:  # noqa: BLE001 - one method failing must not stop the others
-        failure = Failure(dataset.name, sigma, denoiser.name, item.name, _one_line(error))
+        failure = Failure(dataset.name, sigma, denoiser.name, item.name, _one_line(error), noise)
         evaluation.failures.append(failure)
         report(f"{denoiser.name} failed on {dataset.name}/{item.name}: {failure.error}")
         return
     evaluation.results.append(
-        Result(dataset.name, sigma, denoiser.name, item.name, *scores, seconds)
+        Result(dataset.name, sigma, denoiser.name, item.name, *scores, seconds, noise)
     )
 
 

@@ -30,10 +30,13 @@ class Summary:
     seconds: float
     images: int
     expected: int
+    noise: str = ""  # fdn.evaluation.noise_name: "awgn-25", or "real" for pairs
 
 
 def summarize(evaluation: Evaluation) -> list[Summary]:
     """Mean PSNR, SSIM and seconds per (data set, sigma, method) that has results."""
+    from fdn.evaluation import noise_name
+
     groups: dict[tuple[str, float | None, str], list[Result]] = {}
     for result in evaluation.results:
         groups.setdefault((result.dataset, result.sigma, result.method), []).append(result)
@@ -53,6 +56,7 @@ def summarize(evaluation: Evaluation) -> list[Summary]:
                     seconds=sum(r.seconds for r in results) / len(results),
                     images=len(results),
                     expected=evaluation.images.get((dataset, sigma), len(results)),
+                    noise=noise_name(sigma, dataset in evaluation.paired),
                 )
             )
     return summaries
@@ -136,6 +140,15 @@ def _json_ready(value: float | None) -> float | str | None:
     return value
 
 
+def _with_noise(evaluation: Evaluation, row: dict) -> dict:
+    # Rows built without their noise (by hand, in older code) get it from their condition.
+    from fdn.evaluation import noise_name
+
+    if not row.get("noise"):
+        row["noise"] = noise_name(row["sigma"], row["dataset"] in evaluation.paired)
+    return row
+
+
 def write_results(evaluation: Evaluation, out: str | os.PathLike) -> list[Path]:
     """Writes ``table.md``, ``results.csv`` (one row per image and method) and
     ``results.json`` (settings, means, per-image rows, failures) into ``out``."""
@@ -144,20 +157,20 @@ def write_results(evaluation: Evaluation, out: str | os.PathLike) -> list[Path]:
     table = out / "table.md"
     table.write_text(markdown_table(evaluation))
     rows = out / "results.csv"
-    fields = ["dataset", "sigma", "method", "image", "psnr", "ssim", "seconds"]
+    images = [_with_noise(evaluation, asdict(r)) for r in evaluation.results]
+    fields = ["dataset", "sigma", "noise", "method", "image", "psnr", "ssim", "seconds"]
     with rows.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=fields)
         writer.writeheader()
-        for result in evaluation.results:
-            writer.writerow(asdict(result))
+        writer.writerows(images)
     document = {
         "settings": evaluation.settings,
         "methods": evaluation.methods,
         "means": [{**asdict(s), "psnr": _json_ready(s.psnr)} for s in summarize(evaluation)],
-        "images": [{**asdict(r), "psnr": _json_ready(r.psnr)} for r in evaluation.results],
-        "failures": [asdict(f) for f in evaluation.failures],
+        "images": [{**r, "psnr": _json_ready(r["psnr"])} for r in images],
+        "failures": [_with_noise(evaluation, asdict(f)) for f in evaluation.failures],
         "not_applicable": [
-            {"dataset": d, "sigma": s, "method": m, "reason": reason}
+            _with_noise(evaluation, {"dataset": d, "sigma": s, "method": m, "reason": reason})
             for (d, s, m), reason in evaluation.not_applicable.items()
         ],
     }
