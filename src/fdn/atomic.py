@@ -10,7 +10,7 @@ from pathlib import Path
 __all__ = ["atomic_write"]
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it to ``path``.
 
     An interrupted or failing write leaves ``path`` as it was (absent, or the previous

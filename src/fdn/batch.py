@@ -141,7 +141,11 @@ def denoise_files(
             for note in image.notes:
                 report(f"{job.source}: {note}")
             height, width = image.pixels.shape[:2]
-            if tile is None and effective_tile(height, width, tile, max_pixels) is not None:
+            if (
+                tile is None
+                and max_pixels is not None
+                and effective_tile(height, width, tile, max_pixels) is not None
+            ):
                 report(
                     f"{job.source}: {height * width / 1e6:.1f} MP is above the "
                     f"{max_pixels / 1e6:.1f} MP budget, denoising in {DEFAULT_TILE}px tiles"

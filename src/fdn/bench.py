@@ -19,9 +19,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from fdn.baselines.dncnn import DnCNN
+    from fdn.model import FDN
 
 __all__ = ["bench", "device_name", "measure"]
 
@@ -36,8 +41,9 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _model(method: str, device: str) -> torch.nn.Module:
+def _model(method: str, device: str) -> FDN | DnCNN:
     torch.manual_seed(0)
+    model: FDN | DnCNN
     if method == "fdn":
         from fdn.model import FDN
 
@@ -153,7 +159,7 @@ def bench(
     threads: int = 1,
     repeats: int = 3,
     with_bm3d: bool = True,
-    say: object = None,
+    say: Callable[[str], object] | None = None,
     tune_allocator: bool = True,
     precision: str = "fp32",
 ) -> dict:

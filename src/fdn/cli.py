@@ -15,9 +15,14 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from fdn._version import __version__
 from fdn.choices import BASELINES, DEFAULT_WEIGHTS, PRECISIONS, check_device_name
+
+if TYPE_CHECKING:
+    from fdn.model import FDN
 
 __all__ = ["CommandError", "build_parser", "command_options", "main"]
 
@@ -165,15 +170,19 @@ def _denoise(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     jobs = plan_jobs(args.inputs, args.output)
     device = resolve_device(args.device)
+    model: FDN | Callable[[int], FDN]
     if args.model is not None:
         model = resolve_model(args.model, 3, device)
     else:
-        models: dict[int, object] = {}
+        models: dict[int, FDN] = {}
 
-        def model(channels: int):  # noqa: ANN202 - the bundled model for grey or colour
+        def bundled(channels: int) -> FDN:
+            """The bundled model for grey or colour."""
             if channels not in models:
                 models[channels] = resolve_model(None, channels, device)
             return models[channels]
+
+        model = bundled
 
     progress = _progress(args) and not args.quiet
 
@@ -254,8 +263,8 @@ def _demo(args: argparse.Namespace) -> int:
     noisy, clean = read_image(noisy_path), read_image(clean_path)
     model = resolve_model(args.model, 3, device)
     denoised = denoise_image(noisy.pixels, model)
-    reference = read_array(clean_path, noisy.pixels.shape[2])
-    reference = torch.from_numpy(reference).permute(2, 0, 1)[None].double()
+    reference = torch.from_numpy(read_array(clean_path, noisy.pixels.shape[2]))
+    reference = reference.permute(2, 0, 1)[None].double()
 
     def score(pixels: np.ndarray) -> float:
         scaled = pixels / np.iinfo(pixels.dtype).max  # as read_array scales a file's values
@@ -679,7 +688,7 @@ def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _exit_on_sigterm() -> object | None:
+def _exit_on_sigterm() -> Callable[[int, FrameType | None], Any] | int | None:
     """SIGTERM as an exception, so that a file being written is removed, not left as a
     temporary file (SIGINT already is one: KeyboardInterrupt). Training catches both
     itself to save a checkpoint. Returns the previous handler (None off the main thread)."""

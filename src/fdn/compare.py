@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fdn.denoisers import build_baseline, load_denoiser
+from fdn.denoisers import Denoiser, build_baseline, load_denoiser
 from fdn.metrics import psnr
 
 __all__ = ["build_methods", "compare", "pick_inset"]
@@ -19,9 +19,9 @@ __all__ = ["build_methods", "compare", "pick_inset"]
 
 def build_methods(
     specs: Sequence[str], weights: str | os.PathLike, device: str | torch.device
-) -> list:
+) -> list[Denoiser]:
     """``fdn:MODEL`` (a bundled name or file) or a baseline name, one Denoiser each."""
-    methods = []
+    methods: list[Denoiser] = []
     for spec in specs:
         kind, _, target = spec.partition(":")
         if kind == "fdn":

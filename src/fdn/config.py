@@ -8,6 +8,7 @@ value is read as TOML, so ``--set optim.milestones=[1000,2000]`` works).
 import dataclasses
 import difflib
 import math
+import os
 import sys
 import types
 import typing
@@ -53,11 +54,29 @@ def _fdn_config(self: Any) -> FDNConfig:
     return FDNConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FDNConfig)})
 
 
-ModelConfig = dataclasses.make_dataclass(
-    "ModelConfig",
-    _model_config_fields(),
-    namespace={"fdn_config": _fdn_config, "__module__": __name__},
-)
+if typing.TYPE_CHECKING:
+    # What mypy sees: the class below is made at run time from FDNConfig's fields, which a
+    # type checker cannot follow. Keep these in step with _model_config_fields().
+    @dataclass
+    class ModelConfig:
+        kind: str = "fdn"
+        in_channels: int = 3
+        num_blocks: int = 2
+        steps_per_block: int = 8
+        hidden_channels: int = 32
+        clean_fraction: float = 0.75
+        clamp: float = 1.0
+        dncnn_depth: int = 17
+        dncnn_features: int = 64
+
+        def fdn_config(self) -> FDNConfig: ...
+
+else:
+    ModelConfig = dataclasses.make_dataclass(
+        "ModelConfig",
+        _model_config_fields(),
+        namespace={"fdn_config": _fdn_config, "__module__": __name__},
+    )
 ModelConfig.__doc__ = """What to train: ``kind = "fdn"`` (the fields of
 :class:`fdn.model.FDNConfig`, its architecture, checked by it when the config is loaded) or
 ``"dncnn"`` (``in_channels`` and the ``dncnn_`` fields). ``fdn_config()`` gives the FDN's own
@@ -346,7 +365,9 @@ def apply_overrides(values: dict, overrides: typing.Sequence[str]) -> dict:
     return values
 
 
-def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
+def load_config(
+    path: str | os.PathLike | None, overrides: typing.Sequence[str] = ()
+) -> TrainConfig:
     """Reads a TOML config (or the defaults, with ``path=None``) and applies overrides."""
     values: dict = {}
     if path is not None:

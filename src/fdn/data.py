@@ -15,6 +15,7 @@ unclipped (spec 7.2): ``noisy = clean + sigma / 255 * n``, by the noise object o
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,9 +93,12 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
         }
         for noisy in _image_files(noisy_root):
             relative = noisy.relative_to(noisy_root)
-            clean = clean_root / relative
-            if not clean.is_file():
-                clean = by_stem.get(relative.with_suffix("").as_posix())
+            same_name = clean_root / relative
+            clean = (
+                same_name
+                if same_name.is_file()
+                else by_stem.get(relative.with_suffix("").as_posix())
+            )
             if clean is None:
                 unmatched.append(relative.as_posix())
             else:
@@ -107,8 +111,8 @@ def find_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
             if clean.is_file():
                 pairs.append((noisy, clean))
             else:
-                relative = noisy.relative_to(folder).as_posix()
-                unmatched.append(f"{relative}: no ground truth {clean.name} beside it")
+                where = noisy.relative_to(folder).as_posix()
+                unmatched.append(f"{where}: no ground truth {clean.name} beside it")
     if unmatched:
         shown = ", ".join(unmatched[:3]) + (" ..." if len(unmatched) > 3 else "")
         raise DataError(f"{folder}: no clean image for {len(unmatched)} noisy ones ({shown})")
@@ -183,7 +187,11 @@ def make_synthetic_images(folder: Path, count: int = SYNTHETIC_COUNT) -> None:
         frequency = rng.uniform(10, 30)
         image += 0.03 * np.sin(2 * np.pi * frequency * (x + 0.5 * y))[..., None]
         pixels = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
-        atomic_write(path, lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"))
+
+        def save(tmp: Path, p: np.ndarray = pixels) -> None:
+            Image.fromarray(p).save(tmp, format="PNG")
+
+        atomic_write(path, save)
 
 
 def _load(path: Path, channels: int, raw: bool = False) -> np.ndarray:
@@ -206,7 +214,7 @@ def _augment(patch: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarr
         patch = patch[:, ::-1]
     elif mode == "flip_rot":
         choice = rng.integers(8)
-        patch = np.rot90(patch, k=choice % 4)
+        patch = np.rot90(patch, k=int(choice % 4))
         if choice >= 4:
             patch = patch[:, ::-1]
     return patch
@@ -353,6 +361,10 @@ def load_validation(config: TrainConfig) -> list[tuple[str, Tensor, Tensor]]:
     return images
 
 
+@typing.overload
+def _centre_crop(image: Tensor, size: int) -> Tensor: ...
+@typing.overload
+def _centre_crop(image: None, size: int) -> None: ...
 def _centre_crop(image: Tensor | None, size: int) -> Tensor | None:
     if image is None:
         return None

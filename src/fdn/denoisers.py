@@ -257,7 +257,7 @@ def parse_model_spec(spec: str) -> tuple[str | None, float | None, str]:
 def models_from_specs(specs: Iterable[str], device: str | torch.device) -> list[Denoiser]:
     """``--model`` specs (:func:`parse_model_spec`) as denoisers: files that share a NAME form
     one column (a :class:`DenoiserSet`), one model per channel count and sigma."""
-    groups: dict[str, list[tuple[float | None, Denoiser]]] = {}
+    groups: dict[str, list[tuple[float | None, FDNDenoiser | DnCNNDenoiser | FFDNetDenoiser]]] = {}
     for spec in specs:
         name, sigma, path = parse_model_spec(spec)
         denoiser = load_denoiser(path, name, device)

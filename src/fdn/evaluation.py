@@ -107,14 +107,14 @@ def _pair_items(root: Path) -> list[ImageItem]:
     # The pairs training reads. An item is named by its noisy image's path: inside noisy/
     # without its extension (clean/ may hold another), else inside the data set.
     noisy_root = root / "noisy"
-    items = []
+    keyed = []
     for noisy, clean in find_pairs(root):
         if noisy_root.is_dir() and (root / "clean").is_dir():
             name = noisy.relative_to(noisy_root).with_suffix("").as_posix()
         else:
             name = noisy.relative_to(root).as_posix()
-        items.append(ImageItem(name, clean, noisy))
-    return sorted(items, key=lambda item: item.noisy.relative_to(root).as_posix())
+        keyed.append((noisy.relative_to(root).as_posix(), ImageItem(name, clean, noisy)))
+    return [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
 
 
 def find_dataset(

@@ -25,7 +25,7 @@ def side_by_side(
     if any(a.shape[:2] != (height, width) for a in arrays):
         raise ValueError("all panels must have the same size")
     font = ImageFont.load_default(size=max(12, width // 18))
-    caption = font.size + 10
+    caption = font.size + 10  # type: ignore[union-attr]  # FreeType: a sized font
     canvas = Image.new("RGB", (len(arrays) * (width + gap) - gap, height + caption), "white")
     draw = ImageDraw.Draw(canvas)
     for i, ((label, _), array) in enumerate(zip(panels, arrays, strict=True)):

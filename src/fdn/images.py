@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -193,7 +194,9 @@ def read_array(
 def _luma(pixels: np.ndarray) -> np.ndarray:
     """``(H, W, 1)`` grey of ``(H, W, 3)`` RGB, of the same dtype: Pillow's RGB-to-L in
     16.16 fixed point, ``(19595 R + 38470 G + 7471 B + 2**15) >> 16``, at 8 or 16 bits."""
-    wide = pixels.astype(np.uint32 if pixels.dtype == np.uint8 else np.uint64)
+    wide: np.ndarray[Any, np.dtype[np.unsignedinteger[Any]]] = pixels.astype(
+        np.uint32 if pixels.dtype == np.uint8 else np.uint64
+    )
     grey = (wide[..., 0] * 19595 + wide[..., 1] * 38470 + wide[..., 2] * 7471 + 0x8000) >> 16
     return grey.astype(pixels.dtype)[:, :, None]
 
@@ -299,7 +302,7 @@ def _png_bit_depth(path: Path) -> int:
 
 
 def _tiff_bits(image: Image.Image) -> int:
-    bits = image.tag_v2.get(258, (8,))  # BitsPerSample
+    bits = image.tag_v2.get(258, (8,))  # type: ignore[attr-defined]  # BitsPerSample
     return int(bits[0] if isinstance(bits, tuple) else bits)
 
 
@@ -313,6 +316,7 @@ def _split_alpha(array: np.ndarray, has_alpha: bool) -> tuple[np.ndarray, np.nda
 
 def _from_pillow(path: Path, image: Image.Image) -> ImageFile:
     mode, image_format = image.mode, image.format
+    assert image_format is not None  # an opened file, its format checked by read_image
     if mode in _REFUSED_MODES:
         raise ImageFileError(path, _REFUSED_MODES[mode])
     metadata = {
@@ -320,7 +324,7 @@ def _from_pillow(path: Path, image: Image.Image) -> ImageFile:
     }
     notes = []
     if image_format == "JPEG":
-        metadata["qtables"] = image.quantization
+        metadata["qtables"] = image.quantization  # type: ignore[attr-defined]
         metadata["subsampling"] = _jpeg_subsampling(image)
     if image_format == "WEBP":
         metadata["lossless"] = _webp_is_lossless(path)
@@ -561,8 +565,10 @@ def _pillow_writer(source: ImageFile, array: np.ndarray) -> Callable[[Path], Non
 def _back_to_palette(image: Image.Image, meta: dict) -> Image.Image:
     """Maps denoised colours to the nearest entry of the input's own palette."""
     palette_image: Image.Image = meta["palette_image"]
+    palette = palette_image.getpalette()
+    assert palette is not None  # a P or PA image has a palette
     reference = Image.new("P", (1, 1))
-    reference.putpalette(palette_image.getpalette())
+    reference.putpalette(palette)
     indexed = image.convert("RGB").quantize(palette=reference, dither=Image.Dither.NONE)
     index = meta.get("transparent_index")
     if index is not None:
@@ -570,7 +576,7 @@ def _back_to_palette(image: Image.Image, meta: dict) -> Image.Image:
         values = np.asarray(indexed).copy()
         values[np.asarray(palette_image) == index] = index
         indexed = Image.fromarray(values, "P")
-        indexed.putpalette(palette_image.getpalette())
+        indexed.putpalette(palette)
     if "transparency" in palette_image.info:
         indexed.info["transparency"] = palette_image.info["transparency"]
     return indexed

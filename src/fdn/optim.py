@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fdn.config import TrainConfig
 
@@ -20,7 +21,8 @@ __all__ = ["WeightAverage", "build_optimizer", "build_scheduler", "lr_factor"]
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     o = config.optim
-    return torch.optim.Adam(model.parameters(), o.lr, tuple(o.betas), weight_decay=o.weight_decay)
+    betas = typing.cast("tuple[float, float]", tuple(o.betas))  # two: validate_config
+    return torch.optim.Adam(model.parameters(), o.lr, betas, weight_decay=o.weight_decay)
 
 
 def build_scheduler(
@@ -74,7 +76,7 @@ class WeightAverage:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ours = list(self.model.parameters())
+        ours: list[Tensor] = list(self.model.parameters())
         torch._foreach_lerp_(ours, [p.detach() for p in model.parameters()], 1 - decay)
         for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)

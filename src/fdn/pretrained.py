@@ -13,6 +13,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+import torch
+
 from fdn.model import FDN
 from fdn.serialization import ModelFileError, load_model
 
@@ -59,7 +61,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_pretrained(name: str, device: str = "cpu") -> FDN:
+def load_pretrained(name: str, device: str | torch.device = "cpu") -> FDN:
     """Loads a bundled model (see :func:`available_models`) after checking its checksum, in
     eval mode."""
     record = model_record(name)
@@ -73,7 +75,7 @@ def load_pretrained(name: str, device: str = "cpu") -> FDN:
     return load_model(path, device=device)
 
 
-def resolve_model(spec: str | None, channels: int, device: str = "cpu") -> FDN:
+def resolve_model(spec: str | None, channels: int, device: str | torch.device = "cpu") -> FDN:
     """A model from a bundled name, a file path, or (``None``) the default for ``channels``."""
     if spec is None:
         name = DEFAULT_MODELS[3 if channels >= 3 else 1]

@@ -87,7 +87,9 @@ def markdown_table(evaluation: Evaluation) -> str:
         row = [means.get((dataset, sigma, m)) for m in evaluation.methods]
         shown = [(f"{s.psnr:.2f}", f"{s.ssim:.4f}") if s else None for s in row]
         # Means over fewer images are not comparable: they compete only if all are partial.
-        complete = [t for s, t in zip(row, shown, strict=True) if s and s.images == s.expected]
+        complete = [
+            t for s, t in zip(row, shown, strict=True) if s and t and s.images == s.expected
+        ]
         contenders = complete or [t for t in shown if t]
         best_psnr = max((float(p) for p, _ in contenders), default=None)
         best_ssim = max((float(q) for _, q in contenders), default=None)

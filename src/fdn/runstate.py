@@ -16,6 +16,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -108,15 +109,17 @@ def _as_tensor(value: object) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(json.dumps(value).encode(), dtype=np.uint8).copy())
 
 
-def _from_tensor(tensor: torch.Tensor) -> object:
+def _from_tensor(tensor: torch.Tensor) -> Any:
     return json.loads(bytes(tensor.tolist()))
 
 
 def rng_state() -> dict:
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    state = {
+    name, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, object] = {
         "torch": torch.get_rng_state(),
-        "numpy": _as_tensor([name, keys.tolist(), int(position), int(has_gauss), float(cached)]),
+        "numpy": _as_tensor(
+            [name, np.asarray(keys).tolist(), int(position), int(has_gauss), float(cached)]
+        ),
         "python": _as_tensor(random.getstate()[1]),
     }
     if torch.cuda.is_available():
@@ -163,7 +166,13 @@ def _strict(value: object) -> object:
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
-def write_log(run_dir: Path, record: dict, board: object | None = None) -> None:
+class _Board(Protocol):
+    """What write_log needs of a TensorBoard SummaryWriter."""
+
+    def add_scalar(self, tag: str, value: Any, step: int) -> object: ...
+
+
+def write_log(run_dir: Path, record: dict, board: _Board | None = None) -> None:
     """Appends one JSON line to ``log.jsonl`` (and scalars to TensorBoard when given)."""
     line = json.dumps({key: _strict(value) for key, value in record.items()}, allow_nan=False)
     with (run_dir / "log.jsonl").open("a") as stream:
@@ -190,7 +199,7 @@ def trim_log(run_dir: Path, step: int) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
 
 
-def tensorboard(run_dir: Path) -> object | None:
+def tensorboard(run_dir: Path) -> _Board | None:
     """A TensorBoard writer when the ``tensorboard`` package is installed, else None."""
     try:
         from torch.utils.tensorboard import SummaryWriter

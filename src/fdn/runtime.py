@@ -115,6 +115,6 @@ def channels_last(module: nn.Module, x: Tensor) -> Tensor:
     if module.training:
         return x
     if not getattr(module, "_channels_last", False):
-        module.to(memory_format=torch.channels_last)
-        module._channels_last = True
+        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        module._channels_last = True  # type: ignore[assignment]
     return x.contiguous(memory_format=torch.channels_last)

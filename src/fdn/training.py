@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,13 @@ def _fdn_loss(
     )
     o = config.optim
     terms = fdn_loss(
-        model, noisy, clean, o.lambda_nll, o.lambda_rec, _dequantize(config), generator
+        typing.cast("FDN", model),
+        noisy,
+        clean,
+        o.lambda_nll,
+        o.lambda_rec,
+        _dequantize(config),
+        generator,
     )
     return {"loss": terms.total, "nll": terms.nll, "l1": terms.reconstruction}
 
@@ -186,15 +193,18 @@ def validate(
     weights in channels-last (the fast path), and a run that went on training them so would
     round differently from one resumed from its checkpoint.
     """
-    model = copy.deepcopy(model).eval()
+    denoiser = typing.cast("FDN | DnCNN", copy.deepcopy(model).eval())
     scores = [
-        psnr(model.denoise(noisy.to(device)).cpu(), clean).item() for _, noisy, clean in images
+        psnr(denoiser.denoise(noisy.to(device)).cpu(), clean).item() for _, noisy, clean in images
     ]
     return float(np.mean(scores))
 
 
 def _save_model_file(model: nn.Module, path: Path) -> None:
-    (save_dncnn if isinstance(model, DnCNN) else save_model)(model, path)
+    if isinstance(model, DnCNN):
+        save_dncnn(model, path)
+    else:
+        save_model(typing.cast("FDN", model), path)
 
 
 def _distributed(device_name: str) -> tuple[int, int, torch.device]:
@@ -284,6 +294,7 @@ def _start(
     if resume:
         checkpoint = load_checkpoint(run_dir / CHECKPOINT)
         config = checkpoint["config"]
+    assert config is not None, "a new run needs a config"
     settings = config.training
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -298,7 +309,7 @@ def _start(
     if checkpoint is None and settings.init:
         init_from(model, config)
     if settings.precision == "bf16":
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".*.tmp"):  # from a write killed by kill -9

@@ -24,6 +24,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,6 +34,9 @@ from torch import Tensor, nn
 from fdn.atomic import atomic_write
 from fdn.runtime import channels_last
 from fdn.serialization import ModelFileError, check_tensors
+
+if TYPE_CHECKING:
+    from fdn.model import FDN
 
 __all__ = [
     "DnCNN",
@@ -119,6 +123,7 @@ class DnCNN(nn.Module):
         super().__init__()
         self.config = DnCNNConfig(in_channels, depth, features, batch_norm, out_channels)
         out_channels = self.config.out_channels
+        assert out_channels is not None  # DnCNNConfig fills it in
         bias = not batch_norm
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, features, 3, padding=1, bias=bias),
@@ -156,7 +161,7 @@ class ModuleDenoiser:
 
     blind = True
 
-    def __init__(self, model: nn.Module, name: str) -> None:
+    def __init__(self, model: DnCNN | FDN, name: str) -> None:
         self.model = model.eval()
         self.name = name
         self.channels = model.config.in_channels

@@ -37,6 +37,8 @@ class ActNorm(InvertibleLayer):
         (True, True)
     """
 
+    initialized: Tensor
+
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps

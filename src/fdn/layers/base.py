@@ -2,6 +2,8 @@ r"""The contract shared by every invertible layer, and their composition."""
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import Tensor, nn
 
@@ -71,7 +73,8 @@ class SequentialFlow(InvertibleLayer):
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         logdet = y.new_zeros(y.shape[0])
-        for layer in reversed(self.layers):
+        layers = typing.cast("list[InvertibleLayer]", list(self.layers))
+        for layer in reversed(layers):
             y, layer_logdet = layer.inverse(y)
             logdet = logdet + layer_logdet
         return y, logdet

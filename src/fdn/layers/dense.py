@@ -73,11 +73,14 @@ class DenseBlock(nn.Module):
 
     def reset_parameters(self) -> None:
         for conv in self.convs:
+            assert isinstance(conv, nn.Conv2d)
             nn.init.xavier_normal_(conv.weight)
             with torch.no_grad():
                 conv.weight.mul_(0.1)
+            assert conv.bias is not None
             nn.init.zeros_(conv.bias)
         nn.init.zeros_(self.last.weight)
+        assert self.last.bias is not None
         nn.init.zeros_(self.last.bias)
 
     def forward(self, x: Tensor) -> Tensor:
