@@ -57,9 +57,7 @@ def test_bundled_models_denoise_clearly_better_than_the_noisy_input(name):
     assert denoised_db > noisy_db + 5, (noisy_db, denoised_db)
 
 
-def test_a_damaged_bundled_model_is_refused(tmp_path, monkeypatch):
-    import fdn.pretrained as pretrained
-
+def test_a_damaged_bundled_model_is_refused(tmp_path):
     name = DEFAULT_MODELS[3]
     record = model_record(name)
     copy = tmp_path / "weights"
@@ -68,13 +66,8 @@ def test_a_damaged_bundled_model_is_refused(tmp_path, monkeypatch):
     data[-1] ^= 0xFF
     (copy / record["file"]).write_bytes(bytes(data))
     (copy / "models.json").write_text(json.dumps({name: record}))
-    monkeypatch.setattr(pretrained, "_package_dir", lambda _: copy)
-    pretrained._table.cache_clear()
-    try:
-        with pytest.raises(ModelFileError, match="checksum mismatch"):
-            load_pretrained(name)
-    finally:
-        pretrained._table.cache_clear()
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        load_pretrained(name, folder=copy)
 
 
 def test_resolve_model_by_name_path_or_channels(tmp_path):

@@ -7,7 +7,6 @@ import pytest
 import tifffile
 from PIL import Image
 
-from fdn import cli
 from fdn.cli import main
 from fdn.images import ImageFileError, read_image
 
@@ -118,9 +117,11 @@ WORKER_ERROR = (
     ],
 )
 def test_an_error_is_printed_on_one_line(monkeypatch, capsys, message, line):
-    def fails(args):
+    def fails(*args, **kwargs):
         raise ValueError(message)
 
-    monkeypatch.setattr(cli, "_info", fails)
+    import fdn.info
+
+    monkeypatch.setattr(fdn.info, "model_info", fails)
     assert main(["info"]) == 1
     assert capsys.readouterr().err == f"fdn: error: {line}\n"

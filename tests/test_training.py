@@ -64,7 +64,7 @@ def straight_and_resumed(images, tmp_path, monkeypatch, settings, stop_at):
     ``stop_at`` (0-based) and resumed, as a real interruption is; returns both run folders."""
     quiet = {"progress": False, "log": lambda _: None}
     train(small_config(images, tmp_path, *settings), tmp_path / "straight", **quiet)
-    real = training._step_loss
+    real = training.step_loss
 
     def interrupt(model, cfg, noisy, clean, step):
         if step == stop_at:
@@ -72,7 +72,7 @@ def straight_and_resumed(images, tmp_path, monkeypatch, settings, stop_at):
         return real(model, cfg, noisy, clean, step)
 
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_step_loss", interrupt)
+        patch.setattr(training, "step_loss", interrupt)
         with pytest.raises(TrainingStopped):
             train(small_config(images, tmp_path, *settings), tmp_path / "resumed", **quiet)
     assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["step"] == stop_at + 1
@@ -126,7 +126,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(images, tmp_path):
 
 
 def test_non_finite_loss_is_skipped_and_counted(images, tmp_path, monkeypatch):
-    real = training._step_loss
+    real = training.step_loss
 
     def sometimes_nan(model, config, noisy, clean, step):
         terms = real(model, config, noisy, clean, step)
@@ -134,7 +134,7 @@ def test_non_finite_loss_is_skipped_and_counted(images, tmp_path, monkeypatch):
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(training, "_step_loss", sometimes_nan)
+    monkeypatch.setattr(training, "step_loss", sometimes_nan)
     config = small_config(images, tmp_path, "validation.every=0")
     train(config, tmp_path / "run", progress=False, log=lambda _: None)
     records = [
@@ -306,14 +306,14 @@ def test_sigterm_saves_a_checkpoint_that_resumes(images, tmp_path):
 
 def test_training_stopped_is_raised_on_a_signal(images, tmp_path, monkeypatch):
     config = small_config(images, tmp_path, "validation.every=0")
-    real = training._step_loss
+    real = training.step_loss
 
     def signal_at_step_one(model, cfg, noisy, clean, step):
         if step == 1:
             os.kill(os.getpid(), signal.SIGINT)
         return real(model, cfg, noisy, clean, step)
 
-    monkeypatch.setattr(training, "_step_loss", signal_at_step_one)
+    monkeypatch.setattr(training, "step_loss", signal_at_step_one)
     with pytest.raises(TrainingStopped) as stopped:
         train(config, tmp_path / "run", progress=False, log=lambda _: None)
     assert stopped.value.step == 2

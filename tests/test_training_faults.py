@@ -51,14 +51,14 @@ def test_a_run_that_skipped_every_step_fails(images, tmp_path, capsys):
 
 def test_cli_exits_non_zero_on_garbage(images, tmp_path, monkeypatch, capsys):
     small_config(images, tmp_path)
-    real = training._step_loss
+    real = training.step_loss
 
     def nan_loss(model, cfg, noisy, clean, step):
         terms = real(model, cfg, noisy, clean, step)
         terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(training, "_step_loss", nan_loss)
+    monkeypatch.setattr(training, "step_loss", nan_loss)
     code = main(["train", str(tmp_path / "small.toml"), "--out", str(tmp_path / "run")])
     error = capsys.readouterr().err.strip()
     assert code != 0 and "every step" in error and "\n" not in error
@@ -111,7 +111,7 @@ def test_a_new_run_in_a_folder_with_an_old_log_starts_a_new_log(images, tmp_path
 
 
 def test_non_finite_values_are_logged_as_null(images, tmp_path, monkeypatch):
-    real = training._step_loss
+    real = training.step_loss
 
     def nan_at_two(model, cfg, noisy, clean, step):
         terms = real(model, cfg, noisy, clean, step)
@@ -119,7 +119,7 @@ def test_non_finite_values_are_logged_as_null(images, tmp_path, monkeypatch):
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(training, "_step_loss", nan_at_two)
+    monkeypatch.setattr(training, "step_loss", nan_at_two)
     quiet(small_config(images, tmp_path, "validation.every=0"), tmp_path / "run")
     text = (tmp_path / "run" / "log.jsonl").read_text()
     assert "NaN" not in text and "Infinity" not in text
@@ -194,10 +194,10 @@ def test_cached_and_decoded_patches_are_the_same(images, tmp_path, monkeypatch):
 
     config = small_config(images, tmp_path)
     cached = TrainingPatches(config, seed=0)
-    assert cached._cache is not None and len(cached._cache) == len(cached.items)
+    assert cached.cached_images == len(cached.items)
     monkeypatch.setattr(fdn.data, "CACHE_BYTES", 0)
     uncached = TrainingPatches(config, seed=0)
-    assert uncached._cache is None
+    assert uncached.cached_images == 0
     for index in (0, 5, 17):
         for a, b in zip(cached[index], uncached[index], strict=True):
             assert torch.equal(a, b)

@@ -265,6 +265,11 @@ class TrainingPatches(Dataset):
                 )
         self._orders: dict[int, np.ndarray] = {}
 
+    @property
+    def cached_images(self) -> int:
+        """How many decoded images are kept in memory (0: they did not fit in CACHE_BYTES)."""
+        return 0 if self._cache is None else len(self._cache)
+
     def _decoded(self, path: Path) -> np.ndarray:
         """The image at ``path``, from the cache while there is one."""
         if self._cache is not None and path in self._cache:

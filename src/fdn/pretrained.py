@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -61,11 +62,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_pretrained(name: str, device: str | torch.device = "cpu") -> FDN:
+def load_pretrained(
+    name: str, device: str | torch.device = "cpu", folder: str | os.PathLike | None = None
+) -> FDN:
     """Loads a bundled model (see :func:`available_models`) after checking its checksum, in
-    eval mode."""
-    record = model_record(name)
-    path = _package_dir("weights") / record["file"]
+    eval mode. ``folder``: another folder of model files with its own ``models.json`` (a copy
+    of the package's ``weights``, say); the package's by default."""
+    if folder is None:
+        record, weights = model_record(name), _package_dir("weights")
+    else:
+        weights = Path(folder)
+        table = json.loads((weights / "models.json").read_text())
+        if name not in table:
+            raise KeyError(f"no model {name!r} in {weights / 'models.json'}")
+        record = table[name]
+    path = weights / record["file"]
     if not path.is_file():
         raise ModelFileError(path, f"bundled model {name} is missing from the installation")
     if _sha256(path) != record["sha256"]:

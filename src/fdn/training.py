@@ -66,6 +66,7 @@ __all__ = [
     "TrainingStopped",
     "build_model",
     "init_from",
+    "step_loss",
     "train",
     "validate",
 ]
@@ -166,9 +167,11 @@ def _fdn_loss(
 _LOSSES = {"fdn": _fdn_loss, "dncnn": _dncnn_loss}
 
 
-def _step_loss(
+def step_loss(
     model: nn.Module, config: TrainConfig, noisy: Tensor, clean: Tensor, step: int
 ) -> dict[str, Tensor]:
+    """The loss terms of one training step for the config's model kind (``loss`` is the one
+    optimised); the loop calls it through this module, so a test or an extension can wrap it."""
     return _LOSSES[config.model.kind](model, config, noisy, clean, step)
 
 
@@ -180,7 +183,7 @@ class _Objective(nn.Module):
         self.model, self.config = model, config
 
     def forward(self, noisy: Tensor, clean: Tensor, step: int) -> dict[str, Tensor]:
-        return _step_loss(self.model, self.config, noisy, clean, step)
+        return step_loss(self.model, self.config, noisy, clean, step)
 
 
 @torch.no_grad()
