@@ -145,6 +145,9 @@ def test_non_finite_loss_is_skipped_and_counted(images, tmp_path, monkeypatch):
     assert [r["skipped"] for r in records] == [0, 0, 1, 1, 1, 1]
     state = parameters(tmp_path / "run")
     assert all(torch.isfinite(v.float()).all() for v in state.values())
+    # The log stays strict JSON: the skipped step's NaN loss is null (issue #16, item 11).
+    text = (tmp_path / "run" / "log.jsonl").read_text()
+    assert "NaN" not in text and records[2]["loss"] is None
 
 
 def test_a_checkpoint_write_killed_midway_keeps_the_last_good_one(images, tmp_path, monkeypatch):

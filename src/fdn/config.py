@@ -41,46 +41,27 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the key."""
 
 
-def _model_config_fields() -> list[tuple[str, Any, Any]]:
-    """``[model]``'s keys: ``kind``, every field of :class:`fdn.model.FDNConfig` (its one
-    definition, defaults included), and DnCNN's two."""
-    fdn = [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(FDNConfig)]
-    dncnn = [("dncnn_depth", int, field(default=17)), ("dncnn_features", int, field(default=64))]
-    return [("kind", str, field(default="fdn")), *fdn, *dncnn]
+@dataclass(frozen=True)
+class ModelConfig(FDNConfig):
+    """What to train: ``kind = "fdn"``, the architecture being the fields this class inherits
+    from :class:`fdn.model.FDNConfig` (their one definition, defaults included), or
+    ``"dncnn"`` (``in_channels`` and the ``dncnn_`` fields).
 
+    FDNConfig's own checks run when a config is loaded, for ``kind = "fdn"`` only (see
+    ``_validate``); :meth:`fdn_config` gives the FDN's config object.
+    """
 
-def _fdn_config(self: Any) -> FDNConfig:
-    """The FDN architecture this section describes (raises ValueError if it is invalid)."""
-    return FDNConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FDNConfig)})
+    kind: str = "fdn"
+    dncnn_depth: int = 17
+    dncnn_features: int = 64
 
+    def __post_init__(self) -> None:
+        pass  # FDN's rules apply to FDN configs alone: checked in _validate, naming the key
 
-if typing.TYPE_CHECKING:
-    # What mypy sees: the class below is made at run time from FDNConfig's fields, which a
-    # type checker cannot follow. Keep these in step with _model_config_fields().
-    @dataclass
-    class ModelConfig:
-        kind: str = "fdn"
-        in_channels: int = 3
-        num_blocks: int = 2
-        steps_per_block: int = 8
-        hidden_channels: int = 32
-        clean_fraction: float = 0.75
-        clamp: float = 1.0
-        dncnn_depth: int = 17
-        dncnn_features: int = 64
-
-        def fdn_config(self) -> FDNConfig: ...
-
-else:
-    ModelConfig = dataclasses.make_dataclass(
-        "ModelConfig",
-        _model_config_fields(),
-        namespace={"fdn_config": _fdn_config, "__module__": __name__},
-    )
-ModelConfig.__doc__ = """What to train: ``kind = "fdn"`` (the fields of
-:class:`fdn.model.FDNConfig`, its architecture, checked by it when the config is loaded) or
-``"dncnn"`` (``in_channels`` and the ``dncnn_`` fields). ``fdn_config()`` gives the FDN's own
-config object."""
+    def fdn_config(self) -> FDNConfig:
+        """The FDN architecture this section describes (raises ValueError if it is invalid)."""
+        names = [f.name for f in dataclasses.fields(FDNConfig)]
+        return FDNConfig(**{name: getattr(self, name) for name in names})
 
 
 @dataclass
