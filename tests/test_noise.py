@@ -25,7 +25,9 @@ from fdn.evaluation import (
     _load_pair,
     evaluate,
     find_dataset,
+    markdown_table,
     noise_name,
+    summarize,
     write_results,
 )
 from fdn.noise import (
@@ -245,3 +247,26 @@ def test_rows_made_without_a_noise_get_it_from_their_condition(tmp_path):
     assert [m["noise"] for m in document["means"]] == ["awgn-25", "real"]
     assert document["not_applicable"][0]["noise"] == "real"
     assert noise_name(25.0, paired=True) == "real" and noise_name(50, False) == "awgn-50"
+
+
+def test_two_noises_at_one_sigma_form_two_groups(tmp_path):
+    evaluation = Evaluation(methods=["A"], conditions=[("set", 25.0)])
+    evaluation.results += [
+        Result("set", 25.0, "A", "x", 30.0, 0.9, 1.0, noise="awgn-25"),
+        Result("set", 25.0, "A", "x", 20.0, 0.5, 1.0, noise="poisson-gaussian-25"),
+    ]
+    means = summarize(evaluation)
+    assert [(m.noise, m.sigma, m.psnr) for m in means] == [
+        ("awgn-25", 25.0, 30.0),
+        ("poisson-gaussian-25", 25.0, 20.0),
+    ]
+    rows = [line for line in markdown_table(evaluation).splitlines() if line.startswith("| set")]
+    assert rows[:2] == [
+        "| set | 25 | **30.00** / **0.9000** |",
+        "| set | 25 | **20.00** / **0.5000** |",
+    ]
+    document = json.loads(write_results(evaluation, tmp_path)[2].read_text())
+    assert [(m["noise"], m["sigma"]) for m in document["means"]] == [
+        ("awgn-25", 25),
+        ("poisson-gaussian-25", 25),
+    ]

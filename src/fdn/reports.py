@@ -1,4 +1,4 @@
-r"""What ``fdn eval`` writes: the means per data set, sigma and method, the Markdown table in
+r"""What ``fdn eval`` writes: the means per data set, noise and method, the Markdown table in
 the paper's layout (data set x sigma rows, methods as columns, the best in bold), a CSV with one
 row per image and method, and a JSON file with the settings, means, rows and failures."""
 
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fdn.evaluation import Evaluation, Result
 
-__all__ = ["Summary", "markdown_table", "summarize", "write_results"]
+__all__ = ["Summary", "groups", "markdown_table", "summarize", "write_results"]
 
 
 @dataclass(frozen=True)
 class Summary:
-    """Means over the images of one data set and sigma for one method."""
+    """Means over the images of one data set and noise (with its sigma) for one method."""
 
     dataset: str
     sigma: float | None
@@ -33,17 +33,47 @@ class Summary:
     noise: str = ""  # fdn.evaluation.noise_name: "awgn-25", or "real" for pairs
 
 
-def summarize(evaluation: Evaluation) -> list[Summary]:
-    """Mean PSNR, SSIM and seconds per (data set, sigma, method) that has results."""
+def _noise_of(evaluation: Evaluation, dataset: str, sigma: float | None, noise: str) -> str:
+    # Rows built without their noise (by hand, in older code) get it from their condition.
     from fdn.evaluation import noise_name
 
-    groups: dict[tuple[str, float | None, str], list[Result]] = {}
+    return noise or noise_name(sigma, dataset in evaluation.paired)
+
+
+def groups(evaluation: Evaluation) -> list[tuple[str, str, float | None]]:
+    """The groups results form, as ``(dataset, noise, sigma)`` in the table's order.
+
+    Results are keyed by the noise's description (``"awgn-25"``, ``"real"``), not by a bare
+    sigma: each condition ``(dataset, sigma)`` of ``evaluation.conditions`` gives one group
+    per distinct noise among its results (in the order they first appear), or the noise its
+    sigma names when it has none. The sigma is kept beside the noise for the table and JSON.
+    """
+    noises: dict[tuple[str, float | None], list[str]] = {}
     for result in evaluation.results:
-        groups.setdefault((result.dataset, result.sigma, result.method), []).append(result)
-    summaries = []
+        found = noises.setdefault((result.dataset, result.sigma), [])
+        noise = _noise_of(evaluation, result.dataset, result.sigma, result.noise)
+        if noise not in found:
+            found.append(noise)
+    seen: set[tuple[str, str]] = set()
+    ordered = []
     for dataset, sigma in evaluation.conditions:
+        for noise in noises.get((dataset, sigma)) or [_noise_of(evaluation, dataset, sigma, "")]:
+            if (dataset, noise) not in seen:
+                seen.add((dataset, noise))
+                ordered.append((dataset, noise, sigma))
+    return ordered
+
+
+def summarize(evaluation: Evaluation) -> list[Summary]:
+    """Mean PSNR, SSIM and seconds per (data set, noise, method) that has results."""
+    by_group: dict[tuple[str, str, str], list[Result]] = {}
+    for result in evaluation.results:
+        noise = _noise_of(evaluation, result.dataset, result.sigma, result.noise)
+        by_group.setdefault((result.dataset, noise, result.method), []).append(result)
+    summaries = []
+    for dataset, noise, sigma in groups(evaluation):
         for method in evaluation.methods:
-            results = groups.get((dataset, sigma, method))
+            results = by_group.get((dataset, noise, method))
             if not results:
                 continue
             summaries.append(
@@ -56,7 +86,7 @@ def summarize(evaluation: Evaluation) -> list[Summary]:
                     seconds=sum(r.seconds for r in results) / len(results),
                     images=len(results),
                     expected=evaluation.images.get((dataset, sigma), len(results)),
-                    noise=noise_name(sigma, dataset in evaluation.paired),
+                    noise=noise,
                 )
             )
     return summaries
@@ -77,14 +107,17 @@ def markdown_table(evaluation: Evaluation) -> str:
     images than the data set has.
     A second table gives the mean seconds per image.
     """
-    means = {(s.dataset, s.sigma, s.method): s for s in summarize(evaluation)}
+    means = {(s.dataset, s.noise, s.method): s for s in summarize(evaluation)}
+    not_applicable = {
+        (d, _noise_of(evaluation, d, s, ""), m) for d, s, m in evaluation.not_applicable
+    }
     paired = set(evaluation.paired)
     header = "| Data set | sigma | " + " | ".join(evaluation.methods) + " |"
     rule = "|---|---:|" + "---:|" * len(evaluation.methods)
     quality, timing = [header, rule], [header, rule]
     partial = False
-    for dataset, sigma in evaluation.conditions:
-        row = [means.get((dataset, sigma, m)) for m in evaluation.methods]
+    for dataset, noise, sigma in groups(evaluation):
+        row = [means.get((dataset, noise, m)) for m in evaluation.methods]
         shown = [(f"{s.psnr:.2f}", f"{s.ssim:.4f}") if s else None for s in row]
         # Means over fewer images are not comparable: they compete only if all are partial.
         complete = [
@@ -96,7 +129,7 @@ def markdown_table(evaluation: Evaluation) -> str:
         cells, times = [], []
         for method, summary, text in zip(evaluation.methods, row, shown, strict=True):
             if summary is None or text is None:
-                missing = (dataset, sigma, method) in evaluation.not_applicable
+                missing = (dataset, noise, method) in not_applicable
                 cells.append("-" if missing else "failed")
                 times.append("-" if missing else "failed")
                 continue
@@ -143,11 +176,7 @@ def _json_ready(value: float | None) -> float | str | None:
 
 
 def _with_noise(evaluation: Evaluation, row: dict) -> dict:
-    # Rows built without their noise (by hand, in older code) get it from their condition.
-    from fdn.evaluation import noise_name
-
-    if not row.get("noise"):
-        row["noise"] = noise_name(row["sigma"], row["dataset"] in evaluation.paired)
+    row["noise"] = _noise_of(evaluation, row["dataset"], row["sigma"], row.get("noise") or "")
     return row
 
 
