@@ -24,7 +24,8 @@ import torch
 
 from fdn import runtime
 from fdn.config import load_config
-from fdn.training import _autocast, _Objective, build_model
+from fdn.denoising import precision_context
+from fdn.training import _Objective, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def make_step(config, device: torch.device, batch: int, patch: int) -> Callable[
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
 
     def step(index: int) -> None:
-        with _autocast(config, device):
+        with precision_context(config.training.precision, device):
             loss = objective(noisy, clean, index)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from fdn.config import TrainConfig
-from fdn.images import EXTENSIONS, ImageFileError, read_array
+from fdn.images import EXTENSIONS, ImageFileError, read_array, to_unit_float
 from fdn.noise import noise_from_config, validation_noises
 
 __all__ = [
@@ -202,13 +202,6 @@ def _load(path: Path, channels: int, raw: bool = False) -> np.ndarray:
         raise DataError(f"{error.path}: not a readable image ({error.problem})") from None
 
 
-def _scaled(array: np.ndarray) -> np.ndarray:
-    """Stored uint8 or uint16 values as float32 in [0, 1], as :func:`read_array` scales them."""
-    scaled = array.astype(np.float32)
-    scaled /= np.float32(np.iinfo(array.dtype).max)
-    return scaled
-
-
 def _augment(patch: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
     if mode == "flip" and rng.integers(2):
         patch = patch[:, ::-1]
@@ -304,7 +297,8 @@ class TrainingPatches(Dataset):
         # Cropped before scaling, and each image by its own bit depth (noisy and clean may
         # differ); stacked so that both get the same flip and rotation.
         crops = [
-            _scaled(image[top : top + self.patch, left : left + self.patch]) for image in images
+            to_unit_float(image[top : top + self.patch, left : left + self.patch])
+            for image in images
         ]
         patch = _augment(crops[0] if len(crops) == 1 else np.dstack(crops), self.augment, rng)
         tensor = _to_tensor(patch)

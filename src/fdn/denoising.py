@@ -11,6 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fdn.choices import PRECISIONS
+from fdn.images import to_unit_float
 from fdn.model import FDN
 
 __all__ = [
@@ -141,10 +142,8 @@ FLOAT_RANGE = (-1.0, 2.0)
 
 
 def _to_unit_float(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535
+    if image.dtype in (np.uint8, np.uint16):
+        return to_unit_float(image)
     if np.issubdtype(image.dtype, np.floating):
         if not np.isfinite(image).all():
             raise ValueError("the image has NaN or infinite values")

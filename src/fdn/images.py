@@ -30,7 +30,15 @@ from PIL import Image, UnidentifiedImageError
 
 from fdn.atomic import atomic_write
 
-__all__ = ["EXTENSIONS", "ImageFile", "ImageFileError", "read_array", "read_image", "write_image"]
+__all__ = [
+    "EXTENSIONS",
+    "ImageFile",
+    "ImageFileError",
+    "read_array",
+    "read_image",
+    "to_unit_float",
+    "write_image",
+]
 
 # Formats we read and write, with the extensions that find them in a folder.
 EXTENSIONS = {
@@ -186,6 +194,11 @@ def read_array(
         pixels = _luma(pixels)
     if raw:
         return np.ascontiguousarray(pixels)  # no view into a larger (alpha) buffer
+    return to_unit_float(pixels)
+
+
+def to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """Stored uint8 or uint16 values as float32 in [0, 1] (/ 255 or / 65535)."""
     scaled = pixels.astype(np.float32)
     scaled /= np.float32(np.iinfo(pixels.dtype).max)
     return scaled

@@ -36,10 +36,14 @@ def _package_dir(name: str) -> Path:
     return Path(str(resources.files("fdn") / name))
 
 
+def _read_table(folder: Path) -> dict[str, dict]:
+    table = folder / "models.json"
+    return json.loads(table.read_text()) if table.is_file() else {}
+
+
 @cache
 def _table() -> dict[str, dict]:
-    table = _package_dir("weights") / "models.json"
-    return json.loads(table.read_text()) if table.is_file() else {}
+    return _read_table(_package_dir("weights"))
 
 
 def available_models() -> list[str]:
@@ -72,7 +76,7 @@ def load_pretrained(
         record, weights = model_record(name), _package_dir("weights")
     else:
         weights = Path(folder)
-        table = json.loads((weights / "models.json").read_text())
+        table = _read_table(weights)
         if name not in table:
             raise KeyError(f"no model {name!r} in {weights / 'models.json'}")
         record = table[name]

@@ -24,6 +24,7 @@ from torch import nn
 
 from fdn.atomic import atomic_write
 from fdn.config import ConfigError, config_from_dict
+from fdn.serialization import ModelFileError, check_shapes
 
 __all__ = [
     "TrainingError",
@@ -78,19 +79,12 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def load_weights(model: nn.Module, state: dict, path: Path) -> None:
-    """``model.load_state_dict(state)``, with a one-line error naming the first mismatch."""
-    ours = model.state_dict()
-    if set(ours) != set(state):
-        odd = sorted(set(ours) ^ set(state))
-        raise TrainingError(
-            f"{path}: does not match its config ({len(odd)} tensor names differ, e.g. {odd[0]})"
-        )
-    for name, tensor in ours.items():
-        if tensor.shape != state[name].shape:
-            raise TrainingError(
-                f"{path}: does not match its config ({name} is {tuple(state[name].shape)}, "
-                f"the config makes it {tuple(tensor.shape)})"
-            )
+    """``model.load_state_dict(state)``, with a one-line error naming the first mismatch (the
+    check model files get: :func:`fdn.serialization.check_shapes`)."""
+    try:
+        check_shapes(model, {name: tensor.shape for name, tensor in state.items()}, path)
+    except ModelFileError as error:
+        raise TrainingError(f"{path}: does not match its config ({error.problem})") from None
     model.load_state_dict(state)
 
 

@@ -16,7 +16,6 @@ and writes files.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from fdn.baselines.dncnn import DnCNN, save_dncnn
 from fdn.config import ConfigError, TrainConfig
 from fdn.data import StepSampler, TrainingPatches, load_validation
+from fdn.denoising import precision_context
 from fdn.losses import bits_per_dim, fdn_loss
 from fdn.metrics import psnr
 from fdn.model import FDN
@@ -121,12 +121,6 @@ def init_from(model: nn.Module, config: TrainConfig) -> None:
         )
         raise ConfigError(f"training.init {spec} has another architecture than [model]: {differ}")
     model.load_state_dict(source.state_dict())
-
-
-def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if config.training.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _dequantize(config: TrainConfig) -> bool:
@@ -368,7 +362,7 @@ def _step(run: _Run, step: int, noisy: Tensor, clean: Tensor) -> tuple[dict[str,
     if run.config.training.precision == "bf16":
         noisy = noisy.contiguous(memory_format=torch.channels_last)
         clean = clean.contiguous(memory_format=torch.channels_last)
-    with _autocast(run.config, run.device):
+    with precision_context(run.config.training.precision, run.device):
         terms = run.objective(noisy, clean, step)
     run.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
