@@ -70,9 +70,19 @@ def _stored_half(model: FDN) -> FDN:
         return load_model(path)
 
 
-def release(name: str, run_dir: Path, table: dict, weights: Path, data_root: str | None) -> bool:
+def release(
+    name: str,
+    run_dir: Path,
+    table: dict,
+    weights: Path,
+    data_root: str | None,
+    continues: bool = False,
+) -> bool:
     """Releases ``run_dir`` as ``name`` into ``weights`` and ``table`` when it beats the current
-    release on the run's held-back images; returns whether it did."""
+    release on the run's held-back images; returns whether it did.
+
+    ``continues`` says the run started from the current release although its ``init`` names
+    a file that is not here (a copy of the release on the GPU machine that trained it)."""
     model, config, iterations = trained_model(run_dir)
     if data_root:
         config.data.root = data_root
@@ -92,23 +102,34 @@ def release(name: str, run_dir: Path, table: dict, weights: Path, data_root: str
     # A stage that started from the release (by name, or from a copy of its file) adds to it.
     init = config.training.init
     continued = previous is not None and (
-        init == name or (Path(init).is_file() and sha256(Path(init)) == previous["sha256"])
+        continues
+        or init == name
+        or (Path(init).is_file() and sha256(Path(init)) == previous["sha256"])
     )
     half = validate(_stored_half(model), images, device)
     target = weights / f"{name}.safetensors"
     storage = "float16" if abs(half - score) < 0.01 else "float32"
     save_model(model, target, dtype=torch.float16 if storage == "float16" else None)
     hours = training_seconds(run_dir, config.training.batch_size) / 3600
+    # GPU hours are kept apart from CPU hours: an hour of one is not an hour of the other.
+    clock = "gpu_hours" if config.training.device.startswith("cuda") else "cpu_hours"
     before = previous.get("cumulative", {}) if continued else {}
     if continued and not before:  # a record from before cumulative accounting
         before = {
             "iterations": previous["training"]["iterations"],
             "cpu_hours": previous["training"]["wall_hours"],
         }
+    batch = config.training.batch_size
     cumulative = {
         "iterations": before.get("iterations", 0) + iterations,
-        "cpu_hours": round(before.get("cpu_hours", 0) + hours, 2),
+        # Training patches seen: stages differ in batch size (16 on a CPU, 128 on a GPU); the
+        # stages before this count was kept all used 16.
+        "patches": before.get("patches", 16 * before.get("iterations", 0)) + batch * iterations,
+        "cpu_hours": round(before.get("cpu_hours", 0), 2),
     }
+    if clock == "gpu_hours" or "gpu_hours" in before:
+        cumulative["gpu_hours"] = round(before.get("gpu_hours", 0), 2)
+    cumulative[clock] = round(cumulative[clock] + hours, 2)
     releases = list(previous.get("releases", [])) if continued else []
     if continued and not releases:  # the first release kept no table: start it with that one
         releases.append(
@@ -125,7 +146,8 @@ def release(name: str, run_dir: Path, table: dict, weights: Path, data_root: str
         {
             "date": datetime.date.today().isoformat(),
             "stage_iterations": iterations,
-            "stage_cpu_hours": round(hours, 2),
+            "stage_batch_size": config.training.batch_size,
+            f"stage_{clock}": round(hours, 2),
             **cumulative,
             "holdout_psnr_db": round(score, 3),
         }
@@ -202,7 +224,7 @@ def release_table(record: dict) -> str:
     PSNR, test-set PSNR and the gap to the references (negative: still below)."""
     dataset = next(iter(record.get("psnr_db", {})), None)
     references = REFERENCES.get(dataset, {})
-    header = ["release", "iterations", "CPU hours", "held-back PSNR"]
+    header = ["release", "iterations", "patches", "CPU hours (+ GPU)", "held-back PSNR"]
     if dataset:
         header += [f"{dataset} s15 / s25 / s50", *(f"vs {name}" for name in references)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -210,7 +232,9 @@ def release_table(record: dict) -> str:
         row = [
             line["date"],
             f"{line['iterations']:,}",
-            f"{line['cpu_hours']:.2f}",
+            f"{line.get('patches', 16 * line['iterations']):,}",
+            f"{line['cpu_hours']:.2f}"
+            + (f" + {line['gpu_hours']:.2f} GPU" if "gpu_hours" in line else ""),
             f"{line['holdout_psnr_db']:.3f}",
         ]
         if dataset:
@@ -240,12 +264,18 @@ def main(argv: list[str] | None = None) -> int:
         help="add an fdn eval results.json summary to NAME's record",
     )
     parser.add_argument("--table", metavar="NAME", help="print NAME's table of releases")
+    parser.add_argument(
+        "--continues",
+        action="store_true",
+        help="the runs started from the current release through a file that is not here "
+        "(a copy on the machine that trained them): add to its record",
+    )
     args = parser.parse_args(argv)
     table_path = args.weights / "models.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
     for entry in args.runs:
         name, run_dir = entry.split("=", 1)
-        release(name, Path(run_dir), table, args.weights, args.data_root)
+        release(name, Path(run_dir), table, args.weights, args.data_root, args.continues)
     for entry in args.psnr:
         name, results = entry.split("=", 1)
         add_psnr(table, name, Path(results))

@@ -103,6 +103,33 @@ def test_the_release_table_shows_the_gap_to_the_references(release_models):
         ],
     }
     table = release_models.release_table(record)
-    assert "| 2026-11-25 | 6,000 | 2.50 | 29.341 | 32.10 / 29.81 / 26.85 |" in table
+    assert "| 2026-11-25 | 6,000 | 96,000 | 2.50 | 29.341 | 32.10 / 29.81 / 26.85 |" in table
     assert "-1.46 / -0.99 / -0.61" in table  # against CBM3D
     assert "-1.69 / -1.37 / -1.14" in table  # against FFDNet
+
+
+def test_a_gpu_stage_counts_gpu_hours_and_patches(images, tmp_path, monkeypatch, release_models):
+    import torch
+
+    weights = tmp_path / "weights"
+    first = run(images, tmp_path, "first")
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    release_models.main(["tiny=" + str(first), "--weights", str(weights)])
+
+    # A stage trained on a GPU machine from its own copy of the release: its init names a
+    # file that is not here, so only --continues adds it to the record.
+    gpu = run(images, tmp_path, "gpu", "training.batch_size=3")
+    checkpoint = torch.load(gpu / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["training"].update(device="cuda", init="/elsewhere/tiny.safetensors")
+    torch.save(checkpoint, gpu / "checkpoint.pt")
+    scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
+    release_models.main(["tiny=" + str(gpu), "--weights", str(weights), "--continues"])
+    record = json.loads((weights / "models.json").read_text())["tiny"]
+    cumulative, stage = record["cumulative"], record["releases"][-1]
+    assert cumulative["iterations"] == 12
+    assert cumulative["patches"] == 6 * 2 + 6 * 3  # small_config's batch of 2, then 3
+    assert cumulative["gpu_hours"] == stage["stage_gpu_hours"]
+    assert cumulative["cpu_hours"] == record["releases"][0]["cpu_hours"]
+    assert "stage_cpu_hours" not in stage and stage["stage_batch_size"] == 3
+    table = release_models.release_table(record)
+    assert f"{12:,}" in table and " GPU" in table.splitlines()[-1]

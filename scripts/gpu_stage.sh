@@ -1,0 +1,82 @@
+#!/bin/bash
+# One training stage of both bundled models side by side on one GPU, from their releases
+# (maintainers only; docs/training.md). Needs python3 with torch, numpy, pillow, safetensors
+# and tqdm; the repository need not be installed.
+#
+# Usage, in the repository root:
+#   OUT=DIR DATA=DATA_ROOT bash scripts/gpu_stage.sh BUDGET_S [BATCH] [LR]
+# BUDGET_S: seconds for all of it (probe, training, last validation, copying). A short probe
+# of both runs measures images/s, so that the cosine schedule of the main runs is sized to end
+# inside the budget; training.time_limit and `timeout` are only guards. Each run's
+# checkpoint.pt, log.jsonl and config.toml land in OUT/color and OUT/grey, to be released here
+# with scripts/release_models.py (a stage started from another GPU stage: --continues).
+# INIT_DIR=DIR starts from DIR/color/model.safetensors and DIR/grey/model.safetensors instead
+# of the releases; RUNS (default /tmp/runs) is where the runs train.
+set -u
+BUDGET=${1:-480}
+BATCH=${2:-128}
+LR=${3:-4e-4}
+T0=$(date +%s)
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+WORKERS=${WORKERS:-5}
+R=${RUNS:-/tmp/runs}
+rm -rf "$R"; mkdir -p "$R" "$OUT"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"
+PRECISION=bf16
+init() { if [ -n "${INIT_DIR:-}" ]; then echo $INIT_DIR/$1/model.safetensors; else echo fdn-$1-blind; fi; }
+
+common() {
+  echo --set data.root=${DATA:-$PWD/gpu/data} --set training.device=$DEVICE --set data.workers=$WORKERS \
+    --set training.threads=2 --set training.batch_size=$BATCH --set optim.lr=$LR \
+    --set optim.warmup=300 --set training.precision=$PRECISION --no-progress
+}
+
+probe() {  # name steps
+  $PY -m fdn train configs/bundled_$1_blind.toml --init $(init $1) --out $R/probe-$1 \
+    $(common) --set training.iterations=$2 --set training.log_every=20 \
+    --set validation.every=100000 > $R/probe-$1.out 2>&1
+}
+
+rate() {  # images/s of the last logged window of a run
+  $PY -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])]; \
+print(min(r['images_per_s'] for r in rows[-2:] if 'images_per_s' in r))" $R/$1/log.jsonl 2>/dev/null
+}
+
+PROBE_STEPS=${PROBE_STEPS:-100}
+probe color $PROBE_STEPS & probe grey $PROBE_STEPS & wait
+if [ -z "$(rate probe-color)" ] || [ -z "$(rate probe-grey)" ]; then
+  echo "probe failed in bf16:"; tail -n 15 $R/probe-color.out $R/probe-grey.out
+  PRECISION=fp32
+  rm -rf $R/probe-*
+  probe color $PROBE_STEPS & probe grey $PROBE_STEPS & wait
+fi
+RC=$(rate probe-color); RG=$(rate probe-grey)
+echo "probe ($PRECISION, batch $BATCH): colour $RC images/s, grey $RG images/s"
+[ -z "$RC" ] && { tail -n 30 $R/probe-color.out; exit 1; }
+[ -z "$RG" ] && { tail -n 30 $R/probe-grey.out; exit 1; }
+
+# Seconds left for the main runs: start-up (~20 s), the last validation and the copy (~25 s).
+LEFT=$(( BUDGET - ($(date +%s) - T0) - 45 ))
+iters() { $PY -c "import sys; print(max(300, int(float(sys.argv[1]) * $LEFT / $BATCH * 0.9)))" $1; }
+NC=$(iters $RC); NG=$(iters $RG)
+LIMIT=$($PY -c "print(round(($LEFT + 10) / 60, 2))")
+echo "main runs: colour $NC its, grey $NG its, time limit $LIMIT min ($LEFT s left)"
+
+main() {  # name iterations
+  timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train configs/bundled_$1_blind.toml \
+    --init $(init $1) --out $R/$1 $(common) --set training.iterations=$2 \
+    --set training.time_limit=$LIMIT --set validation.every=1000 \
+    --set training.checkpoint_every=500 > $R/$1.out 2>&1
+  echo "$1 exit $?"
+}
+main color $NC & main grey $NG & wait
+
+for name in color grey; do
+  mkdir -p $OUT/$name
+  cp $R/$name/checkpoint.pt $R/$name/log.jsonl $R/$name/config.toml $OUT/$name/ 2>/dev/null
+  tail -n 6 $R/$name.out
+done
+echo "total $(( $(date +%s) - T0 )) s"
