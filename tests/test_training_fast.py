@@ -252,3 +252,19 @@ def test_a_time_limit_ends_the_run_validated_saved_and_resumable(images, tmp_pat
     checkpoint["config"]["training"]["time_limit"] = 0.0
     torch.save(checkpoint, tmp_path / "run" / CHECKPOINT)
     assert quiet(None, tmp_path / "run", resume=True).step == 6
+
+
+def test_a_cpu_time_limit_counts_the_process_cpu_time_not_the_wall(images, tmp_path, monkeypatch):
+    # Equal compute for pilots that share a busy machine: the wall clock races ahead, the
+    # process's CPU time does not.
+    wall = itertools.count(0, 3600)
+    cpu = itertools.count(0, 30)
+    monkeypatch.setattr(training.time, "monotonic", lambda: float(next(wall)))
+    monkeypatch.setattr(training.time, "process_time", lambda: float(next(cpu)))
+    config = small_config(
+        images, tmp_path, "training.time_limit=1.5", "training.time_limit_clock='cpu'"
+    )
+    result = quiet(config, tmp_path / "run")
+    assert 0 < result.step < 6
+    with pytest.raises(ConfigError, match="time_limit_clock"):
+        small_config(images, tmp_path, "training.time_limit_clock='gpu'")

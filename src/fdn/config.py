@@ -128,7 +128,9 @@ class TrainingConfig:
     an exponential moving average of the weights (0: off); when on, validation and the model
     files use the average. ``threads = 0`` leaves PyTorch's default. ``time_limit`` (minutes,
     0: none) ends the run early, validated and saved as at its last step, and ``--resume``
-    continues it: equal-time comparisons, and runs that fit a working session.
+    continues it: equal-time comparisons, and runs that fit a working session. It counts wall
+    time, or with ``time_limit_clock = "cpu"`` the CPU time of the training process (its
+    threads, not loader workers): equal compute for runs that share a busy machine.
     """
 
     iterations: int = 300_000
@@ -142,6 +144,7 @@ class TrainingConfig:
     precision: str = "fp32"
     ema: float = 0.0
     time_limit: float = 0.0
+    time_limit_clock: str = "wall"
 
 
 @dataclass
@@ -189,6 +192,7 @@ _CHOICES = {
     ("training", "device"): ("auto", "cpu", "cuda"),
     ("training", "precision"): ("fp32", "bf16"),
     ("optim", "schedule"): ("step", "cosine"),
+    ("training", "time_limit_clock"): ("wall", "cpu"),
 }
 
 

@@ -410,7 +410,8 @@ def train(
         dynamic_ncols=True,
     )
     window_start, window_images = time.perf_counter(), 0
-    deadline = time.monotonic() + 60 * settings.time_limit
+    clock = time.process_time if settings.time_limit_clock == "cpu" else time.monotonic
+    deadline = clock() + 60 * settings.time_limit
     done, streak = run.start, 0
     with signals_caught() as caught:
         for step in range(run.start, settings.iterations):
@@ -430,7 +431,7 @@ def train(
 
             # The time limit ends the run here as if this were its last step.
             last = done == settings.iterations or _any_rank(
-                bool(settings.time_limit) and time.monotonic() > deadline, world, run.device
+                bool(settings.time_limit) and clock() > deadline, world, run.device
             )
             record: dict = {}
             if done % settings.log_every == 0 or last:
@@ -455,7 +456,10 @@ def train(
             if done % settings.checkpoint_every == 0 or last:
                 run.save_checkpoint(done)
             if last and done < settings.iterations:
-                run.say(f"step {done}: time limit of {settings.time_limit:g} minutes reached")
+                run.say(
+                    f"step {done}: time limit of {settings.time_limit:g} minutes "
+                    f"({settings.time_limit_clock} time) reached"
+                )
                 break
             if _any_rank(bool(caught), world, run.device):
                 run.save_checkpoint(done)
