@@ -219,7 +219,7 @@ def test_loaders_never_unpickle_and_reject_non_state_dicts(tmp_path, loader):
 
 def test_missing_extra_raises_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "bm3d", None)  # makes `import bm3d` fail
-    with pytest.raises(MissingExtraError, match=r"pip install 'fdn\[baselines\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'fdn-denoise\[baselines\]'"):
         BM3D()
 
 
@@ -237,7 +237,7 @@ def test_nlm_removes_noise(channels):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_bm3d_removes_noise(channels):
-    pytest.importorskip("bm3d", reason="bm3d is not installed (pip install 'fdn[baselines]')")
+    pytest.importorskip("bm3d", reason="bm3d is not installed (the baselines extra)")
     clean = smooth_image(channels)
     noisy = add_gaussian_noise(clean, 25, seed=0)
     denoised = BM3D().denoise(noisy, 25)
@@ -339,3 +339,102 @@ def test_channels_last_inference_equals_the_plain_path(network):
         got = fast(noisy)
     assert has_channels_last_weights(model)
     assert (got - expected).abs().max() < 1e-5
+
+
+# The reference weights folder: where fdn looks, and what it says when a file is missing
+
+IPOL = "module.intermediate_dncnn.itermediate_dncnn."
+
+
+def write_peer_weights(folder: Path, ffdnet: dict[str, int] | None = None) -> Path:
+    """Tiny random networks in the reference layouts, under the names fdn looks for."""
+    saoyan, ipol = folder / "saoyan-dncnn-pytorch", folder / "ipol-ffdnet-pytorch"
+    saoyan.mkdir(parents=True)
+    ipol.mkdir()
+    for name in ("DnCNN-S-15", "DnCNN-S-25", "DnCNN-S-50", "DnCNN-B"):
+        dncnn = randomized(DnCNN(depth=3, features=4))
+        save_as_peer(dncnn, "module.dncnn.", saoyan / f"{name}.net.pth", "layers.")
+    for file, channels in (ffdnet or {"net_gray.pth": 1, "net_rgb.pth": 3}).items():
+        model = randomized(FFDNet(channels, depth=3, features=4), seed=channels)
+        save_as_peer(model, IPOL, ipol / file, "body.layers.")
+    return folder
+
+
+def test_the_default_weights_folder_is_fdn_weights_else_beside_the_repository(
+    tmp_path, monkeypatch
+):
+    from fdn.choices import default_weights
+
+    monkeypatch.setenv("FDN_WEIGHTS", str(tmp_path / "mine"))
+    assert default_weights() == tmp_path / "mine"
+    monkeypatch.delenv("FDN_WEIGHTS")
+    monkeypatch.chdir(tmp_path)  # never read relative to the working directory
+    folder = default_weights()
+    assert folder.is_absolute() and folder.parts[-2:] == ("shared", "peer-weights")
+    assert not folder.is_relative_to(tmp_path)
+    if WEIGHTS.is_dir():  # a source checkout beside ../shared
+        assert folder == WEIGHTS.resolve()
+
+
+@pytest.mark.parametrize(
+    ("name", "missing"),
+    [
+        ("dncnn", "saoyan-dncnn-pytorch/DnCNN-S-"),
+        ("dncnn-b", "saoyan-dncnn-pytorch/DnCNN-B.net.pth"),
+        ("ffdnet", "ipol-ffdnet-pytorch/net_gray.pth"),
+    ],
+)
+def test_a_missing_reference_file_is_named_with_how_to_point_at_the_folder(
+    tmp_path, name, missing
+):
+    from fdn.denoisers import build_baseline
+
+    with pytest.raises(ModelFileError) as error:
+        build_baseline(name, tmp_path / "none")
+    message = str(error.value)
+    assert str(tmp_path / "none" / missing) in message
+    assert "--weights" in message and "FDN_WEIGHTS" in message
+    assert "\n" not in message
+
+
+def test_ffdnet_needs_both_networks_and_names_the_missing_one(tmp_path):
+    from fdn.denoisers import build_baseline
+
+    folder = write_peer_weights(tmp_path / "w", ffdnet={"net_gray.pth": 1})
+    with pytest.raises(ModelFileError, match=r"net_rgb\.pth.*--weights.*FDN_WEIGHTS"):
+        build_baseline("ffdnet", folder)
+
+
+def test_baselines_read_fdn_weights_when_no_folder_is_given(tmp_path, monkeypatch):
+    from fdn.denoisers import build_baseline
+
+    monkeypatch.setenv("FDN_WEIGHTS", str(write_peer_weights(tmp_path / "w")))
+    assert build_baseline("dncnn-b").supports(1, None) is None
+    monkeypatch.setenv("FDN_WEIGHTS", str(tmp_path / "empty"))
+    with pytest.raises(ModelFileError, match="empty"):
+        build_baseline("ffdnet")
+
+
+def test_ffdnet_uses_its_colour_network_on_colour_images_and_grey_on_grey(tmp_path):
+    from fdn.denoisers import build_baseline
+
+    folder = write_peer_weights(tmp_path / "w")
+    ffdnet = build_baseline("ffdnet", folder)
+    for channels, file in ((1, "net_gray.pth"), (3, "net_rgb.pth")):
+        assert ffdnet.supports(channels, 25) is None
+        noisy = torch.rand(1, channels, 10, 12)
+        alone = FFDNetDenoiser(load_peer_ffdnet(folder / "ipol-ffdnet-pytorch" / file))
+        assert torch.equal(ffdnet.denoise(noisy, 25), alone.denoise(noisy, 25))
+
+
+@pytest.mark.parametrize(
+    "swapped", [{"net_gray.pth": 1, "net_rgb.pth": 1}, {"net_gray.pth": 3, "net_rgb.pth": 3}]
+)
+def test_an_ffdnet_file_with_the_other_channel_count_is_rejected(tmp_path, swapped):
+    # Two grey files would otherwise make one grey column that silently skips colour images.
+    from fdn.denoisers import build_baseline
+
+    folder = write_peer_weights(tmp_path / "w", ffdnet=swapped)
+    wrong = "net_rgb.pth" if swapped["net_rgb.pth"] == 1 else "net_gray.pth"
+    with pytest.raises(ModelFileError, match=rf"{wrong}: .*-channel FFDNet, expected"):
+        build_baseline("ffdnet", folder)

@@ -9,7 +9,7 @@ from fdn.cli import main
 
 
 def test_info_json_reports_the_paper_model(capsys):
-    assert main(["info", "--json"]) == 0
+    assert main(["info", "--paper", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["parameters"] == 4_375_680
     # The paper (Table V) reports 76.80 GFLOPs per 256x256 image.

@@ -5,6 +5,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ REQUIRED = {
 
 _PROBE = """
 import sys
+from pathlib import Path
 from fdn.cli import main
 try:
     main(sys.argv[1:])
@@ -101,6 +103,38 @@ def test_every_option_of_every_command_has_a_help_text():
         if not (action.help or "").strip()
     ]
     assert missing == []
+
+
+def test_every_command_has_a_help_line_in_fdn_help():
+    # argparse.SUPPRESS (a deliberate hidden entry) is a help text too.
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    listed = {action.dest: action.help for action in commands._choices_actions}
+    assert set(listed) == set(commands.choices) >= set(COMMANDS)
+    assert [name for name, text in listed.items() if not (text or "").strip()] == []
+
+
+@pytest.mark.parametrize("command", ["eval", "compare"])
+@pytest.mark.parametrize("sigma", ["-5", "nan", "inf", "x"])
+def test_every_sigma_option_refuses_what_is_not_a_noise_level(command, sigma, capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([command, *REQUIRED[command], "--sigma", sigma])
+    assert exited.value.code == 2
+    assert "argument --sigma:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "compare"])
+def test_every_weights_option_names_its_default_folder_and_fdn_weights(command, monkeypatch):
+    # One default for every --weights: resolved when the command runs ($FDN_WEIGHTS, else
+    # ../shared/peer-weights beside the repository), never relative to the working directory.
+    parser = build_parser()
+    monkeypatch.setenv("FDN_WEIGHTS", "/elsewhere")
+    assert parser.parse_args([command, *REQUIRED[command]]).weights is None
+    subparser = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices[command]
+    (weights,) = [a for a in subparser._actions if "--weights" in a.option_strings]
+    assert "FDN_WEIGHTS" in weights.help and weights.metavar == "DIR"
+    assert parser.parse_args([command, *REQUIRED[command], "--weights", "w"]).weights == Path("w")
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -41,3 +42,21 @@ def test_inset_goes_where_the_methods_differ_most():
     b[..., 40:56, 8:24] = 1  # the methods disagree only here
     top, left = pick_inset([a, b], 16)
     assert 40 - 4 <= top <= 40 + 4 and 8 - 4 <= left <= 8 + 4
+
+
+@pytest.mark.parametrize("given", ["--weights", "FDN_WEIGHTS"])
+def test_compare_names_a_missing_reference_file(tmp_path, capsys, monkeypatch, given):
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "clean.png")
+    folder = tmp_path / "none"
+    argv = ["compare", str(tmp_path / "clean.png"), "--methods", "nlm,ffdnet"]
+    if given == "--weights":
+        monkeypatch.delenv("FDN_WEIGHTS", raising=False)
+        argv += ["--weights", str(folder)]
+    else:
+        monkeypatch.setenv("FDN_WEIGHTS", str(folder))
+    assert main([*argv, "--out", str(tmp_path / "figure.png")]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fdn: error: ")
+    assert str(folder / "ipol-ffdnet-pytorch" / "net_gray.pth") in lines[0]
+    assert "--weights" in lines[0] and "FDN_WEIGHTS" in lines[0]
+    assert not (tmp_path / "figure.png").exists()

@@ -297,14 +297,42 @@ def test_run_eval_end_to_end(tmp_path, capsys):
 def test_run_eval_skips_a_baseline_whose_extra_is_missing(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "bm3d", None)
     data = write_images(tmp_path / "tiny", 1)
-    args = parse("--baselines", "bm3d,nlm,dncnn", "--weights", str(tmp_path / "none"),
-                 "--data", str(data), "--sigma", "25", "--no-progress")  # fmt: skip
+    args = parse("--baselines", "bm3d,nlm", "--data", str(data), "--sigma", "25",
+                 "--no-progress")  # fmt: skip
     assert run_eval(**args) == 0
     captured = capsys.readouterr()
     assert "skipping bm3d: BM3D needs the 'bm3d' package" in captured.err
-    assert "pip install 'fdn[baselines]'" in captured.err
-    assert "skipping dncnn: " in captured.err and "none" in captured.err
+    assert "pip install 'fdn-denoise[baselines]'" in captured.err
     assert "| Data set | sigma | NLM |" in captured.out
+
+
+@pytest.mark.parametrize(
+    ("baseline", "missing"),
+    [("ffdnet", "ipol-ffdnet-pytorch/net_gray.pth"), ("dncnn-b", "DnCNN-B.net.pth")],
+)
+@pytest.mark.parametrize("given", ["--weights", "FDN_WEIGHTS"])
+def test_fdn_eval_stops_on_a_missing_reference_file(
+    tmp_path, capsys, monkeypatch, baseline, missing, given
+):
+    # A baseline asked for by name is never dropped from the table without a word: a
+    # missing weight file is a one-line error naming it, the option and the variable.
+    from fdn.cli import main
+
+    data = write_images(tmp_path / "tiny", 1, "RGB")
+    folder = tmp_path / "none"
+    argv = ["eval", "--baselines", f"nlm,{baseline}", "--data", str(data), "--sigma", "25"]
+    if given == "--weights":
+        monkeypatch.delenv("FDN_WEIGHTS", raising=False)
+        argv += ["--weights", str(folder)]
+    else:
+        monkeypatch.setenv("FDN_WEIGHTS", str(folder))
+    assert main([*argv, "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no table without the method asked for
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fdn: error: ")
+    assert str(folder) in lines[0] and missing in lines[0]
+    assert "--weights" in lines[0] and "FDN_WEIGHTS" in lines[0]
 
 
 def test_run_eval_errors(tmp_path):

@@ -40,3 +40,28 @@ def test_the_readme_python_examples_run(tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_every_install_line_names_the_distribution_not_the_taken_fdn():
+    # `fdn` on the package index is an unrelated project: `pip install 'fdn[tiff]'` would
+    # install it. The distribution is fdn-denoise; the import and the command stay fdn.
+    import re
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    from fdn._version import DISTRIBUTION
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION == "fdn-denoise"
+    files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "src").rglob("*.py")]
+    wrong = re.compile(r"pip install[^\n`]*?['\" ]fdn(\[|['\" `]|$)", re.MULTILINE)
+    offenders = [
+        f"{path.name}: {match.group(0)}"
+        for path in files
+        for match in wrong.finditer(path.read_text())
+    ]
+    assert not offenders
+    assert f"pip install {DISTRIBUTION}" in (ROOT / "README.md").read_text()

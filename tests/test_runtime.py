@@ -68,3 +68,24 @@ def test_tuning_can_be_switched_off():
 def test_tuning_is_reported_and_repeatable():
     first = runtime.tune_allocator()
     assert runtime.tune_allocator() == first == runtime.allocator_tuned()
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_line_makes_openmp_wait_passively_unless_told(given, expected):
+    # Spinning OpenMP threads made the default thread count 2-5x slower than one thread on a
+    # busy machine (benchmarks/threads.py). The policy must be in the environment before
+    # torch is first imported, which is when its OpenMP runtime reads it.
+    script = (
+        "import os, sys\n"
+        "from fdn.cli import main\n"
+        "assert 'torch' not in sys.modules\n"
+        "main(['info', '--json'])\n"
+        "print('policy', os.environ['OMP_WAIT_POLICY'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == f"policy {expected}"

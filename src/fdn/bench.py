@@ -3,7 +3,10 @@ r"""``fdn bench``: inference time and memory of FDN against DnCNN (and BM3D), si
 Each (method, size) runs in a fresh process, so its peak memory is its own: the resident set
 (CPU) or the allocator's peak (CUDA) above what the process held before the first denoise.
 Times are medians over ``repeats`` runs after one warm-up, with torch's threads pinned.
-Weights are random (speed does not depend on their values); FDN's ActNorm is initialised.
+The FDN timed is the bundled colour model unless another is named (a bundled name or a model
+file), or the paper's configuration with ``paper=True``: that one, and DnCNN, have random
+weights (speed does not depend on their values), with FDN's ActNorm initialised. DnCNN and
+BM3D take as many channels as the FDN.
 Every process runs with glibc's malloc tuned as ``fdn`` runs (:mod:`fdn.runtime`), unless
 ``tune_allocator=False``: without it, DnCNN spends about half its CPU time faulting in fresh
 pages, which flatters every ratio against it.
@@ -24,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fdn._version import DISTRIBUTION
+
 if TYPE_CHECKING:
     from fdn.baselines.dncnn import DnCNN
     from fdn.model import FDN
@@ -41,29 +46,38 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _model(method: str, device: str) -> FDN | DnCNN:
+def _fdn(spec: str | None, paper: bool) -> tuple[FDN, str]:
+    """The FDN to time and its label (:func:`fdn.info.choose_model`)."""
+    from fdn.info import choose_model
+
     torch.manual_seed(0)
+    model, label = choose_model(spec, paper)
+    if paper:
+        model.train()
+        with torch.no_grad():
+            model(torch.rand(2, model.config.in_channels, 32, 32))
+    return model.eval(), label
+
+
+def _model(method: str, device: str, spec: str | None, paper: bool, channels: int) -> FDN | DnCNN:
     model: FDN | DnCNN
     if method == "fdn":
-        from fdn.model import FDN
-
-        model = FDN().train()
-        with torch.no_grad():
-            model(torch.rand(2, 3, 32, 32))
+        model = _fdn(spec, paper)[0]
     else:
         from fdn.baselines.dncnn import DnCNN
 
-        model = DnCNN(in_channels=3)
+        torch.manual_seed(0)
+        model = DnCNN(in_channels=channels)
     return model.to(device).eval()
 
 
-def _flops(method: str, size: int) -> int:
+def _flops(model: FDN | DnCNN, channels: int, size: int) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = _model(method, "cpu").to("meta")
+    model = model.to("meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model.denoise(torch.empty(1, 3, size, size, device="meta"))
+        model.denoise(torch.empty(1, channels, size, size, device="meta"))
     return counter.get_total_flops()
 
 
@@ -80,8 +94,12 @@ def measure(
     repeats: int,
     tune_allocator: bool = True,
     precision: str = "fp32",
+    fdn_model: str | None = None,
+    paper: bool = False,
+    channels: int = 3,
 ) -> dict:
-    """Times one method at one size in this process; returns a JSON-ready dict."""
+    """Times one method at one size on ``channels``-channel images in this process; returns a
+    JSON-ready dict. ``fdn_model`` and ``paper`` choose the FDN, as :func:`bench` does."""
     from fdn import runtime
     from fdn.denoising import precision_context
 
@@ -92,12 +110,15 @@ def measure(
         import bm3d
         import numpy as np
 
-        image = np.random.default_rng(0).random((size, size, 3)).astype(np.float32)
-        run = lambda: bm3d.bm3d_rgb(image, 25 / 255)  # noqa: E731
+        image = np.random.default_rng(0).random((size, size, channels)).astype(np.float32)
+        if channels == 1:
+            run = lambda: bm3d.bm3d(image[..., 0], 25 / 255)  # noqa: E731
+        else:
+            run = lambda: bm3d.bm3d_rgb(image, 25 / 255)  # noqa: E731
         before = _rss_bytes()
     else:
-        model = _model(method, device)
-        noisy = torch.rand(1, 3, size, size, device=device)
+        model = _model(method, device, fdn_model, paper, channels)
+        noisy = torch.rand(1, channels, size, size, device=device)
         before = _rss_bytes()
         if _is_cuda(device):
             torch.cuda.reset_peak_memory_stats(device)
@@ -136,9 +157,13 @@ def _in_subprocess(
     repeats: int,
     tune_allocator: bool,
     precision: str,
+    fdn_model: str | None,
+    paper: bool,
+    channels: int,
 ) -> dict:
     arguments = (
-        f"{method!r}, {size}, {device!r}, {threads}, {repeats}, {tune_allocator}, {precision!r}"
+        f"{method!r}, {size}, {device!r}, {threads}, {repeats}, {tune_allocator}, {precision!r}, "
+        f"{fdn_model!r}, {paper}, {channels}"
     )
     code = f"import json; from fdn.bench import measure; print(json.dumps(measure({arguments})))"
     done = subprocess.run(
@@ -162,10 +187,16 @@ def bench(
     say: Callable[[str], object] | None = None,
     tune_allocator: bool = True,
     precision: str = "fp32",
+    fdn_model: str | None = None,
+    paper: bool = False,
 ) -> dict:
-    """Times FDN, DnCNN and (when installed and on CPU) BM3D at each size."""
+    """Times FDN, DnCNN and (when installed and on CPU) BM3D at each size. The FDN is the
+    bundled colour model, or ``fdn_model`` (a bundled name or a model file), or with ``paper``
+    the paper's configuration; the report names it (``models["fdn"]["model"]``)."""
     from fdn.info import count_parameters
 
+    fdn, label = _fdn(fdn_model, paper)
+    channels = fdn.config.in_channels
     methods = ["fdn", "dncnn"]
     notes = []
     if with_bm3d and device == "cpu":
@@ -174,22 +205,34 @@ def bench(
 
             methods.append("bm3d")
         except ImportError:
-            notes.append("BM3D skipped: pip install 'fdn[baselines]' to time it")
+            notes.append(f"BM3D skipped: pip install '{DISTRIBUTION}[baselines]' to time it")
     rows = []
     for size in sizes:
         for method in methods:
             if say:
                 say(f"timing {method} at {size}x{size} ...")
             rows.append(
-                _in_subprocess(method, size, device, threads, repeats, tune_allocator, precision)
+                _in_subprocess(
+                    method,
+                    size,
+                    device,
+                    threads,
+                    repeats,
+                    tune_allocator,
+                    precision,
+                    fdn_model,
+                    paper,
+                    channels,
+                )
             )
-    models = {
-        method: {
-            "parameters": count_parameters(_model(method, "cpu")),
-            "gflops_256": _flops(method, 256) / 2e9,  # MACs, the paper's convention
+    dncnn = _model("dncnn", "cpu", fdn_model, paper, channels)
+    models: dict[str, dict] = {}
+    for method, model, name in (("fdn", fdn, label), ("dncnn", dncnn, "DnCNN-S, random weights")):
+        models[method] = {
+            "model": name,
+            "parameters": count_parameters(model),
+            "gflops_256": _flops(model, channels, 256) / 2e9,  # MACs, the paper's convention
         }
-        for method in ("fdn", "dncnn")
-    }
     for row in rows:
         if row["method"] in models:
             macs = models[row["method"]]["gflops_256"] * (row["size"] / 256) ** 2
@@ -204,6 +247,7 @@ def bench(
         "threads": threads,
         "repeats": repeats,
         "precision": precision,
+        "channels": channels,
         "allocator": "tuned" if all(row["allocator"] == "tuned" for row in rows) else "default",
         "torch": torch.__version__,
         "models": models,

@@ -7,16 +7,18 @@ device names, precisions, baseline names and the reference-weights folder.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 __all__ = [
     "BASELINES",
     "DEFAULT_SIGMAS",
-    "DEFAULT_WEIGHTS",
     "DEVICE_NAMES",
     "PRECISIONS",
+    "WEIGHTS_ENV",
     "check_device_name",
+    "default_weights",
 ]
 
 # Every command's --device, and fdn.runtime.resolve_device: "auto" is CUDA when available.
@@ -34,7 +36,25 @@ PRECISIONS = ("fp32", "bf16")
 # (tests/test_denoisers.py keeps them equal).
 BASELINES = ("bm3d", "nlm", "dncnn", "dncnn-b", "ffdnet")
 DEFAULT_SIGMAS = (15.0, 25.0, 50.0)
-DEFAULT_WEIGHTS = Path("../shared/peer-weights")
+
+# The reference weights of dncnn, dncnn-b and ffdnet (docs/evaluation.md says where each file
+# is published): --weights DIR, else this variable, else ../shared/peer-weights beside the
+# repository this package runs from.
+WEIGHTS_ENV = "FDN_WEIGHTS"
+
+
+def default_weights() -> Path:
+    """The reference weights folder when no ``--weights`` is given, read at each call.
+
+    ``$FDN_WEIGHTS`` when set, else ``../shared/peer-weights`` beside the repository of this
+    source tree (``src/fdn`` -> the repository -> its parent), as an absolute path, so the
+    answer never depends on the working directory. A missing file in it is reported with
+    its full path (:class:`fdn.baselines.MissingWeightsError`).
+    """
+    chosen = os.environ.get(WEIGHTS_ENV, "").strip()
+    if chosen:
+        return Path(chosen).expanduser()
+    return Path(__file__).resolve().parents[3] / "shared" / "peer-weights"
 
 
 def check_device_name(name: str) -> str:

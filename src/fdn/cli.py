@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import traceback
@@ -19,7 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from fdn._version import __version__
-from fdn.choices import BASELINES, DEFAULT_WEIGHTS, PRECISIONS, check_device_name
+from fdn.choices import BASELINES, PRECISIONS, WEIGHTS_ENV, check_device_name
 
 if TYPE_CHECKING:
     from fdn.model import FDN
@@ -112,6 +113,19 @@ def _add_progress_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_weights_option(parser: argparse.ArgumentParser) -> None:
+    """``--weights DIR``, the same for every command that runs dncnn, dncnn-b or ffdnet; its
+    default is resolved when the command runs (:func:`fdn.choices.default_weights`)."""
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        metavar="DIR",
+        help="folder of the reference weights for dncnn, dncnn-b and ffdnet (default: "
+        f"${WEIGHTS_ENV} if set, else ../shared/peer-weights beside the fdn repository; "
+        "docs/evaluation.md lists the files and where they are published)",
+    )
+
+
 def _progress(args: argparse.Namespace) -> bool:
     """Whether to draw progress bars: not with --no-progress, and only on a terminal."""
     return args.progress and sys.stderr.isatty()
@@ -124,33 +138,10 @@ def command_options(args: argparse.Namespace) -> dict:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from fdn.info import model_info
-    from fdn.model import FDN
-    from fdn.pretrained import resolve_model
+    from fdn.info import describe, info_lines
 
-    model = resolve_model(args.model, 3) if args.model else FDN()
-    info = model_info(model, *args.size)
-    info["model"] = str(args.model) if args.model else "FDN() (untrained, paper defaults)"
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    config = info["config"]
-    height, width = info["image_size"]
-    latent = "x".join(str(n) for n in info["latent_shape"])
-    lines = [
-        f"model            {info['model']}",
-        f"architecture     {config['num_blocks']} DownScale Flow Blocks x "
-        f"{config['steps_per_block']} Steps of Flow, Dense Blocks gc={config['hidden_channels']}",
-        f"image channels   {config['in_channels']}",
-        f"parameters       {info['parameters']:,}",
-        f"cost             {info['denoise_gflops']:.2f} GFLOPs (MACs) per {height}x{width} "
-        f"denoise",
-        f"latent           {latent}",
-        f"z_C (clean)      channels {info['z_c_channels'][0]}-{info['z_c_channels'][1] - 1}",
-        f"z_N (noise)      channels {info['z_n_channels'][0]}-{info['z_n_channels'][1] - 1}"
-        " (set to 0 to denoise)",
-    ]
-    print("\n".join(lines))
+    info = describe(args.model, args.paper, *args.size)
+    print(json.dumps(info, indent=2) if args.json else "\n".join(info_lines(info)))
     return 0
 
 
@@ -318,10 +309,14 @@ def _bench(args: argparse.Namespace) -> int:
         say=say,
         tune_allocator=not args.default_allocator,
         precision=args.precision,
+        fdn_model=args.model,
+        paper=args.paper,
+        with_bm3d=args.bm3d,
     )
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    print(f"FDN model: {report['models']['fdn']['model']}")
     print(
         f"device: {report['device_name']} ({device}), {args.threads} thread(s), "
         f"median of {args.repeats}, {report['allocator']} malloc, {args.precision}"
@@ -377,13 +372,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser(
         "info",
-        help="parameters, FLOPs and latent layout of a model",
+        help="architecture, parameters, FLOPs and training record of a model",
         description=(
-            "Show a model's parameters, the FLOPs of one denoise, and its latent layout. "
-            "Without --model, the untrained paper-default FDN."
+            "Show a model's architecture, parameters, the FLOPs of one denoise and its latent "
+            "layout, and for a bundled model how it was trained (iterations, patches, CPU and "
+            "GPU hours), its held-back and test-set PSNR and its recipe config. Without "
+            "--model, the bundled colour model fdn-color-blind (and fdn-grey-blind in brief); "
+            "--paper for the paper's configuration."
         ),
     )
-    info.add_argument("--model", metavar="NAME|PATH", help="a bundled model or a model file")
+    which = info.add_mutually_exclusive_group()
+    which.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help="a bundled model or a model file (default: fdn-color-blind)",
+    )
+    which.add_argument(
+        "--paper", action="store_true", help="the paper's configuration, FDN(), untrained"
+    )
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument(
         "--size",
@@ -468,13 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help=f"comma-separated, from {', '.join(BASELINES)}",
     )
-    evaluate.add_argument(
-        "--weights",
-        type=Path,
-        default=DEFAULT_WEIGHTS,
-        metavar="DIR",
-        help="the reference weights for dncnn, dncnn-b and ffdnet (default: %(default)s)",
-    )
+    _add_weights_option(evaluate)
     evaluate.add_argument(
         "--data", nargs="+", required=True, metavar="DIR", help="test set folders"
     )
@@ -526,8 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated: fdn:MODEL (bundled name or file), bm3d, nlm, dncnn, "
         "dncnn-b, ffdnet (default: fdn:fdn-color-blind,bm3d,ffdnet)",
     )
-    compare.add_argument("--sigma", type=float, default=50, help="AWGN sigma (default 50)")
-    compare.add_argument("--out", required=True, help="the PNG to write")
+    compare.add_argument(
+        "--sigma",
+        type=_sigma,
+        default=50.0,
+        metavar="S",
+        help="AWGN level on the 0-255 scale (default: 50)",
+    )
+    compare.add_argument("--out", required=True, metavar="PNG", help="the PNG to write")
     compare.add_argument(
         "--inset",
         nargs=2,
@@ -535,11 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("TOP", "LEFT"),
         help="top-left corner of the zoomed inset (default: where the methods differ most)",
     )
-    compare.add_argument(
-        "--weights",
-        default=str(DEFAULT_WEIGHTS),
-        help="reference weights folder for dncnn/ffdnet",
-    )
+    _add_weights_option(compare)
     _add_device_option(compare)
     compare.set_defaults(run=_compare)
 
@@ -589,12 +591,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="time FDN against DnCNN (and BM3D) at several image sizes",
+        help="time an FDN model (the bundled one by default) against DnCNN (and BM3D)",
         description=(
             "Inference time (median after a warm-up) and peak memory of FDN and DnCNN, each "
             "size in a fresh process, with their parameters and FLOPs and the FDN/DnCNN time "
-            "ratio; BM3D too when installed (CPU)."
+            "ratio; BM3D too when installed (CPU). The FDN is the bundled colour model "
+            "fdn-color-blind unless --model names another, or --paper asks for the paper's "
+            "configuration; the report names it."
         ),
+    )
+    which = bench.add_mutually_exclusive_group()
+    which.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help="the FDN to time: a bundled model or a model file (default: fdn-color-blind)",
+    )
+    which.add_argument(
+        "--paper",
+        action="store_true",
+        help="time the paper's configuration, FDN() (4.4M parameters), with random weights",
     )
     bench.add_argument(
         "--sizes",
@@ -609,6 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_positive_int, default=1, help="torch threads (1)")
     bench.add_argument("--repeats", type=_positive_int, default=3, help="timed runs (3)")
     bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.add_argument(
+        "--no-bm3d",
+        dest="bm3d",
+        action="store_false",
+        help="leave BM3D out even when it is installed",
+    )
     bench.add_argument(
         "--default-allocator",
         action="store_true",
@@ -649,6 +670,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     args = build_parser().parse_args(argv)  # --help, --version and bad options stop here
+    # Before torch starts OpenMP: threads that spin while they wait for work hold their cores,
+    # so on a machine busy with other jobs the default (all cores) ran 2-5x slower than one
+    # thread. Passive waiting costs nothing measurable on a quiet one (docs/performance.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from fdn.runtime import tune_allocator  # imports torch
 
     tune_allocator()

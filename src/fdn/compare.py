@@ -18,9 +18,13 @@ __all__ = ["build_methods", "compare", "pick_inset"]
 
 
 def build_methods(
-    specs: Sequence[str], weights: str | os.PathLike, device: str | torch.device
+    specs: Sequence[str], weights: str | os.PathLike | None, device: str | torch.device
 ) -> list[Denoiser]:
-    """``fdn:MODEL`` (a bundled name or file) or a baseline name, one Denoiser each."""
+    """``fdn:MODEL`` (a bundled name or file) or a baseline name, one Denoiser each.
+
+    ``weights`` is the reference weights folder (None: :func:`fdn.choices.default_weights`);
+    a missing file raises :class:`fdn.baselines.MissingWeightsError`, naming it.
+    """
     methods: list[Denoiser] = []
     for spec in specs:
         kind, _, target = spec.partition(":")

@@ -29,7 +29,7 @@ from fdn.baselines import (
     load_peer_ffdnet,
 )
 from fdn.baselines.dncnn import ModuleDenoiser, read_state_dict
-from fdn.choices import DEFAULT_WEIGHTS
+from fdn.baselines.weights import MissingWeightsError, peer_file, weights_folder
 from fdn.model import FDN
 from fdn.serialization import ModelFileError, load_model
 
@@ -158,7 +158,7 @@ def _dncnn_s(weights: Path, device: str | torch.device) -> Denoiser:
     folder = weights / "saoyan-dncnn-pytorch"
     files = sorted(folder.glob("DnCNN-S-*.net.pth"))
     if not files:
-        raise ModelFileError(folder, "no DnCNN-S-SIGMA.net.pth weight files")
+        raise MissingWeightsError(folder / "DnCNN-S-{15,25,50}.net.pth")
     members: dict[tuple[int, float | None], Denoiser] = {}
     for path in files:
         sigma = float(path.name.removeprefix("DnCNN-S-").removesuffix(".net.pth"))
@@ -168,16 +168,21 @@ def _dncnn_s(weights: Path, device: str | torch.device) -> Denoiser:
 
 
 def _dncnn_b(weights: Path, device: str | torch.device) -> Denoiser:
-    model = load_peer_dncnn(weights / "saoyan-dncnn-pytorch" / "DnCNN-B.net.pth")
+    model = load_peer_dncnn(peer_file(weights, "saoyan-dncnn-pytorch/DnCNN-B.net.pth"))
     return DnCNNDenoiser(model.to(device), "DnCNN-B")
 
 
 def _ffdnet(weights: Path, device: str | torch.device) -> Denoiser:
-    # FFDNet: the grey and the colour network, one column.
+    # FFDNet: the grey and the colour network, one column, each picked by the image's channels.
     members: dict[tuple[int, float | None], Denoiser] = {}
-    for file in ("net_gray.pth", "net_rgb.pth"):
-        model = load_peer_ffdnet(weights / "ipol-ffdnet-pytorch" / file).to(device)
-        members[model.in_channels, None] = FFDNetDenoiser(model, file)
+    for channels, file in ((1, "net_gray.pth"), (3, "net_rgb.pth")):
+        path = peer_file(weights, f"ipol-ffdnet-pytorch/{file}")
+        model = load_peer_ffdnet(path)
+        if model.in_channels != channels:
+            raise ModelFileError(
+                path, f"holds a {model.in_channels}-channel FFDNet, expected {channels}-channel"
+            )
+        members[channels, None] = FFDNetDenoiser(model.to(device), file)
     return DenoiserSet("FFDNet", members)
 
 
@@ -193,17 +198,19 @@ BASELINES = tuple(BASELINE_FACTORIES)
 
 
 def build_baseline(
-    name: str, weights: str | os.PathLike = DEFAULT_WEIGHTS, device: str | torch.device = "cpu"
+    name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
 ) -> Denoiser:
-    """One of :data:`BASELINES`; DnCNN and FFDNet read the reference weights in ``weights``.
+    """One of :data:`BASELINES`; DnCNN and FFDNet read the reference weights in ``weights``
+    (None: :func:`fdn.choices.default_weights`, ``$FDN_WEIGHTS`` or ``../shared/peer-weights``).
 
-    Raises :class:`fdn.baselines.MissingExtraError` when an optional package is missing and
-    :class:`fdn.ModelFileError` when a weight file is missing or malformed.
+    Raises :class:`fdn.baselines.MissingExtraError` when an optional package is missing,
+    :class:`fdn.baselines.MissingWeightsError` (a :class:`fdn.ModelFileError`) when a weight
+    file is missing and :class:`fdn.ModelFileError` when one is malformed.
     """
     factory = BASELINE_FACTORIES.get(name)
     if factory is None:
         raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
-    return factory(Path(weights), device)
+    return factory(weights_folder(weights), device)
 
 
 # Model files

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from fdn._version import __version__
 from fdn.baselines import MissingExtraError
-from fdn.choices import DEFAULT_SIGMAS, DEFAULT_WEIGHTS
+from fdn.choices import DEFAULT_SIGMAS
 from fdn.data import DataError, find_pairs, list_images
 from fdn.denoisers import (
     BASELINES,
@@ -44,7 +44,6 @@ from fdn.metrics import psnr, ssim
 from fdn.noise import AWGN, Noise
 from fdn.reports import Summary, markdown_table, summarize, write_results
 from fdn.runtime import resolve_device
-from fdn.serialization import ModelFileError
 
 __all__ = [
     "BASELINES",
@@ -347,7 +346,7 @@ def run_eval(
     models: Sequence[str] = (),
     baselines: Sequence[str] = (),
     *,
-    weights: str | os.PathLike = DEFAULT_WEIGHTS,
+    weights: str | os.PathLike | None = None,
     sigmas: Sequence[float] | None = None,
     paired: bool = False,
     out: str | os.PathLike | None = None,
@@ -365,7 +364,8 @@ def run_eval(
         models: model files as ``[NAME[@SIGMA]=]PATH``; files with the same NAME form one
             column, @SIGMA marks a model for that noise level only.
         baselines: names from :data:`BASELINES`.
-        weights: the reference weights folder for dncnn, dncnn-b and ffdnet.
+        weights: the reference weights folder for dncnn, dncnn-b and ffdnet (None:
+            :func:`fdn.choices.default_weights`, ``$FDN_WEIGHTS`` or ../shared/peer-weights).
         sigmas: noise levels (None: 15, 25, 50; with ``paired``, none).
         paired: real noise: noisy/clean pairs instead of clean images.
         out: a folder for ``table.md``, ``results.csv`` and ``results.json``.
@@ -374,15 +374,17 @@ def run_eval(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (:func:`fdn.runtime.resolve_device`)
             or a :class:`torch.device`.
 
-    Returns 0 when every method ran on every image, 1 when something failed. Baselines
-    whose optional package or weights are missing are skipped with a message on stderr.
+    Returns 0 when every method ran on every image, 1 when something failed. A baseline
+    whose optional package (BM3D, NLM) is missing is skipped with a message on stderr; a
+    missing or unreadable weight file raises :class:`fdn.ModelFileError` before anything
+    runs (:class:`fdn.baselines.MissingWeightsError` says how to point at the folder).
     """
     device = resolve_device(device)
     denoisers: list[Denoiser] = []
     for name in baselines:
         try:
             denoisers.append(build_baseline(name, weights, device))
-        except (MissingExtraError, ModelFileError) as error:
+        except MissingExtraError as error:
             print(f"fdn eval: skipping {name}: {error}", file=sys.stderr)
     denoisers += models_from_specs(models, device)
     if not denoisers:

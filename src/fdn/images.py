@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fdn._version import DISTRIBUTION
 from fdn.atomic import atomic_write
 
 __all__ = [
@@ -473,7 +474,7 @@ def _import_tifffile(path: Path):  # noqa: ANN202 - a module
         import tifffile
     except ImportError:
         raise ImageFileError(
-            path, "16-bit TIFF needs the tifffile package: pip install 'fdn[tiff]'"
+            path, f"16-bit TIFF needs the tifffile package: pip install '{DISTRIBUTION}[tiff]'"
         ) from None
     return tifffile
 

@@ -1,4 +1,5 @@
-r"""What a model is: its size, its cost and the layout of its latent."""
+r"""What a model is: its size, its cost, the layout of its latent and, for a bundled model,
+how it was trained and how well it does (``fdn info``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,39 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fdn.model import FDN
+from fdn.pretrained import DEFAULT_MODELS, available_models, model_record, resolve_model
 
-__all__ = ["count_parameters", "denoise_flops", "model_info"]
+__all__ = [
+    "PAPER",
+    "RECIPES",
+    "choose_model",
+    "count_parameters",
+    "denoise_flops",
+    "describe",
+    "info_lines",
+    "model_info",
+    "training_record",
+]
+
+PAPER = "FDN() (the paper's configuration, untrained)"
+
+# The config each bundled model is trained with, relative to the source tree (not installed).
+RECIPES = {
+    "fdn-color-blind": "configs/bundled_color_blind.toml",
+    "fdn-grey-blind": "configs/bundled_grey_blind.toml",
+}
+
+
+def choose_model(spec: str | None = None, paper: bool = False) -> tuple[FDN, str]:
+    """The model that ``fdn info`` and ``fdn bench`` describe, with a label that names it: the
+    bundled colour model by default, else a bundled name or model file ``spec``, or with
+    ``paper`` the paper's configuration (``FDN()``, untrained)."""
+    if paper:
+        return FDN(), PAPER
+    model = resolve_model(spec, 3)
+    if spec is None:
+        return model, f"{DEFAULT_MODELS[3]} (bundled, the default)"
+    return model, f"{spec} (bundled)" if spec in available_models() else spec
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -55,3 +87,104 @@ def model_info(model: FDN, height: int = 256, width: int = 256) -> dict:
         "z_c_channels": [0, clean],
         "z_n_channels": [clean, config.latent_channels],
     }
+
+
+def training_record(name: str) -> dict:
+    """How bundled model ``name`` was trained and how well it does (from ``models.json``)."""
+    record = model_record(name)
+    return {
+        "cumulative": record["cumulative"],  # iterations, patches, CPU and GPU hours
+        "last_stage": record["training"],
+        "holdout_images": record["holdout"]["images"],
+        "holdout_psnr_db": record["holdout"]["psnr_db"],
+        "holdout_sigmas": record["holdout"]["sigmas"],
+        "test_psnr_db": record.get("psnr_db", {}),
+        "recipe": RECIPES.get(name),
+    }
+
+
+def describe(
+    spec: str | None = None, paper: bool = False, height: int = 256, width: int = 256
+) -> dict:
+    """What ``fdn info`` reports (see :func:`choose_model`): :func:`model_info`, and for a
+    bundled model its :func:`training_record`; by default, the other bundled models in brief."""
+    model, label = choose_model(spec, paper)
+    info = {"model": label, **model_info(model, height, width)}
+    name = None if paper else spec or DEFAULT_MODELS[3]
+    if name in available_models():
+        info["training"] = training_record(name)
+    if spec is None and not paper:
+        info["also_bundled"] = {
+            other: _brief(other) for other in available_models() if other != name
+        }
+    return info
+
+
+def _brief(name: str) -> dict:
+    model = resolve_model(name, 3)
+    return {
+        "config": model.config.to_dict(),
+        "parameters": count_parameters(model),
+        "training": training_record(name),
+    }
+
+
+def _scores(psnr: dict[str, float]) -> str:
+    """``{"sigma15": 32.89, ...}`` as ``sigma 15/25/50: 32.89 / 30.44 / 27.33 dB``."""
+    sigmas = "/".join(key.removeprefix("sigma") for key in psnr)
+    return f"sigma {sigmas}: {' / '.join(f'{value:.2f}' for value in psnr.values())} dB"
+
+
+def info_lines(info: dict) -> list[str]:
+    """:func:`describe`'s report as the lines ``fdn info`` prints."""
+    config = info["config"]
+    height, width = info["image_size"]
+    latent = "x".join(str(n) for n in info["latent_shape"])
+    lines = [
+        f"model            {info['model']}",
+        f"architecture     {config['num_blocks']} DownScale Flow Blocks x "
+        f"{config['steps_per_block']} Steps of Flow, Dense Blocks gc={config['hidden_channels']}",
+        f"image channels   {config['in_channels']}",
+        f"parameters       {info['parameters']:,}",
+        f"cost             {info['denoise_gflops']:.2f} GFLOPs (MACs) per {height}x{width} "
+        "denoise",
+        f"latent           {latent}",
+        f"z_C (clean)      channels {info['z_c_channels'][0]}-{info['z_c_channels'][1] - 1}",
+        f"z_N (noise)      channels {info['z_n_channels'][0]}-{info['z_n_channels'][1] - 1}"
+        " (set to 0 to denoise)",
+    ]
+    if "training" in info:
+        record = info["training"]
+        total, stage = record["cumulative"], record["last_stage"]
+        hours = f"{total['cpu_hours']} CPU hours"
+        if total.get("gpu_hours"):
+            hours += f" + {total['gpu_hours']} GPU hours"
+        lines += [
+            f"trained          {total['iterations']:,} iterations, "
+            f"{total.get('patches', 0):,} patches, {hours}",
+            f"last stage       {stage['iterations']:,} iterations, batch {stage['batch_size']}, "
+            f"{stage['patch_size']}x{stage['patch_size']} patches of {stage['data']}",
+            f"held back        {record['holdout_psnr_db']:.2f} dB mean PSNR at sigma "
+            f"{'/'.join(f'{sigma:g}' for sigma in record['holdout_sigmas'])} "
+            f"({record['holdout_images']}, never trained on)",
+        ]
+        lines += [
+            f"test PSNR        {name} {_scores(psnr)}"
+            for name, psnr in record["test_psnr_db"].items()
+        ]
+        if record["recipe"]:
+            lines.append(
+                f"recipe           {record['recipe']} (each stage's exact config: "
+                "models.json, stage_config)"
+            )
+    for name, brief in info.get("also_bundled", {}).items():
+        config, total = brief["config"], brief["training"]["cumulative"]
+        lines += [
+            f"also bundled     {name}: {config['in_channels']} channel(s), "
+            f"{config['num_blocks']} x {config['steps_per_block']} steps, "
+            f"gc={config['hidden_channels']}, {brief['parameters']:,} parameters, "
+            f"{total['iterations']:,} iterations, held back "
+            f"{brief['training']['holdout_psnr_db']:.2f} dB",
+            f"                 recipe {brief['training']['recipe']}; fdn info --model {name}",
+        ]
+    return lines

@@ -10,6 +10,7 @@ from fdn.baselines.dncnn import (
     save_dncnn,
 )
 from fdn.baselines.ffdnet import FFDNet, FFDNetDenoiser, load_peer_ffdnet
+from fdn.baselines.weights import MissingWeightsError
 
 __all__ = [
     "BM3D",
@@ -19,6 +20,7 @@ __all__ = [
     "FFDNet",
     "FFDNetDenoiser",
     "MissingExtraError",
+    "MissingWeightsError",
     "NonLocalMeans",
     "load_dncnn",
     "load_peer_dncnn",

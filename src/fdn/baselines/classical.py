@@ -1,6 +1,6 @@
 r"""Classical non-blind baselines: BM3D (``bm3d`` package) and non-local means (scikit-image).
 
-Both come from optional packages (``pip install 'fdn[baselines]'``), imported when a
+Both come from optional packages (``pip install 'fdn-denoise[baselines]'``), imported when a
 denoiser is built; without them the constructor raises :class:`MissingExtraError`, whose
 message says what to install. Both receive the noisy image as float64, unclipped, like the
 networks, with sigma converted to the [0, 1] intensity scale; their outputs are clamped to
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fdn._version import DISTRIBUTION
+
 __all__ = ["BM3D", "MissingExtraError", "NonLocalMeans"]
 
 
@@ -36,7 +38,7 @@ def _require(module: str, package: str, method: str) -> ModuleType:
     except ImportError:
         raise MissingExtraError(
             f"{method} needs the {package!r} package, which is not installed: "
-            f"pip install 'fdn[baselines]' (or pip install {package})"
+            f"pip install '{DISTRIBUTION}[baselines]' (or pip install {package})"
         ) from None
 
 

@@ -1,0 +1,73 @@
+"""``fdn info`` describes the bundled model by default, and the paper's FDN with --paper."""
+
+import json
+
+import pytest
+
+import fdn
+from fdn.cli import main
+from fdn.pretrained import model_record
+
+
+def _parameters(model: fdn.FDN) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_info_describes_the_bundled_colour_model(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["model", "fdn-color-blind", "(bundled,", "the", "default)"]
+    bundled = _parameters(fdn.load_model("fdn-color-blind"))
+    assert f"parameters       {bundled:,}" in lines
+    assert "2 DownScale Flow Blocks x 4 Steps of Flow, Dense Blocks gc=16" in out
+    record = model_record("fdn-color-blind")
+    assert f"{record['cumulative']['iterations']:,} iterations" in out
+    assert f"{record['holdout']['psnr_db']:.2f} dB" in out
+    assert "CBSD68 sigma 15/25/50: 32.89 / 30.44 / 27.33 dB" in out
+    assert "configs/bundled_color_blind.toml" in out
+    # The grey model, briefly.
+    grey = _parameters(fdn.load_model("fdn-grey-blind"))
+    assert "fdn-grey-blind" in out and f"{grey:,} parameters" in out
+    assert "configs/bundled_grey_blind.toml" in out
+    assert "4,375,680" not in out
+
+
+def test_info_json_of_the_bundled_model(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == "fdn-color-blind (bundled, the default)"
+    assert info["parameters"] == _parameters(fdn.load_model("fdn-color-blind"))
+    record = model_record("fdn-color-blind")
+    assert info["training"]["cumulative"] == record["cumulative"]
+    assert info["training"]["holdout_psnr_db"] == record["holdout"]["psnr_db"]
+    assert info["training"]["recipe"] == "configs/bundled_color_blind.toml"
+    assert info["also_bundled"]["fdn-grey-blind"]["parameters"] == _parameters(
+        fdn.load_model("fdn-grey-blind")
+    )
+
+
+def test_info_paper_describes_the_paper_configuration(capsys):
+    assert main(["info", "--paper"]) == 0
+    out = capsys.readouterr().out
+    assert "paper" in out.splitlines()[0]
+    assert "parameters       4,375,680" in out.splitlines()
+    assert "2 DownScale Flow Blocks x 8 Steps of Flow, Dense Blocks gc=32" in out
+    assert "fdn-color-blind" not in out
+
+
+def test_info_of_a_named_bundled_model(capsys):
+    assert main(["info", "--model", "fdn-grey-blind"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:2] == ["model", "fdn-grey-blind"]
+    grey = _parameters(fdn.load_model("fdn-grey-blind"))
+    assert f"parameters       {grey:,}" in out.splitlines()
+    assert "configs/bundled_grey_blind.toml" in out
+    assert "BSD68 sigma 15/25/50: 30.16 / 28.06 / 25.47 dB" in out
+
+
+def test_info_model_and_paper_exclude_each_other(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["info", "--paper", "--model", "fdn-grey-blind"])
+    assert exited.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
