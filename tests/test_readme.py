@@ -56,6 +56,10 @@ def test_every_install_line_names_the_distribution_not_the_taken_fdn():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == DISTRIBUTION == "fdn-denoise"
+    # An extra that names the taken distribution (dev = ["fdn[test]"]) installs that project.
+    requirements = [r for extra in project["optional-dependencies"].values() for r in extra]
+    requirements += project["dependencies"]
+    assert not [r for r in requirements if re.match(r"fdn\b(?!-denoise)", r)]
     files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "src").rglob("*.py")]
     wrong = re.compile(r"pip install[^\n`]*?['\" ]fdn(\[|['\" `]|$)", re.MULTILINE)
     offenders = [
