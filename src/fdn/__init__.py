@@ -14,6 +14,7 @@ from fdn._version import __version__
 if TYPE_CHECKING:
     from fdn.denoising import denoise_image
     from fdn.model import FDN, FDNConfig
+    from fdn.noise_level import estimate_noise
     from fdn.runtime import tune_allocator
     from fdn.serialization import ModelFileError, load_model, save_model
 
@@ -23,6 +24,7 @@ _LAZY = {
     "FDNConfig": "fdn.model",
     "ModelFileError": "fdn.serialization",
     "denoise_image": "fdn.denoising",
+    "estimate_noise": "fdn.noise_level",
     "load_model": "fdn.serialization",
     "save_model": "fdn.serialization",
     "tune_allocator": "fdn.runtime",
@@ -34,6 +36,7 @@ __all__ = [
     "ModelFileError",
     "__version__",
     "denoise_image",
+    "estimate_noise",
     "load_model",
     "save_model",
     "tune_allocator",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from fdn.choices import check_strength
 from fdn.denoising import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_OVERLAP,
@@ -119,6 +120,7 @@ def denoise_files(
     report: Callable[[str], None] = print,
     ensemble: bool = False,
     precision: str = "fp32",
+    strength: float = 1.0,
 ) -> BatchResult:
     """Denoises each job's file into its target; a bad file is reported and skipped.
 
@@ -131,7 +133,11 @@ def denoise_files(
 
     ``report`` receives one line per problem or notice (it should not break a progress bar:
     the CLI passes ``tqdm.write``).
+
+    ``strength`` is :meth:`FDN.denoise`'s; a value outside [0, 2] stops the batch before it
+    starts rather than failing every file.
     """
+    check_strength(strength)
     result = BatchResult(0, 0)
     bar = tqdm(jobs, desc="denoising", unit="image", disable=not progress)
     for job in bar:
@@ -152,7 +158,15 @@ def denoise_files(
                 )
             chosen = model if isinstance(model, FDN) else model(image.pixels.shape[2])
             denoised = denoise_image(
-                image.pixels, chosen, tile, overlap, max_pixels, progress, ensemble, precision
+                image.pixels,
+                chosen,
+                tile,
+                overlap,
+                max_pixels,
+                progress,
+                ensemble,
+                precision,
+                strength,
             )
             write_image(job.target, image, denoised)
         except Exception as error:  # noqa: BLE001 - whatever one file does, the batch goes on

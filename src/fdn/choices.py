@@ -13,11 +13,15 @@ from pathlib import Path
 
 __all__ = [
     "BASELINES",
+    "DEFAULT_NOISE_ESTIMATOR",
     "DEFAULT_SIGMAS",
     "DEVICE_NAMES",
+    "NOISE_ESTIMATORS",
     "PRECISIONS",
+    "STRENGTHS",
     "WEIGHTS_ENV",
     "check_device_name",
+    "check_strength",
     "default_weights",
 ]
 
@@ -32,10 +36,20 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 # it slower, not faster.
 PRECISIONS = ("fp32", "bf16")
 
+# FDN.denoise's strength: 0 leaves the input, 1 zeroes the noise latent z_N (the model's
+# estimate), and above 1 a sigma hint: the mean of four strength-1 denoises of the input plus
+# seeded white noise of 30 * (strength - 1) grey levels (fdn.model.hint_sigma).
+STRENGTHS = (0.0, 2.0)
+
 # fdn eval's and fdn compare's baselines: the keys of fdn.denoisers.BASELINE_FACTORIES
 # (tests/test_denoisers.py keeps them equal).
 BASELINES = ("bm3d", "nlm", "dncnn", "dncnn-b", "ffdnet")
 DEFAULT_SIGMAS = (15.0, 25.0, 50.0)
+
+# fdn.estimate_noise's methods (fdn.noise_level), and the one fdn estimate-noise and
+# --sigma auto use: the smallest mean error over CBSD68 and BSD68 (docs/noise-estimation.md).
+NOISE_ESTIMATORS = ("mad", "pca", "flow")
+DEFAULT_NOISE_ESTIMATOR = "flow"
 
 # The reference weights of dncnn, dncnn-b and ffdnet (docs/evaluation.md says where each file
 # is published): --weights DIR, else this variable, else ../shared/peer-weights beside the
@@ -69,3 +83,19 @@ def check_device_name(name: str) -> str:
     if not isinstance(name, str) or not _DEVICE.fullmatch(name):
         raise ValueError(f"{name!r} is not {DEVICE_NAMES}")
     return name
+
+
+def check_strength(strength: float) -> float:
+    """Returns ``strength`` as a float if it lies in :data:`STRENGTHS`; else ValueError.
+
+    >>> check_strength(1.5)
+    1.5
+    >>> check_strength(float("nan"))
+    Traceback (most recent call last):
+    ValueError: strength must be in [0, 2], got nan
+    """
+    low, high = STRENGTHS
+    value = float(strength)
+    if not low <= value <= high:  # NaN fails both comparisons
+        raise ValueError(f"strength must be in [{low:g}, {high:g}], got {strength!r}")
+    return value

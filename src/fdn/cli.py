@@ -20,7 +20,15 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from fdn._version import __version__
-from fdn.choices import BASELINES, PRECISIONS, WEIGHTS_ENV, check_device_name
+from fdn.choices import (
+    BASELINES,
+    DEFAULT_NOISE_ESTIMATOR,
+    NOISE_ESTIMATORS,
+    PRECISIONS,
+    WEIGHTS_ENV,
+    check_device_name,
+    check_strength,
+)
 
 if TYPE_CHECKING:
     from fdn.model import FDN
@@ -78,6 +86,29 @@ def _sigma(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"sigma must be >= 0, got {text!r}")
     return value
+
+
+def _strength(text: str) -> float:
+    """An argparse type: a denoising strength in [0, 2] (:func:`fdn.choices.check_strength`)."""
+    try:
+        return check_strength(float(text))
+    except ValueError as error:
+        message = str(error) if "strength" in str(error) else f"expected a number, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _sigma_or_auto(text: str) -> float | str:
+    """An argparse type: a sigma, or ``auto`` (non-blind methods are told the estimate)."""
+    return "auto" if text.strip().lower() == "auto" else _sigma(text)
+
+
+def _split_auto(values: Sequence[float | str] | None) -> tuple[list[float] | None, str | None]:
+    """``--sigma`` values as (the noise levels, None if none given; the estimator, or None
+    without ``auto``)."""
+    if not values:
+        return None, None
+    levels = [float(v) for v in values if v != "auto"]
+    return levels or None, DEFAULT_NOISE_ESTIMATOR if "auto" in values else None
 
 
 def _add_device_option(parser: argparse.ArgumentParser, default: str = "auto") -> None:
@@ -190,6 +221,7 @@ def _denoise(args: argparse.Namespace) -> int:
         report=report,
         ensemble=args.ensemble,
         precision=args.precision,
+        strength=args.strength,
     )
     summary = f"{result.denoised} denoised, {result.failed} failed -> {args.output}"
     print(summary, file=sys.stderr if result.failed else sys.stdout)
@@ -344,19 +376,44 @@ def _bench(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from fdn.evaluation import run_eval
 
-    return run_eval(**{**command_options(args), "progress": _progress(args)})
+    sigmas, estimator = _split_auto(args.sigmas)
+    options = {**command_options(args), "sigmas": sigmas, "estimator": estimator}
+    return run_eval(**{**options, "progress": _progress(args)})
 
 
 def _compare(args: argparse.Namespace) -> int:
     from fdn.compare import build_methods, compare
     from fdn.runtime import resolve_device
 
+    levels, estimator = _split_auto(args.sigma)
+    if levels is not None and len(levels) > 1:
+        raise CommandError(f"--sigma: one noise level (and auto), got {len(levels)}")
+    sigma = levels[0] if levels else 50.0
     methods = build_methods(args.methods, args.weights, resolve_device(args.device))
-    figure, scores = compare(args.image, methods, args.sigma, args.out, args.inset)
+    figure, scores = compare(args.image, methods, sigma, args.out, args.inset, estimator=estimator)
     for label, score in scores:
         print(f"{label:24s} {score:6.2f} dB")
     print(f"figure: {figure}")
     return 0
+
+
+def _estimate_noise(args: argparse.Namespace) -> int:
+    from fdn.noise_level import estimate_files
+    from fdn.runtime import resolve_device
+
+    def report(line: str) -> None:
+        print(f"fdn estimate-noise: {line}", file=sys.stderr)
+
+    rows, failed = estimate_files(args.inputs, args.methods, resolve_device(args.device), report)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        width = max([len("file"), *(len(row["file"]) for row in rows)])
+        print(f"{'file':{width}s}" + "".join(f" {m:>7s}" for m in args.methods))
+        for row in rows:
+            values = "".join(f" {row['sigma'][m]:7.2f}" for m in args.methods)
+            print(f"{row['file']:{width}s}{values}")
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,6 +499,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="x8 self-ensemble: average over flips and rotations (8x slower, often better)",
     )
+    denoise.add_argument(
+        "--strength",
+        type=_strength,
+        default=1.0,
+        metavar="S",
+        help="0 leaves the input, 1 the model's estimate (default), up to 2 for stronger "
+        "denoising: a noise hint (adds noise of sigma 30*(S-1) and averages 4 denoises, "
+        "4x slower)",
+    )
     _add_precision_option(denoise, "the convolutions")
     denoise.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     _add_progress_option(denoise)
@@ -482,10 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--sigma",
         dest="sigmas",
         nargs="+",
-        type=_sigma,
+        type=_sigma_or_auto,
         metavar="S",
         help="AWGN levels on the 0-255 scale (default: 15 25 50; with --paired: none, or the "
-        "levels non-blind methods are told)",
+        "levels non-blind methods are told); add 'auto' to tell non-blind methods each noisy "
+        f"image's estimated sigma (fdn estimate-noise's {DEFAULT_NOISE_ESTIMATOR}) instead",
     )
     evaluate.add_argument(
         "--paired",
@@ -528,10 +595,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--sigma",
-        type=_sigma,
-        default=50.0,
+        nargs="+",
+        type=_sigma_or_auto,
         metavar="S",
-        help="AWGN level on the 0-255 scale (default: 50)",
+        help="AWGN level on the 0-255 scale (default: 50); add 'auto' to tell non-blind "
+        f"methods the noisy image's estimated sigma ({DEFAULT_NOISE_ESTIMATOR}) instead",
     )
     compare.add_argument("--out", required=True, metavar="PNG", help="the PNG to write")
     compare.add_argument(
@@ -544,6 +612,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights_option(compare)
     _add_device_option(compare)
     compare.set_defaults(run=_compare)
+
+    estimate = commands.add_parser(
+        "estimate-noise",
+        help="estimate the noise level (AWGN sigma, 0-255) of images",
+        description=(
+            "Estimate the standard deviation of each image's additive white Gaussian noise on "
+            "the 0-255 scale, and print a table (or JSON). A file that cannot be read is "
+            "reported on one line and the others go on; the exit status is then 1."
+        ),
+    )
+    estimate.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="files, folders or globs"
+    )
+    estimate.add_argument(
+        "--method",
+        dest="methods",
+        nargs="+",
+        choices=NOISE_ESTIMATORS,
+        default=[DEFAULT_NOISE_ESTIMATOR],
+        help="one or more estimators, one column each: flow (the bundled blind model's "
+        "residual, calibrated), pca (patch covariance), mad (wavelet median) (default: "
+        f"{DEFAULT_NOISE_ESTIMATOR})",
+    )
+    estimate.add_argument(
+        "--json", action="store_true", help="print JSON: [{file, sigma: {method: value}}]"
+    )
+    _add_device_option(estimate)
+    estimate.set_defaults(run=_estimate_noise)
 
     demo = commands.add_parser(
         "demo",

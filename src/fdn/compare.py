@@ -77,8 +77,13 @@ def compare(
     inset: tuple[int, int] | None = None,
     inset_size: int | None = None,
     seed: int = 0,
+    estimator: str | None = None,
 ) -> tuple[Path, list[tuple[str, float]]]:
     """Writes the comparison strip to ``out``; returns it and (label, PSNR) per panel.
+
+    With ``estimator`` (``--sigma auto``), non-blind methods are told the noisy image's sigma
+    as :func:`fdn.estimate_noise` estimates it with that method, not ``sigma``, and their
+    labels say what they were told.
 
     ``out``'s folder must exist: it is one file, and a mistyped folder would otherwise be
     created without a word (``fdn denoise -o`` names a folder to create; ``--out`` does not).
@@ -97,18 +102,30 @@ def compare(
     noise = synthetic_noise(sigma)  # the noise fdn eval adds, seeded by the file's name
     noisy = noise.sample(clean, noise.seed_for(Path(clean_path).name, seed))
     channels = clean.shape[1]
+    told = sigma
+    if estimator is not None:
+        from fdn.noise_level import estimate_noise_tensor
+
+        told = estimate_noise_tensor(noisy, estimator)
     results = []
     for method in methods:
-        reason = method.supports(channels, None if method.blind else sigma)
+        reason = method.supports(channels, None if method.blind else told)
         if reason:
             raise ValueError(f"{method.name}: {reason}")
         with torch.no_grad():
-            results.append(method.denoise(noisy, None if method.blind else sigma).clamp(0, 1))
+            results.append(method.denoise(noisy, None if method.blind else told).clamp(0, 1))
     height, width = clean.shape[-2:]
     size = inset_size or max(16, min(height, width) // 5)
     top, left = inset if inset is not None else pick_inset(results, size)
     panels = [("clean", clean, None), (f"noisy (sigma {sigma:g})", noisy, psnr(noisy, clean))]
-    panels += [(m.name, r, psnr(r, clean)) for m, r in zip(methods, results, strict=True)]
+    panels += [
+        (
+            m.name if m.blind or estimator is None else f"{m.name} (told {told:.1f})",
+            r,
+            psnr(r, clean),
+        )
+        for m, r in zip(methods, results, strict=True)
+    ]
     labelled = []
     scores = []
     for label, image, score in panels:

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fdn.choices import PRECISIONS
+from fdn.choices import PRECISIONS, check_strength
 from fdn.images import to_unit_float
-from fdn.model import FDN
+from fdn.model import FDN, HINT_DRAWS, hint_noise, hint_sigma
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -95,24 +95,44 @@ def denoise_tensor(
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
     ensemble: bool = False,
+    strength: float = 1.0,
 ) -> Tensor:
     """Denoises a ``(C, H, W)`` float image in [0, 1] whose C matches the model.
 
     With ``tile``, the image is denoised in ``tile x tile`` pieces that overlap by ``overlap``
     pixels and are blended with linear (feathered) weights, so memory is bounded by the tile.
     With ``ensemble``, the result is the x8 self-ensemble (eight times the work).
+    ``strength`` is :meth:`FDN.denoise`'s. Above 1 (a sigma hint: four denoises) each of its
+    seeded noise draws is added to the whole image before it is tiled, so that tiled and
+    untiled results agree as they do at strength 1.
     """
     if ensemble:
         from fdn.ensemble import self_ensemble
 
-        return self_ensemble(lambda x: denoise_tensor(x, model, tile, overlap, progress), image)
+        return self_ensemble(
+            lambda x: denoise_tensor(x, model, tile, overlap, progress, strength=strength), image
+        )
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     channels, height, width = image.shape
     if tile is None or (height <= tile and width <= tile):
-        return model.denoise(image[None].to(device, dtype))[0].to(image.dtype).cpu()
+        return model.denoise(image[None].to(device, dtype), strength)[0].to(image.dtype).cpu()
     if overlap < 0 or tile < 2 * overlap + 4:
         raise ValueError(f"tile {tile} must exceed twice the overlap {overlap} plus 4")
+    strength = check_strength(strength)
+    if strength > 1:
+        sigma = hint_sigma(strength)
+        draws = (
+            denoise_tensor(
+                image + sigma * hint_noise((1, *image.shape), k)[0].to(image.dtype),
+                model,
+                tile,
+                overlap,
+                progress,
+            )
+            for k in range(HINT_DRAWS)
+        )
+        return torch.stack(list(draws)).mean(0)
     multiple = model.config.size_multiple
     out = np.zeros((channels, height, width), dtype=np.float64)
     total = np.zeros((height, width), dtype=np.float64)
@@ -121,7 +141,7 @@ def denoise_tensor(
         tiles, desc="tiles", unit="tile", leave=False, disable=not progress
     ):
         piece = image[:, rows, cols][None].to(device, dtype)
-        denoised = model.denoise(piece)[0].double().cpu().numpy()
+        denoised = model.denoise(piece, strength)[0].double().cpu().numpy()
         out[:, rows, cols] += denoised * weight
         total[rows, cols] += weight
     return torch.from_numpy(out / total).to(image.dtype)
@@ -176,6 +196,7 @@ def denoise_image(
     progress: bool = False,
     ensemble: bool = False,
     precision: str = "fp32",
+    strength: float = 1.0,
 ) -> np.ndarray:
     r"""Denoises a numpy image and returns one of the same shape and dtype.
 
@@ -193,6 +214,9 @@ def denoise_image(
         ensemble: average the denoised eight flips and rotations (x8 self-ensemble).
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 convolutions
             (see :data:`fdn.choices.PRECISIONS`).
+        strength: how much noise to remove, in [0, 2] (:meth:`FDN.denoise`): 0 returns the
+            image, 1 (the default) the model's estimate, above 1 adds a noise hint that
+            smooths more (four denoises).
 
     A grey image through a colour model is replicated to RGB, denoised, and averaged back to
     grey; a colour image through a grey model is denoised one channel at a time.
@@ -204,6 +228,7 @@ def denoise_image(
         >>> out.shape, out.dtype
         ((5, 7, 3), dtype('uint8'))
     """
+    strength = check_strength(strength)
     array = np.asarray(image)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4)):
         raise ValueError(f"expected an (H, W) or (H, W, C) image with C <= 4, got {array.shape}")
@@ -222,21 +247,17 @@ def denoise_image(
     tile = effective_tile(height, width, tile, max_pixels)
     model_channels = model.config.in_channels
     channels = unit.shape[0]
+
+    def run(pixels: Tensor) -> Tensor:
+        return denoise_tensor(pixels, model, tile, overlap, progress, ensemble, strength)
+
     with precision_context(precision, next(model.parameters()).device):
         if channels == model_channels:
-            denoised = denoise_tensor(unit, model, tile, overlap, progress, ensemble)
+            denoised = run(unit)
         elif channels == 1 and model_channels == 3:
-            denoised = denoise_tensor(
-                unit.expand(3, -1, -1), model, tile, overlap, progress, ensemble
-            )
-            denoised = denoised.mean(dim=0, keepdim=True)
+            denoised = run(unit.expand(3, -1, -1)).mean(dim=0, keepdim=True)
         elif model_channels == 1:
-            denoised = torch.cat(
-                [
-                    denoise_tensor(unit[c : c + 1], model, tile, overlap, progress, ensemble)
-                    for c in range(channels)
-                ]
-            )
+            denoised = torch.cat([run(unit[c : c + 1]) for c in range(channels)])
         else:
             raise ValueError(
                 f"cannot denoise a {channels}-channel image with a {model_channels}-channel model"

@@ -167,6 +167,7 @@ class Result:
     ssim: float
     seconds: float
     noise: str = ""  # the noise's describe() ("awgn-25"), "real" for pairs: see noise_name
+    told: float | None = None  # the sigma the method was told (None: blind, or none given)
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ class Evaluation:
     images: dict[tuple[str, float | None], int] = field(default_factory=dict)
     paired: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    estimator: str | None = None  # with --sigma auto: what estimated the sigma methods are told
 
 
 def synthetic_noise(sigma: float) -> Noise:
@@ -244,6 +246,7 @@ def evaluate(
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
     seed: int = 0,
     progress: bool = True,
+    estimator: str | None = None,
 ) -> Evaluation:
     """Runs every denoiser on every image of every data set at every sigma.
 
@@ -261,12 +264,15 @@ def evaluate(
             methods are told (none: they are not applicable).
         seed: base seed of the synthetic noise.
         progress: show a tqdm progress bar on stderr.
+        estimator: None tells non-blind methods the true sigma; a method of
+            :func:`fdn.estimate_noise` (``--sigma auto``) tells them each noisy image's
+            estimated sigma instead, and records it in each result's ``told``.
     """
     names = [denoiser.name for denoiser in denoisers]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be distinct, got {names}")
     conditions = [(d.name, s) for d in datasets for s in _sigma_rows(d, sigmas)]
-    evaluation = Evaluation(methods=names, conditions=conditions)
+    evaluation = Evaluation(methods=names, conditions=conditions, estimator=estimator)
     evaluation.paired = [d.name for d in datasets if d.paired]
     total = sum(len(d.items) * len(_sigma_rows(d, sigmas)) for d in datasets) * len(denoisers)
     bar = tqdm(total=total, unit="run", file=sys.stderr, disable=not progress, leave=False)
@@ -284,6 +290,7 @@ def evaluate(
                 for item in dataset.items:
                     try:
                         noisy, clean = _load_pair(item, sigma, seed)
+                        told = sigma if estimator is None else _estimate(noisy, estimator)
                     except Exception as error:  # noqa: BLE001 - report the image, go on
                         failure = Failure(
                             dataset.name, sigma, None, item.name, _one_line(error), noise
@@ -293,22 +300,31 @@ def evaluate(
                         bar.update(len(denoisers))
                         continue
                     for denoiser in denoisers:
-                        _run_one(denoiser, dataset, sigma, item, noisy, clean, evaluation, report)
+                        pair = (noisy, clean)
+                        _run_one(denoiser, dataset, sigma, told, item, pair, evaluation, report)
                         bar.update(1)
     return evaluation
+
+
+def _estimate(noisy: Tensor, estimator: str) -> float:
+    from fdn.noise_level import estimate_noise_tensor
+
+    return estimate_noise_tensor(noisy, estimator, noisy.device)
 
 
 def _run_one(
     denoiser: Denoiser,
     dataset: Dataset,
     sigma: float | None,
+    told: float | None,
     item: ImageItem,
-    noisy: Tensor,
-    clean: Tensor,
+    pair: tuple[Tensor, Tensor],
     evaluation: Evaluation,
     report: Callable[[str], None],
 ) -> None:
-    given = None if denoiser.blind else sigma
+    # ``sigma`` is the condition (the noise added); ``told`` what non-blind methods are told.
+    noisy, clean = pair
+    given = None if denoiser.blind else told
     key = (dataset.name, sigma, denoiser.name)
     noise = noise_name(sigma, dataset.paired)
     reason = denoiser.supports(clean.shape[1], given)
@@ -334,7 +350,7 @@ def _run_one(
         report(f"{denoiser.name} failed on {dataset.name}/{item.name}: {failure.error}")
         return
     evaluation.results.append(
-        Result(dataset.name, sigma, denoiser.name, item.name, *scores, seconds, noise)
+        Result(dataset.name, sigma, denoiser.name, item.name, *scores, seconds, noise, given)
     )
 
 
@@ -356,6 +372,7 @@ def run_eval(
     ensemble: bool = False,
     precision: str = "fp32",
     progress: bool = True,
+    estimator: str | None = None,
 ) -> int:
     """Runs ``fdn eval``: prints the Markdown table, writes files with ``out``.
 
@@ -373,6 +390,8 @@ def run_eval(
             :func:`find_dataset`, :class:`EnsembleDenoiser` and ``fdn eval``'s options.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (:func:`fdn.runtime.resolve_device`)
             or a :class:`torch.device`.
+        estimator: ``--sigma auto``: non-blind methods are told each noisy image's sigma as
+            this method of :func:`fdn.estimate_noise` estimates it (None: the true sigma).
 
     Returns 0 when every method ran on every image, 1 when something failed. A baseline
     whose optional package (BM3D, NLM) is missing is skipped with a message on stderr; a
@@ -398,12 +417,13 @@ def run_eval(
     if sigmas is None:
         sigmas = [] if paired else DEFAULT_SIGMAS
     with precision_context(precision, device):
-        evaluation = evaluate(denoisers, datasets, sigmas, seed, progress)
+        evaluation = evaluate(denoisers, datasets, sigmas, seed, progress, estimator)
     evaluation.settings = {
         "data": [str(d.root) for d in datasets],
         "images": {d.name: len(d.items) for d in datasets},
         "paired": paired,
         "sigmas": list(sigmas),
+        "sigma_given": "true" if estimator is None else f"auto ({estimator})",
         "seed": seed,
         "limit": limit,
         "methods": [d.name for d in denoisers],

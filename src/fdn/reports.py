@@ -152,6 +152,13 @@ def markdown_table(evaluation: Evaluation) -> str:
         "",
         *timing,
     ]
+    if evaluation.estimator is not None:
+        lines += [
+            "",
+            "Non-blind methods were told each noisy image's estimated sigma (--sigma auto: "
+            f"fdn.estimate_noise, method {evaluation.estimator}), not the true one; the sigma "
+            "column is the noise added.",
+        ]
     if partial:
         lines += ["", "\\* mean over the images that succeeded; see the failures."]
     if evaluation.not_applicable:
@@ -189,7 +196,7 @@ def write_results(evaluation: Evaluation, out: str | os.PathLike) -> list[Path]:
     table.write_text(markdown_table(evaluation))
     rows = out / "results.csv"
     images = [_with_noise(evaluation, asdict(r)) for r in evaluation.results]
-    fields = ["dataset", "sigma", "noise", "method", "image", "psnr", "ssim", "seconds"]
+    fields = ["dataset", "sigma", "noise", "method", "image", "psnr", "ssim", "seconds", "told"]
     with rows.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=fields)
         writer.writeheader()

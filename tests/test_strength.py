@@ -1,0 +1,159 @@
+import copy
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fdn
+from fdn import FDN, denoise_image, save_model
+from fdn.cli import build_parser, main
+from fdn.denoising import denoise_tensor
+from fdn.model import hint_noise
+
+from helpers import randomize
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    # Mild random weights, as in test_denoising: the model changes an image like a denoiser.
+    return randomize(FDN(hidden_channels=8, steps_per_block=2), shape=(4, 3, 16, 16), scale=0.02)
+
+
+@pytest.fixture(scope="module")
+def image():
+    """A float64 batch in [0, 1] whose size is not a multiple of 4, so padding is exercised."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(1, 3, 30, 27, generator=generator, dtype=torch.float64)
+
+
+def test_strength_0_returns_the_input(model, image):
+    assert (model.denoise(image, strength=0) - image).abs().max() < 1e-10
+
+
+def test_strength_1_is_the_default_bit_for_bit(model, image):
+    default = model.denoise(image)
+    assert torch.equal(model.denoise(image, strength=1.0), default)
+    # ... which is today's denoise: decode(disentangle(encode(y))), cropped and clamped.
+    padded = torch.nn.functional.pad(image, (0, 1, 0, 2), mode="reflect")
+    by_hand = model.decode(model.disentangle(model.encode(padded)[0]))[..., :30, :27]
+    assert torch.equal(by_hand.clamp(0, 1), default)
+
+
+def test_strength_2_is_the_mean_of_four_seeded_noise_hints(model, image):
+    by_hand = torch.zeros_like(image)
+    for k in range(4):
+        noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(k))
+        by_hand += model.denoise(image + 30 / 255 * noise.double()) / 4
+    assert torch.allclose(model.denoise(image, strength=2), by_hand, rtol=0, atol=1e-12)
+    # Different draws, and the same on every call.
+    assert not torch.equal(hint_noise(image.shape, 0), hint_noise(image.shape, 1))
+    assert torch.equal(hint_noise(image.shape, 3), hint_noise(image.shape, 3))
+
+
+def test_strength_above_1_draws_the_same_noise_in_any_dtype(model, image):
+    # The noise is drawn in float32 on the CPU before it moves to the image's device and
+    # dtype: a float32 model sees the float64 model's draws.
+    single = copy.deepcopy(model).float().denoise(image.float(), strength=1.5).double()
+    assert (single - model.denoise(image, strength=1.5)).abs().max() < 1e-4
+
+
+def test_strength_above_1_is_continuous_at_1(model, image):
+    once = model.denoise(image)
+    assert (model.denoise(image, strength=1 + 1e-9) - once).abs().max() < 1e-7
+
+
+def test_strength_scales_the_noise_latent(model):
+    z = torch.randn(2, 48, 3, 3, dtype=torch.float64)
+    scaled = model.disentangle(z, strength=0.25)
+    assert torch.equal(scaled[:, :36], z[:, :36])
+    assert torch.allclose(scaled[:, 36:], 0.75 * z[:, 36:])
+    assert torch.equal(model.disentangle(z, strength=1.0), model.disentangle(z))
+
+
+@pytest.mark.parametrize("strength", [-0.1, 2.01, math.nan, math.inf])
+def test_strength_outside_0_2_is_refused(model, image, strength):
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 2\]"):
+        model.denoise(image, strength=strength)
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 2\]"):
+        denoise_image(np.zeros((8, 8, 3), np.uint8), model, strength=strength)
+
+
+def test_distance_from_the_input_grows_with_strength_on_the_bundled_model():
+    bundled = fdn.load_model("fdn-color-blind").double()
+    rng = np.random.default_rng(0)
+    ramp = np.add.outer(np.linspace(0.2, 0.8, 32), np.linspace(0, 0.2, 32))
+    clean = np.stack([ramp, ramp[::-1], 0.5 + 0 * ramp])
+    noisy = torch.from_numpy(np.clip(clean + rng.normal(0, 25 / 255, clean.shape), 0, 1))[None]
+    distances = [
+        (bundled.denoise(noisy, strength=s) - noisy).pow(2).mean().sqrt().item()
+        for s in (0, 0.25, 0.5, 0.75, 1)
+    ]
+    assert distances[0] < 1e-6
+    assert all(a < b for a, b in itertools.pairwise(distances)), distances
+
+
+def high_pass(image: torch.Tensor) -> float:
+    """The standard deviation of the image minus its 3x3 box blur (the grain left)."""
+    blurred = torch.nn.functional.avg_pool2d(image, 3, stride=1)
+    return (image[..., 1:-1, 1:-1] - blurred).std().item()
+
+
+def test_strength_above_1_smooths_more_on_the_bundled_model():
+    bundled = fdn.load_model("fdn-color-blind").double()
+    rng = np.random.default_rng(1)
+    ramp = np.add.outer(np.linspace(0.2, 0.8, 48), np.linspace(0, 0.2, 48))
+    clean = np.stack([ramp, ramp[::-1], 0.5 + 0 * ramp])
+    noisy = torch.from_numpy(np.clip(clean + rng.normal(0, 25 / 255, clean.shape), 0, 1))[None]
+    grain = [high_pass(bundled.denoise(noisy, strength=s)) for s in (1, 1.5, 2)]
+    assert all(a > b for a, b in itertools.pairwise(grain)), grain
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.5])
+def test_tiled_strength_matches_the_whole_image(model, strength):
+    # The bound of test_denoising's tiling test (overlap 32: within half an 8-bit level
+    # everywhere, 1e-4 on average), which a strength must keep.
+    image = torch.rand(3, 120, 136, generator=torch.Generator().manual_seed(0))
+    whole = denoise_tensor(image, model, strength=strength)
+    tiled = denoise_tensor(image, model, tile=72, overlap=32, strength=strength)
+    error = (tiled - whole).abs()
+    assert error.max() < 2e-3 and error.mean() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def model_file(model, tmp_path_factory):
+    return save_model(model.float(), tmp_path_factory.mktemp("model") / "small.safetensors")
+
+
+def test_cli_strength_changes_the_output(tmp_path, model_file):
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "noisy.png")
+    outputs = {}
+    for name, extra in (("default", []), ("half", ["--strength", "0.5"])):
+        argv = ["denoise", str(tmp_path / "noisy.png"), "-o", str(tmp_path / name)]
+        assert main([*argv, "--model", str(model_file), "--quiet", *extra]) == 0
+        outputs[name] = np.asarray(Image.open(tmp_path / name / "noisy.png"))
+    assert not np.array_equal(outputs["half"], outputs["default"])
+    # Half-way: closer to the input than the full estimate is.
+    distance = {k: np.abs(v.astype(int) - pixels).mean() for k, v in outputs.items()}
+    assert distance["half"] < distance["default"]
+
+
+def test_strength_default_and_help(capsys):
+    assert build_parser().parse_args(["denoise", "x.png", "-o", "out"]).strength == 1.0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["denoise", "--help"])
+    assert "4 denoises" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("value", ["3", "nan", "-0.5", "inf", "strong"])
+def test_cli_strength_out_of_range_is_a_one_line_error(tmp_path, value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["denoise", "x.png", "-o", str(tmp_path / "out"), "--strength", value])
+    assert exited.value.code != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "argument --strength" in errors[0], errors
+    assert not (tmp_path / "out").exists()
