@@ -84,7 +84,7 @@ def test_eval_ensemble_denoiser_averages_eight_transforms():
 def test_denoise_image_ensemble_averages_eight_transforms():
     # Breakage: denoise_image(..., ensemble=True) denoises only the image as given.
     model = FDN(hidden_channels=4, steps_per_block=1).eval()
-    model.denoise = add_ramp  # the instance's denoise, not equivariant
+    model.denoise = lambda x, strength=1.0: add_ramp(x)  # the instance's, not equivariant
     image = np.random.default_rng(0).random((6, 10, 3)).astype(np.float32) * 0.5
     got = denoise_image(image, model, ensemble=True)
     expected = ensemble_by_hand(image.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
