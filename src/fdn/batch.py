@@ -20,6 +20,7 @@ from fdn.denoising import (
     effective_tile,
 )
 from fdn.images import EXTENSIONS, ImageFileError, read_image, write_image
+from fdn.likelihood import Likelihood, ood_threshold
 from fdn.model import FDN
 
 __all__ = ["BatchResult", "InputError", "Job", "denoise_files", "plan_jobs"]
@@ -121,6 +122,8 @@ def denoise_files(
     ensemble: bool = False,
     precision: str = "fp32",
     strength: float = 1.0,
+    ood_check: bool = True,
+    likelihood_map: bool = False,
 ) -> BatchResult:
     """Denoises each job's file into its target; a bad file is reported and skipped.
 
@@ -136,6 +139,12 @@ def denoise_files(
 
     ``strength`` is :meth:`FDN.denoise`'s; a value outside [0, 2] stops the batch before it
     starts rather than failing every file.
+
+    With ``ood_check``, an image whose bits/dim under a bundled model is above the model's
+    calibrated threshold (:func:`fdn.likelihood.ood_threshold`: far from its training images)
+    is reported on one line starting ``fdn: warning:``; its output is still written. With
+    ``likelihood_map``, a bits/dim map is written beside each output as ``NAME_bpd.png``
+    and the image's mean bits/dim is reported. Both come from the denoise's own encode.
     """
     check_strength(strength)
     result = BatchResult(0, 0)
@@ -157,6 +166,8 @@ def denoise_files(
                     f"{max_pixels / 1e6:.1f} MP budget, denoising in {DEFAULT_TILE}px tiles"
                 )
             chosen = model if isinstance(model, FDN) else model(image.pixels.shape[2])
+            threshold = ood_threshold(chosen) if ood_check else None
+            likelihood = Likelihood() if threshold is not None or likelihood_map else None
             denoised = denoise_image(
                 image.pixels,
                 chosen,
@@ -167,14 +178,39 @@ def denoise_files(
                 ensemble,
                 precision,
                 strength,
+                likelihood,
             )
             write_image(job.target, image, denoised)
+            if likelihood is not None:
+                size = (height, width)
+                _report_likelihood(job, size, likelihood, threshold, likelihood_map, report)
         except Exception as error:  # noqa: BLE001 - whatever one file does, the batch goes on
             result.failed += 1
             report(f"fdn: error: {_one_line(error, job.source)}")
             continue
         result.denoised += 1
     return result
+
+
+def _report_likelihood(
+    job: Job,
+    size: tuple[int, int],
+    likelihood: Likelihood,
+    threshold: float | None,
+    write_map: bool,
+    report: Callable[[str], None],
+) -> None:
+    if threshold is not None and likelihood.worst > threshold:
+        report(
+            f"fdn: warning: {job.source}: far outside the model's training images "
+            f"({likelihood.worst:.1f} bits/dim, above {threshold:g}): the output may be wrong"
+        )
+    if write_map:
+        from fdn.figures import likelihood_map
+
+        target = job.target.with_name(f"{job.target.stem}_bpd.png")
+        mean = likelihood_map(likelihood, *size, target)
+        report(f"{job.source}: {mean:.2f} bits/dim (mean); map -> {target}")
 
 
 def _one_line(error: Exception, source: Path) -> str:

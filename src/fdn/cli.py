@@ -209,7 +209,7 @@ def _denoise(args: argparse.Namespace) -> int:
     progress = _progress(args) and not args.quiet
 
     def report(line: str) -> None:
-        if line.startswith("fdn: error") or not args.quiet:
+        if line.startswith(("fdn: error", "fdn: warning")) or not args.quiet:
             tqdm.write(line, file=sys.stderr)
 
     result = denoise_files(
@@ -222,6 +222,8 @@ def _denoise(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         precision=args.precision,
         strength=args.strength,
+        ood_check=args.ood_check,
+        likelihood_map=args.likelihood_map,
     )
     summary = f"{result.denoised} denoised, {result.failed} failed -> {args.output}"
     print(summary, file=sys.stderr if result.failed else sys.stdout)
@@ -509,7 +511,22 @@ def build_parser() -> argparse.ArgumentParser:
         "4x slower)",
     )
     _add_precision_option(denoise, "the convolutions")
-    denoise.add_argument("--quiet", action="store_true", help="no progress bar or notices")
+    denoise.add_argument(
+        "--likelihood-map",
+        action="store_true",
+        help="also write NAME_bpd.png beside each output: the image's bits/dim under the "
+        "model per 4x4 block, with a colour scale; and print its mean bits/dim",
+    )
+    denoise.add_argument(
+        "--no-ood-check",
+        dest="ood_check",
+        action="store_false",
+        help="do not warn about images far from the bundled model's training images "
+        "(judged by their bits/dim; the check is free, from the denoise's own encode)",
+    )
+    denoise.add_argument(
+        "--quiet", action="store_true", help="no progress bar or notices (warnings stay)"
+    )
     _add_progress_option(denoise)
     denoise.set_defaults(run=_denoise)
 

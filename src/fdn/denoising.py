@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from fdn.choices import PRECISIONS, check_strength
 from fdn.images import to_unit_float
+from fdn.likelihood import Likelihood, encode_for_likelihood
 from fdn.model import FDN, HINT_DRAWS, hint_noise, hint_sigma
 
 __all__ = [
@@ -96,6 +97,7 @@ def denoise_tensor(
     progress: bool = False,
     ensemble: bool = False,
     strength: float = 1.0,
+    likelihood: Likelihood | None = None,
 ) -> Tensor:
     """Denoises a ``(C, H, W)`` float image in [0, 1] whose C matches the model.
 
@@ -105,21 +107,26 @@ def denoise_tensor(
     ``strength`` is :meth:`FDN.denoise`'s. Above 1 (a sigma hint: four denoises) each of its
     seeded noise draws is added to the whole image before it is tiled, so that tiled and
     untiled results agree as they do at strength 1.
+
+    ``likelihood`` collects the image's bits/dim per pass (tile) and block, from the encode
+    each denoise does anyway; the ensemble and strengths above 1, whose encodes see other
+    images, pay one more encode of the image for it.
     """
+    strength = check_strength(strength)
+    if likelihood is not None and (ensemble or strength > 1):
+        _score(image, model, tile, overlap, likelihood)
+        likelihood = None
     if ensemble:
         from fdn.ensemble import self_ensemble
 
         return self_ensemble(
             lambda x: denoise_tensor(x, model, tile, overlap, progress, strength=strength), image
         )
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     channels, height, width = image.shape
     if tile is None or (height <= tile and width <= tile):
-        return model.denoise(image[None].to(device, dtype), strength)[0].to(image.dtype).cpu()
+        return _denoise_piece(image, model, strength, likelihood, 0, 0).to(image.dtype).cpu()
     if overlap < 0 or tile < 2 * overlap + 4:
         raise ValueError(f"tile {tile} must exceed twice the overlap {overlap} plus 4")
-    strength = check_strength(strength)
     if strength > 1:
         sigma = hint_sigma(strength)
         draws = (
@@ -140,11 +147,47 @@ def denoise_tensor(
     for rows, cols, weight in tqdm(
         tiles, desc="tiles", unit="tile", leave=False, disable=not progress
     ):
-        piece = image[:, rows, cols][None].to(device, dtype)
-        denoised = model.denoise(piece, strength)[0].double().cpu().numpy()
-        out[:, rows, cols] += denoised * weight
+        piece = image[:, rows, cols]
+        denoised = _denoise_piece(piece, model, strength, likelihood, rows.start, cols.start)
+        out[:, rows, cols] += denoised.double().cpu().numpy() * weight
         total[rows, cols] += weight
     return torch.from_numpy(out / total).to(image.dtype)
+
+
+def _denoise_piece(
+    piece: Tensor,
+    model: FDN,
+    strength: float,
+    likelihood: Likelihood | None,
+    top: int,
+    left: int,
+) -> Tensor:
+    """One ``(C, h, w)`` image or tile through ``model.denoise``, on the model's device; its
+    likelihood into ``likelihood`` (at pixel ``top, left``) from the same encode."""
+    parameter = next(model.parameters())
+    batch = piece[None].to(parameter.device, parameter.dtype)
+    if likelihood is None:
+        return model.denoise(batch, strength)[0]
+    denoised, z, logdet = model.denoise_with_latent(batch, strength)
+    likelihood.add(z, logdet, top, left, model.config.size_multiple)
+    return denoised[0]
+
+
+def _score(
+    image: Tensor, model: FDN, tile: int | None, overlap: int, likelihood: Likelihood
+) -> None:
+    """The likelihood of ``image`` alone, tile by tile as the denoise would cut it."""
+    parameter = next(model.parameters())
+    height, width = image.shape[1:]
+    multiple = model.config.size_multiple
+    if tile is None or (height <= tile and width <= tile):
+        spans = [(slice(0, height), slice(0, width))]
+    else:
+        spans = [(rows, cols) for rows, cols, _ in _tiles(height, width, tile, overlap, multiple)]
+    for rows, cols in spans:
+        piece = image[:, rows, cols][None].to(parameter.device, parameter.dtype)
+        z, logdet = encode_for_likelihood(model, piece)
+        likelihood.add(z, logdet, rows.start, cols.start, multiple)
 
 
 def effective_tile(
@@ -197,6 +240,7 @@ def denoise_image(
     ensemble: bool = False,
     precision: str = "fp32",
     strength: float = 1.0,
+    likelihood: Likelihood | None = None,
 ) -> np.ndarray:
     r"""Denoises a numpy image and returns one of the same shape and dtype.
 
@@ -217,6 +261,9 @@ def denoise_image(
         strength: how much noise to remove, in [0, 2] (:meth:`FDN.denoise`): 0 returns the
             image, 1 (the default) the model's estimate, above 1 adds a noise hint that
             smooths more (four denoises).
+        likelihood: a :class:`fdn.likelihood.Likelihood` to collect the image's bits/dim in,
+            per pass and per block, from the denoise's own encode (each channel is a pass
+            through a grey model; a grey image is one pass, replicated, through a colour one).
 
     A grey image through a colour model is replicated to RGB, denoised, and averaged back to
     grey; a colour image through a grey model is denoised one channel at a time.
@@ -249,7 +296,9 @@ def denoise_image(
     channels = unit.shape[0]
 
     def run(pixels: Tensor) -> Tensor:
-        return denoise_tensor(pixels, model, tile, overlap, progress, ensemble, strength)
+        return denoise_tensor(
+            pixels, model, tile, overlap, progress, ensemble, strength, likelihood
+        )
 
     with precision_context(precision, next(model.parameters()).device):
         if channels == model_channels:

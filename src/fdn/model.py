@@ -277,14 +277,26 @@ class FDN(SequentialFlow):
                 for k in range(HINT_DRAWS)
             )
             return torch.stack(list(draws)).mean(0)
+        return self.denoise_with_latent(y, strength)[0]
+
+    def denoise_with_latent(
+        self, y: Tensor, strength: float = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`denoise` at a strength in [0, 1], with the ``(z, logdet)`` of the padded y
+        that its one encode computed: y's likelihood (:mod:`fdn.likelihood`) at no extra cost."""
         self._check_image(y)
+        height, width = y.shape[-2:]
+        z, logdet = self.encode(channels_last(self, self.pad(y)))
+        x = self.decode(self.disentangle(z, strength))
+        return x[..., :height, :width].clamp(0, 1), z, logdet
+
+    def pad(self, y: Tensor) -> Tensor:
+        """y with its bottom and right edges reflect-padded (replicate-padded where it is too
+        small to reflect) to a multiple of ``size_multiple``."""
         height, width = y.shape[-2:]
         multiple = self.config.size_multiple
         pad_h, pad_w = -height % multiple, -width % multiple
         if pad_h or pad_w:
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             y = F.pad(y, (0, pad_w, 0, pad_h), mode=mode)
-        y = channels_last(self, y)
-        z, _ = self.encode(y)
-        x = self.decode(self.disentangle(z, strength))
-        return x[..., :height, :width].clamp(0, 1)
+        return y

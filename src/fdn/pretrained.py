@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "available_models",
     "load_pretrained",
     "model_record",
+    "pretrained_name",
     "resolve_model",
     "sample_image_paths",
 ]
@@ -87,7 +89,21 @@ def load_pretrained(
         raise ModelFileError(
             path, f"checksum mismatch for bundled model {name}: the file is damaged; reinstall fdn"
         )
-    return load_model(path, device=device)
+    model = load_model(path, device=device)
+    if folder is None:
+        _NAMES[model] = name
+    return model
+
+
+# The bundled model each loaded FDN is, so that what was calibrated for it (the likelihood
+# guard's threshold) can be found; a weak map, so that it never keeps a model alive.
+_NAMES: weakref.WeakKeyDictionary[FDN, str] = weakref.WeakKeyDictionary()
+
+
+def pretrained_name(model: FDN) -> str | None:
+    """The bundled model's name if ``model`` was loaded by :func:`load_pretrained` (and
+    not from another folder), else None."""
+    return _NAMES.get(model)
 
 
 def resolve_model(spec: str | None, channels: int, device: str | torch.device = "cpu") -> FDN:

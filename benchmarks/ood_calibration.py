@@ -1,0 +1,143 @@
+r"""Calibrates the likelihood guard of ``fdn denoise`` (``fdn.likelihood.OOD_THRESHOLDS``).
+
+For each bundled model, random patches of its TRAINING folder (CBSD432 for colour, Train400
+for grey) as training draws them (96 x 96, a random flip or rotation, AWGN of sigma uniform
+in [0, 55] in float) are scored in bits/dim, each both in float (as in training) and rounded
+and clipped to 8 bits (as image files arrive). The threshold is the 99.9th percentile of
+those scores plus a margin; the script prints it as the Python literal to paste. Calibrate
+on training folders only, never on a test set.
+
+``--measure`` then reports, for other folders (held-out test sets, to REPORT only), the
+fraction of whole images at each sigma (noised as ``fdn eval`` does, then stored in 8 bits)
+that the guard would warn about, as ``fdn denoise`` scores them (the same pass).
+
+    OMP_NUM_THREADS=1 nice python benchmarks/ood_calibration.py \
+        --data ../shared/data/train/CBSD432 ../shared/data/train/Train400 \
+        --measure ../shared/data/test/CBSD68 ../shared/data/test/BSD68
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from fdn.data import list_images
+from fdn.denoising import denoise_image
+from fdn.images import read_array
+from fdn.likelihood import OOD_THRESHOLDS, Likelihood, bits_per_dim_map
+from fdn.noise import AWGN
+from fdn.pretrained import DEFAULT_MODELS, load_pretrained, model_record
+
+PERCENTILE = 99.9
+MARGIN = 2.0  # bits/dim above the percentile
+MEASURE_SIGMAS = (0.0, 15.0, 25.0, 50.0)
+
+
+def _channels(folder: str) -> int:
+    return read_array(list_images(folder)[0]).shape[2]
+
+
+def training_scores(
+    folder: str, model_name: str, patches: int, size: int, sigma_max: float, seed: int
+) -> np.ndarray:
+    """Bits/dim of ``patches`` random noisy training patches, float and 8-bit each."""
+    model = load_pretrained(model_name)
+    channels = model.config.in_channels
+    images = [read_array(path, channels) for path in list_images(folder)]
+    rng = np.random.default_rng(seed)
+    scores: list[float] = []
+    batch = 64
+    for start in range(0, patches, batch):
+        noisy = []
+        for _ in range(min(batch, patches - start)):
+            image = images[rng.integers(len(images))]
+            top = rng.integers(image.shape[0] - size + 1)
+            left = rng.integers(image.shape[1] - size + 1)
+            patch = np.rot90(image[top : top + size, left : left + size], rng.integers(4))
+            if rng.integers(2):
+                patch = patch[:, ::-1]
+            sigma = rng.uniform(0, sigma_max) / 255
+            noisy.append(patch + sigma * rng.standard_normal(patch.shape).astype(np.float32))
+        floats = torch.from_numpy(np.stack(noisy).transpose(0, 3, 1, 2).copy())
+        stored = (floats.clamp(0, 1) * 255).round() / 255
+        with torch.no_grad():
+            for y in (floats, stored):
+                z, logdet = model.encode(y)
+                scores += bits_per_dim_map(z, logdet).mean(dim=(1, 2)).tolist()
+    return np.asarray(scores)
+
+
+def checkerboard_score(model_name: str) -> float:
+    model = load_pretrained(model_name)
+    board = (np.indices((256, 256)).sum(0) % 2).astype(np.uint8) * 255
+    board = np.repeat(board[:, :, None], model.config.in_channels, 2)
+    likelihood = Likelihood()
+    denoise_image(board, model, likelihood=likelihood)
+    return likelihood.worst
+
+
+def measure(folder: str, threshold: float | None) -> None:
+    """The guard's statistic on every image of ``folder`` at each sigma, as fdn denoise sees
+    a file: noised as fdn eval noises it, stored in 8 bits, scored on the denoise's pass."""
+    model_name = DEFAULT_MODELS[3 if _channels(folder) >= 3 else 1]
+    model = load_pretrained(model_name)
+    paths = list_images(folder)
+    for sigma in MEASURE_SIGMAS:
+        noise = AWGN(sigma)
+        scores = []
+        for path in paths:
+            clean = read_array(path, model.config.in_channels)
+            noisy = noise.sample(clean, noise.seed_for(path.stem, 0))
+            stored = np.rint(np.clip(noisy, 0, 1) * 255).astype(np.uint8)
+            likelihood = Likelihood()
+            denoise_image(stored, model, likelihood=likelihood)
+            scores.append(likelihood.worst)
+        values = np.asarray(scores)
+        warned = int((values > threshold).sum()) if threshold is not None else 0
+        print(
+            f"{folder} ({model_name}) sigma {sigma:g}: {len(values)} images, bits/dim "
+            f"mean {values.mean():.2f} max {values.max():.2f}; warned {warned}/{len(values)}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", nargs="+", required=True, help="training folders")
+    parser.add_argument("--patches", type=int, default=4000, help="patches per model")
+    parser.add_argument("--patch-size", type=int, default=96)
+    parser.add_argument("--sigma-max", type=float, default=55.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--measure", nargs="*", default=[], help="folders to report on")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    thresholds = {}
+    for folder in args.data:
+        name = DEFAULT_MODELS[3 if _channels(folder) >= 3 else 1]
+        started = time.perf_counter()
+        scores = training_scores(
+            folder, name, args.patches, args.patch_size, args.sigma_max, args.seed
+        )
+        cut = float(np.percentile(scores, PERCENTILE))
+        thresholds[name] = round(cut + MARGIN, 2)
+        print(
+            f"{name} on {folder}: {scores.size} scores in {time.perf_counter() - started:.0f} s; "
+            f"bits/dim median {np.median(scores):.2f}, 99th {np.percentile(scores, 99):.2f}, "
+            f"{PERCENTILE}th {cut:.2f}, max {scores.max():.2f}; threshold {thresholds[name]}; "
+            f"checkerboard {checkerboard_score(name):.1f}"
+        )
+    print("OOD_THRESHOLDS: dict[str, tuple[str, float]] = {")
+    for name, threshold in sorted(thresholds.items()):
+        sha256 = model_record(name)["sha256"]
+        print(f'    "{name}": (\n        "{sha256}",\n        {threshold},\n    ),')
+    print("}")
+    for folder in args.measure:
+        name = DEFAULT_MODELS[3 if _channels(folder) >= 3 else 1]
+        threshold = thresholds.get(name, OOD_THRESHOLDS.get(name, ("", None))[1])
+        measure(folder, threshold)
+
+
+if __name__ == "__main__":
+    main()

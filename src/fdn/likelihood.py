@@ -1,0 +1,130 @@
+r"""What only a flow can say: how likely an image is, per block, and whether it is unlike
+anything the model was trained on.
+
+FDN's encode gives the exact density of its input y: ``-log p(y) = 0.5 |z|^2 +
+(D / 2) log(2 pi) - logdet`` (the training NLL, :func:`fdn.losses.nll_loss`). Here it is in
+bits per dimension on the 0-255 scale: the density of y in [0, 1] units plus log2(255), as
+Glow reports 8-bit images (:func:`fdn.losses.bits_per_dim` with ``dequantized``).
+
+The latent z sits at 1 / 2^num_blocks of the image's size (4 for the bundled models), and
+each of its positions holds the ``latent_channels`` values of one 4 x 4 block of pixels, so
+the ``0.5 |z|^2`` term is localised per block. The log-det is a sum over all layers that
+cannot be attributed to positions (the 1x1 convolutions' share is uniform, the couplings'
+is not recorded per position), so it is spread evenly over the blocks. The mean of the map is
+the image's bits/dim exactly.
+
+The out-of-distribution guard compares an image's bits/dim with :data:`OOD_THRESHOLDS`,
+calibrated per bundled model on training patches (``benchmarks/ood_calibration.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fdn.model import FDN
+
+__all__ = [
+    "OOD_THRESHOLDS",
+    "Likelihood",
+    "bits_per_dim_map",
+    "encode_for_likelihood",
+    "ood_threshold",
+]
+
+_LOG_2PI = math.log(2 * math.pi)
+_LOG2_255 = math.log2(255)
+
+# The guard's threshold per bundled model, in bits/dim, with the SHA-256 of the weights it was
+# calibrated for (a re-released model is not guarded until it is recalibrated). Measured by
+#   OMP_NUM_THREADS=1 nice python benchmarks/ood_calibration.py \
+#       --data ../shared/data/train/CBSD432 ../shared/data/train/Train400
+# on 4,000 random 96 x 96 training patches per model (flips and rotations, AWGN of sigma
+# uniform in [0, 55], each patch both in float as in training and rounded and clipped to
+# 8 bits as files are; seed 0): the 99.9th percentile of the patches' bits/dim plus a margin
+# of 2 bits/dim. Colour: median 7.00, 99.9th percentile 7.99, max 8.02; grey: 7.07, 8.13,
+# 8.28. A 1-pixel checkerboard scores 303.8 (colour) and 1018.3 (grey).
+OOD_THRESHOLDS: dict[str, tuple[str, float]] = {
+    "fdn-color-blind": (
+        "cd9a5533daedf9587faf07f3686602c68cec8996bee069a377667b738d523677",
+        9.99,
+    ),
+    "fdn-grey-blind": (
+        "64ac8890b1c328b0b8cf21ff1386fa75ad5715a0056e007b9812baf646d91814",
+        10.13,
+    ),
+}
+
+
+def bits_per_dim_map(z: Tensor, logdet: Tensor) -> Tensor:
+    """Bits per dimension (0-255 scale) of each latent position, ``(B, h, w)`` float64, from
+    a batch's ``(z, logdet)`` (``z`` of shape ``(B, C, h, w)``). Each position is one block of
+    ``2^num_blocks`` pixels square; the log-det is spread evenly over the positions, so the
+    map's mean is each image's bits/dim.
+
+    Example:
+        >>> z = torch.zeros(1, 48, 2, 2)
+        >>> round(float(bits_per_dim_map(z, torch.zeros(1)).mean()), 3)  # N(0, I) at its mode
+        9.32
+    """
+    z = z.detach().double()
+    channels, height, width = z.shape[1:]
+    nats = 0.5 * z.pow(2).sum(1) + 0.5 * channels * _LOG_2PI
+    nats = nats - logdet.detach().double()[:, None, None] / (height * width)
+    return nats / (channels * math.log(2)) + _LOG2_255
+
+
+@dataclass
+class Likelihood:
+    """Collects the bits/dim maps of one image's passes through the flow (its tiles, or its
+    channels through a grey model) during a denoise.
+
+    ``worst`` is the highest bits/dim of any one pass: the guard's statistic, so that a tile
+    unlike the training images is not averaged away by the rest of a big image.
+    """
+
+    block: int = 4
+    pieces: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
+    worst: float = -math.inf
+
+    def add(self, z: Tensor, logdet: Tensor, top: int = 0, left: int = 0, block: int = 4) -> None:
+        """Adds one pass: its ``(z, logdet)`` (a batch of one), at pixel ``top, left`` (multiples
+        of ``block``, the pixels per latent position)."""
+        values = bits_per_dim_map(z, logdet)[0].cpu().numpy()
+        self.block = block
+        self.pieces.append((top // block, left // block, values))
+        self.worst = max(self.worst, float(values.mean()))
+
+    def block_map(self, height: int, width: int) -> np.ndarray:
+        """The image's map, ``(ceil(height / block), ceil(width / block))``: each block's
+        bits/dim, averaged over the passes that saw it (overlapping tiles, channels)."""
+        rows, cols = -(-height // self.block), -(-width // self.block)
+        total, count = np.zeros((rows, cols)), np.zeros((rows, cols))
+        for top, left, values in self.pieces:
+            piece = values[: rows - top, : cols - left]
+            total[top : top + piece.shape[0], left : left + piece.shape[1]] += piece
+            count[top : top + piece.shape[0], left : left + piece.shape[1]] += 1
+        return total / np.maximum(count, 1)
+
+
+def ood_threshold(model: FDN) -> float | None:
+    """The guard's bits/dim threshold for ``model``: calibrated for the bundled models as
+    released (:data:`OOD_THRESHOLDS`); None for any other model (no guard)."""
+    from fdn.pretrained import model_record, pretrained_name
+
+    name = pretrained_name(model)
+    if name is None or name not in OOD_THRESHOLDS:
+        return None
+    sha256, threshold = OOD_THRESHOLDS[name]
+    return threshold if model_record(name)["sha256"] == sha256 else None
+
+
+@torch.no_grad()
+def encode_for_likelihood(model: FDN, image: Tensor) -> tuple[Tensor, Tensor]:
+    """``(z, logdet)`` of a ``(1, C, H, W)`` image padded as :meth:`FDN.denoise` pads it (for
+    passes whose denoise does not encode the plain image: the ensemble, strengths above 1)."""
+    return model.encode(model.pad(image))

@@ -1,0 +1,130 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fdn import FDN, save_model
+from fdn.cli import main
+from fdn.denoising import denoise_image, denoise_tensor
+from fdn.likelihood import Likelihood, bits_per_dim_map, ood_threshold
+from fdn.losses import bits_per_dim, nll_loss
+from fdn.pretrained import load_pretrained, sample_image_paths
+from fdn.serialization import load_model
+
+from helpers import randomize
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    return randomize(FDN(hidden_channels=4, steps_per_block=1), shape=(2, 3, 8, 8), scale=0.02)
+
+
+def checkerboard(size, channels):
+    board = (np.indices((size, size)).sum(0) % 2).astype(np.uint8) * 255
+    return board if channels == 1 else np.repeat(board[:, :, None], 3, 2)
+
+
+def astronaut(channels, sigma, seed=0):
+    """The bundled clean sample (grey: its mean over channels) with AWGN, stored in 8 bits."""
+    clean = np.asarray(Image.open(sample_image_paths()[1])).astype(np.float64)
+    if channels == 1:
+        clean = clean.mean(axis=2)
+    noisy = clean + sigma * np.random.default_rng(seed).standard_normal(clean.shape)
+    return np.rint(np.clip(noisy, 0, 255)).astype(np.uint8)
+
+
+def test_the_map_is_the_training_nll_spread_over_blocks(small):
+    y = torch.rand(2, 3, 12, 8, dtype=torch.float64)
+    with torch.no_grad():
+        z, logdet = small.double().encode(y)
+    blocks = bits_per_dim_map(z, logdet)
+    assert blocks.shape == (2, 3, 2)
+    for i in range(2):
+        nll = nll_loss(z[i : i + 1], logdet[i : i + 1])
+        assert math.isclose(blocks[i].mean(), bits_per_dim(nll, dequantized=True), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("tile", [None, 16])
+def test_collecting_the_likelihood_leaves_the_denoise_unchanged(small, tile):
+    model = small.float()
+    image = torch.rand(3, 30, 37)
+    likelihood = Likelihood()
+    plain = denoise_tensor(image, model, tile=tile, overlap=4)
+    collected = denoise_tensor(image, model, tile=tile, overlap=4, likelihood=likelihood)
+    assert torch.equal(collected, plain)
+    assert len(likelihood.pieces) == (1 if tile is None else 6)  # 2 x 3 tiles
+    blocks = likelihood.block_map(30, 37)
+    assert blocks.shape == (8, 10) and np.isfinite(blocks).all()
+    assert likelihood.worst >= max(v.mean() for _, _, v in likelihood.pieces) - 1e-12
+
+
+@pytest.mark.parametrize("options", [{"ensemble": True}, {"strength": 1.5}])
+def test_ensemble_and_hints_score_the_image_itself(small, options):
+    model = small.float()
+    image = torch.rand(3, 16, 16)
+    alone, other = Likelihood(), Likelihood()
+    denoise_tensor(image, model, likelihood=alone)
+    denoise_tensor(image, model, likelihood=other, **options)
+    assert len(other.pieces) == 1
+    assert other.worst == pytest.approx(alone.worst, abs=1e-5)
+
+
+def test_only_the_bundled_models_as_released_are_guarded(tmp_path):
+    for name in ("fdn-color-blind", "fdn-grey-blind"):
+        threshold = ood_threshold(load_pretrained(name))
+        assert threshold is not None and 5 < threshold < 30, "recalibrate: see OOD_THRESHOLDS"
+    copy = save_model(load_pretrained("fdn-grey-blind"), tmp_path / "mine.safetensors")
+    assert ood_threshold(load_model(copy)) is None
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_natural_photos_pass_and_a_checkerboard_is_flagged(channels):
+    # The bundled model for the channels, as fdn denoise picks it: the guard's own decision.
+    model = load_pretrained("fdn-color-blind" if channels == 3 else "fdn-grey-blind")
+    threshold = ood_threshold(model)
+    for sigma in (0, 15, 50):
+        likelihood = Likelihood()
+        denoise_image(astronaut(channels, sigma), model, likelihood=likelihood)
+        assert likelihood.worst < threshold, (sigma, likelihood.worst)
+    likelihood = Likelihood()
+    denoise_image(checkerboard(128, channels), model, likelihood=likelihood)
+    assert likelihood.worst > threshold
+
+
+def test_denoise_warns_about_a_checkerboard_and_still_writes_it(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(checkerboard(64, 3)).save(inputs / "board.png")
+    Image.fromarray(checkerboard(64, 1)).save(inputs / "board_grey.png")
+    Image.fromarray(astronaut(3, 15)).save(inputs / "photo.png")
+    out = tmp_path / "out"
+    assert main(["denoise", str(inputs), "-o", str(out), "--no-progress", "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 2, warnings
+    assert all(line.startswith("fdn: warning: ") for line in warnings)
+    assert any("board.png" in line for line in warnings)
+    assert any("board_grey.png" in line for line in warnings)
+    assert {p.name for p in out.iterdir()} == {"board.png", "board_grey.png", "photo.png"}
+    out2 = tmp_path / "out2"
+    assert main(["denoise", str(inputs), "-o", str(out2), "--no-progress", "--no-ood-check"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_likelihood_map_is_written_and_shows_a_pasted_checkerboard(tmp_path, capsys):
+    photo = astronaut(3, 15)
+    photo[64:128, 96:160] = checkerboard(64, 3)
+    source = tmp_path / "pasted.png"
+    Image.fromarray(photo[:250, :, :]).save(source)
+    out = tmp_path / "out"
+    assert main(["denoise", str(source), "-o", str(out), "--likelihood-map", "--no-progress"]) == 0
+    assert "pasted.png: " in (err := capsys.readouterr().err) and "bits/dim (mean); map -> " in err
+    figure = np.asarray(Image.open(out / "pasted_bpd.png").convert("RGB"))
+    assert figure.shape[0] == 250 and figure.shape[1] > 256
+    # Viridis runs from dark purple at the lowest bits/dim to bright yellow at the highest.
+    brightness = figure[:, :256].astype(float).sum(axis=2)
+    inside = brightness[68:124, 100:156].mean()
+    outside = np.concatenate([brightness[:60].ravel(), brightness[132:].ravel()]).mean()
+    assert inside > outside + 150, (inside, outside)
