@@ -192,6 +192,8 @@ def release(
         # The last stage's resolved config: `fdn train` with it and --init of the previous
         # release reproduces this one (configs/bundled_*.toml are the same, data.root aside).
         "stage_config": config.to_dict(),
+        # The recipe config the stages start from (`fdn info` names it); set by hand.
+        "recipe": previous.get("recipe") if previous else None,
     }
     print(f"{name}: released ({storage}, float16 change {half - score:+.4f} dB)")
     return True

@@ -43,6 +43,19 @@ def test_every_bundled_model_matches_its_checksum_and_record():
 
 
 @pytest.mark.parametrize("name", sorted(DEFAULT_MODELS.values()))
+def test_each_bundled_model_names_a_recipe_that_builds_its_architecture(name):
+    # A reader who wants to reproduce or continue a bundled model finds its config in
+    # models.json; the config's [model] must build exactly the released architecture.
+    from fdn.config import load_config
+
+    record = model_record(name)
+    recipe = Path(__file__).resolve().parents[1] / record["recipe"]
+    config = load_config(recipe)
+    assert config.model.to_dict() == {**config.model.to_dict(), **record["config"]}
+    assert record["stage_config"]["model"] == config.model.to_dict()
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_MODELS.values()))
 def test_bundled_models_denoise_clearly_better_than_the_noisy_input(name):
     model = load_pretrained(name)
     noisy_path, clean_path = sample_image_paths()

@@ -11,7 +11,6 @@ from fdn.pretrained import DEFAULT_MODELS, available_models, model_record, resol
 
 __all__ = [
     "PAPER",
-    "RECIPES",
     "choose_model",
     "count_parameters",
     "denoise_flops",
@@ -22,13 +21,6 @@ __all__ = [
 ]
 
 PAPER = "FDN() (the paper's configuration, untrained)"
-
-# The config each bundled model is trained with, relative to the source tree (not installed).
-RECIPES = {
-    "fdn-color-blind": "configs/bundled_color_blind.toml",
-    "fdn-grey-blind": "configs/bundled_grey_blind.toml",
-}
-
 
 def choose_model(spec: str | None = None, paper: bool = False) -> tuple[FDN, str]:
     """The model that ``fdn info`` and ``fdn bench`` describe, with a label that names it: the
@@ -99,7 +91,8 @@ def training_record(name: str) -> dict:
         "holdout_psnr_db": record["holdout"]["psnr_db"],
         "holdout_sigmas": record["holdout"]["sigmas"],
         "test_psnr_db": record.get("psnr_db", {}),
-        "recipe": RECIPES.get(name),
+        # The config each stage is trained with (relative to the source tree, not installed).
+        "recipe": record.get("recipe"),
     }
 
 
