@@ -418,6 +418,13 @@ def _estimate_noise(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_model_choice(parser: argparse.ArgumentParser, model_help: str, paper_help: str) -> None:
+    """``--model NAME|PATH`` or ``--paper`` (not both): the model ``info`` and ``bench`` use."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="NAME|PATH", help=model_help)
+    which.add_argument("--paper", action="store_true", help=paper_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fdn`` parser: every command and option (imports no torch)."""
     parser = argparse.ArgumentParser(
@@ -440,14 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--paper for the paper's configuration."
         ),
     )
-    which = info.add_mutually_exclusive_group()
-    which.add_argument(
-        "--model",
-        metavar="NAME|PATH",
-        help="a bundled model or a model file (default: fdn-color-blind)",
-    )
-    which.add_argument(
-        "--paper", action="store_true", help="the paper's configuration, FDN(), untrained"
+    _add_model_choice(
+        info,
+        "a bundled model or a model file (default: fdn-color-blind)",
+        "the paper's configuration, FDN(), untrained",
     )
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument(
@@ -713,16 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
             "configuration; the report names it."
         ),
     )
-    which = bench.add_mutually_exclusive_group()
-    which.add_argument(
-        "--model",
-        metavar="NAME|PATH",
-        help="the FDN to time: a bundled model or a model file (default: fdn-color-blind)",
-    )
-    which.add_argument(
-        "--paper",
-        action="store_true",
-        help="time the paper's configuration, FDN() (4.4M parameters), with random weights",
+    _add_model_choice(
+        bench,
+        "the FDN to time: a bundled model or a model file (default: fdn-color-blind)",
+        "time the paper's configuration, FDN() (4.4M parameters), with random weights",
     )
     bench.add_argument(
         "--sizes",
