@@ -10,6 +10,8 @@ BM3D take as many channels as the FDN.
 Every process runs with glibc's malloc tuned as ``fdn`` runs (:mod:`fdn.runtime`), unless
 ``tune_allocator=False``: without it, DnCNN spends about half its CPU time faulting in fresh
 pages, which flatters every ratio against it.
+With ``onnx=True`` the same FDN is also exported (:mod:`fdn.export`) and timed in
+onnxruntime, with as many intra-op threads as torch gets.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ def measure(
     channels: int = 3,
 ) -> dict:
     """Times one method at one size on ``channels``-channel images in this process; returns a
-    JSON-ready dict. ``fdn_model`` and ``paper`` choose the FDN, as :func:`bench` does."""
+    JSON-ready dict. ``fdn_model`` and ``paper`` choose the FDN, as :func:`bench` does; for
+    ``method="onnxruntime"``, ``fdn_model`` is the exported ONNX file."""
     from fdn import runtime
     from fdn.denoising import precision_context
 
@@ -115,6 +118,14 @@ def measure(
             run = lambda: bm3d.bm3d(image[..., 0], 25 / 255)  # noqa: E731
         else:
             run = lambda: bm3d.bm3d_rgb(image, 25 / 255)  # noqa: E731
+        before = _rss_bytes()
+    elif method == "onnxruntime":
+        from fdn.export import onnx_session
+
+        assert fdn_model is not None
+        session = onnx_session(fdn_model, threads)
+        image = torch.rand(1, channels, size, size).numpy()
+        run = lambda: session.run(None, {"noisy": image})  # noqa: E731
         before = _rss_bytes()
     else:
         model = _model(method, device, fdn_model, paper, channels)
@@ -189,10 +200,14 @@ def bench(
     precision: str = "fp32",
     fdn_model: str | None = None,
     paper: bool = False,
+    onnx: bool = False,
 ) -> dict:
     """Times FDN, DnCNN and (when installed and on CPU) BM3D at each size. The FDN is the
     bundled colour model, or ``fdn_model`` (a bundled name or a model file), or with ``paper``
-    the paper's configuration; the report names it (``models["fdn"]["model"]``)."""
+    the paper's configuration; the report names it (``models["fdn"]["model"]``). ``onnx``
+    also times that FDN exported to ONNX in onnxruntime (CPU only)."""
+    import tempfile
+
     from fdn.info import count_parameters
 
     fdn, label = _fdn(fdn_model, paper)
@@ -206,25 +221,36 @@ def bench(
             methods.append("bm3d")
         except ImportError:
             notes.append(f"BM3D skipped: pip install '{DISTRIBUTION}[baselines]' to time it")
+    if onnx and device != "cpu":
+        raise ValueError("--onnx times onnxruntime on the CPU only: use --device cpu")
     rows = []
-    for size in sizes:
-        for method in methods:
+    with tempfile.TemporaryDirectory(prefix="fdn-bench-") as workdir:
+        onnx_file = None
+        if onnx:
+            from fdn.export import export_onnx
+
             if say:
-                say(f"timing {method} at {size}x{size} ...")
-            rows.append(
-                _in_subprocess(
-                    method,
-                    size,
-                    device,
-                    threads,
-                    repeats,
-                    tune_allocator,
-                    precision,
-                    fdn_model,
-                    paper,
-                    channels,
+                say("exporting the FDN to ONNX ...")
+            onnx_file = str(export_onnx(fdn, os.path.join(workdir, "fdn.onnx")))
+            methods.insert(1, "onnxruntime")
+        for size in sizes:
+            for method in methods:
+                if say:
+                    say(f"timing {method} at {size}x{size} ...")
+                rows.append(
+                    _in_subprocess(
+                        method,
+                        size,
+                        device,
+                        threads,
+                        repeats,
+                        tune_allocator,
+                        precision,
+                        onnx_file if method == "onnxruntime" else fdn_model,
+                        paper,
+                        channels,
+                    )
                 )
-            )
     dncnn = _model("dncnn", "cpu", fdn_model, paper, channels)
     models: dict[str, dict] = {}
     for method, model, name in (("fdn", fdn, label), ("dncnn", dncnn, "DnCNN-S, random weights")):
@@ -234,14 +260,18 @@ def bench(
             "gflops_256": _flops(model, channels, 256) / 2e9,  # MACs, the paper's convention
         }
     for row in rows:
-        if row["method"] in models:
-            macs = models[row["method"]]["gflops_256"] * (row["size"] / 256) ** 2
+        if row["method"] in (*models, "onnxruntime"):
+            network = "fdn" if row["method"] == "onnxruntime" else row["method"]
+            macs = models[network]["gflops_256"] * (row["size"] / 256) ** 2
             row["gmacs_per_second"] = macs / row["seconds"]
-    ratios = {}
+    ratios, onnx_ratios = {}, {}
     for size in sizes:
         by_method = {row["method"]: row for row in rows if row["size"] == size}
         ratios[str(size)] = by_method["fdn"]["seconds"] / by_method["dncnn"]["seconds"]
-    return {
+        if "onnxruntime" in by_method:
+            fdn_seconds = by_method["fdn"]["seconds"]
+            onnx_ratios[str(size)] = by_method["onnxruntime"]["seconds"] / fdn_seconds
+    report = {
         "device": device,
         "device_name": device_name(device),
         "threads": threads,
@@ -256,3 +286,6 @@ def bench(
         "fdn_over_dncnn_macs": models["fdn"]["gflops_256"] / models["dncnn"]["gflops_256"],
         "notes": notes,
     }
+    if onnx:
+        report["onnxruntime_over_fdn_time"] = onnx_ratios
+    return report

@@ -329,6 +329,14 @@ def _ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from fdn.export import export_onnx
+
+    path = export_onnx(args.model, args.out)
+    print(f"ONNX: {path} (input 'noisy', (B, C, H, W) float32 in [0, 1], any H, W >= 3)")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from fdn.bench import bench
     from fdn.runtime import resolve_device
@@ -346,6 +354,7 @@ def _bench(args: argparse.Namespace) -> int:
         fdn_model=args.model,
         paper=args.paper,
         with_bm3d=args.bm3d,
+        onnx=args.onnx,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -360,16 +369,18 @@ def _bench(args: argparse.Namespace) -> int:
             f"{method:6s} {facts['parameters']:>10,} parameters, "
             f"{facts['gflops_256']:.2f} GFLOPs (MACs) per 256x256"
         )
-    print(f"{'method':8s} {'size':>6s} {'seconds':>9s} {'GMACs/s':>9s} {'peak MB':>9s}")
+    print(f"{'method':11s} {'size':>6s} {'seconds':>9s} {'GMACs/s':>9s} {'peak MB':>9s}")
     for row in report["results"]:
         rate = row.get("gmacs_per_second")
         print(
-            f"{row['method']:8s} {row['size']:>6d} {row['seconds']:>9.3f} "
+            f"{row['method']:11s} {row['size']:>6d} {row['seconds']:>9.3f} "
             f"{'-' if rate is None else f'{rate:.1f}':>9s} {row['peak_memory_mb']:>9.0f}"
         )
     for size, ratio in report["fdn_over_dncnn_time"].items():
         print(f"FDN / DnCNN time at {size}: {ratio:.2f}")
     print(f"FDN / DnCNN multiply-accumulates: {report['fdn_over_dncnn_macs']:.2f}")
+    for size, ratio in report.get("onnxruntime_over_fdn_time", {}).items():
+        print(f"onnxruntime / PyTorch FDN time at {size}: {ratio:.2f}")
     for note in report["notes"]:
         print(note)
     return 0
@@ -746,7 +757,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave glibc's malloc untuned (see fdn.runtime), to measure what it costs",
     )
     _add_precision_option(bench, "both networks' convolutions (BM3D is unaffected)")
+    bench.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also time the FDN exported to ONNX in onnxruntime (CPU; the onnx extra)",
+    )
     bench.set_defaults(run=_bench)
+
+    export = commands.add_parser(
+        "export",
+        help="export a model's denoise graph to ONNX",
+        description=(
+            "Write MODEL's denoise (strength 1, float32: reflect-pad to its size multiple, "
+            "encode, zero z_N, decode, crop, clamp) as one ONNX file with dynamic batch, "
+            "height and width, and the 1x1 convolutions' inverses precomputed. Needs the onnx "
+            "extra."
+        ),
+    )
+    export.add_argument("model", metavar="MODEL", help="a bundled model name or a model file")
+    export.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    export.set_defaults(run=_export)
 
     ablate = commands.add_parser(
         "ablate",

@@ -22,6 +22,7 @@ __all__ = [
 
 PAPER = "FDN() (the paper's configuration, untrained)"
 
+
 def choose_model(spec: str | None = None, paper: bool = False) -> tuple[FDN, str]:
     """The model that ``fdn info`` and ``fdn bench`` describe, with a label that names it: the
     bundled colour model by default, else a bundled name or model file ``spec``, or with
