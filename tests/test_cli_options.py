@@ -14,11 +14,12 @@ from fdn import FDN, save_model
 from fdn.cli import build_parser, main
 from test_evaluation import write_images
 
-COMMANDS = ("info", "denoise", "eval", "compare", "demo", "train", "bench", "ablate")
+COMMANDS = ("info", "denoise", "renoise", "eval", "compare", "demo", "train", "bench", "ablate")
 
 # The least each command needs to parse, before the options under test.
 REQUIRED = {
     "denoise": ["in.png", "-o", "out"],
+    "renoise": ["in.png", "-o", "out"],
     "eval": ["--data", "set"],
     "compare": ["clean.png", "--out", "fig.png"],
     "demo": [],
@@ -60,7 +61,7 @@ def test_import_fdn_is_lazy_and_still_exports_its_names():
     assert done.stdout.split() == ["True", "FDN", "True"], done.stderr
 
 
-@pytest.mark.parametrize("command", ["eval", "denoise", "compare", "bench", "demo"])
+@pytest.mark.parametrize("command", ["eval", "denoise", "renoise", "compare", "bench", "demo"])
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
 def test_every_command_takes_the_same_device_names(command, device):
     args = build_parser().parse_args([command, *REQUIRED[command], "--device", device])

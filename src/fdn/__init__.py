@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from fdn.noise_level import estimate_noise
     from fdn.runtime import tune_allocator
     from fdn.serialization import ModelFileError, load_model, save_model
+    from fdn.synthesis import renoise
 
 # Each public name and the module that defines it.
 _LAZY = {
@@ -26,6 +27,7 @@ _LAZY = {
     "denoise_image": "fdn.denoising",
     "estimate_noise": "fdn.noise_level",
     "load_model": "fdn.serialization",
+    "renoise": "fdn.synthesis",
     "save_model": "fdn.serialization",
     "tune_allocator": "fdn.runtime",
 }
@@ -38,6 +40,7 @@ __all__ = [
     "denoise_image",
     "estimate_noise",
     "load_model",
+    "renoise",
     "save_model",
     "tune_allocator",
 ]
