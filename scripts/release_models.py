@@ -196,6 +196,12 @@ def release(
         "recipe": previous.get("recipe") if previous else None,
     }
     print(f"{name}: released ({storage}, float16 change {half - score:+.4f} dB)")
+    # The guard's threshold is tied to the weights' SHA-256 (tests/test_likelihood.py fails
+    # until it is measured again for the new file).
+    print(
+        f"{name}: now recalibrate the out-of-distribution guard (fdn.likelihood.OOD_THRESHOLDS):"
+        " python benchmarks/ood_calibration.py --data TRAIN_FOLDERS"
+    )
     return True
 
 
