@@ -78,25 +78,19 @@ def _baseline_list(text: str) -> list[str]:
     return names
 
 
-def _sigma(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"sigma must be >= 0, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
+def _non_negative_float(text: str, what: str = "the value") -> float:
     """An argparse type: a finite number >= 0."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be >= 0, got {text!r}")
     return value
+
+
+def _sigma(text: str) -> float:
+    return _non_negative_float(text, "sigma")
 
 
 def _strength(text: str) -> float:
