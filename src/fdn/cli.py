@@ -457,6 +457,18 @@ def _estimate_noise(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_images_in_out(parser: argparse.ArgumentParser, metavar: str) -> None:
+    """The inputs, ``-o OUT`` and ``--model`` of the commands that write one output per image."""
+    parser.add_argument("inputs", nargs="+", metavar=metavar, help="files, folders or globs")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    parser.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help="a bundled model name or an fdn model file (default: the bundled blind model "
+        "for each image's channels: fdn-color-blind or fdn-grey-blind)",
+    )
+
+
 def _add_model_choice(parser: argparse.ArgumentParser, model_help: str, paper_help: str) -> None:
     """``--model NAME|PATH`` or ``--paper`` (not both): the model ``info`` and ``bench`` use."""
     which = parser.add_mutually_exclusive_group()
@@ -512,14 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
             "are never overwritten, and outputs are written atomically."
         ),
     )
-    denoise.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
-    denoise.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
-    denoise.add_argument(
-        "--model",
-        metavar="NAME|PATH",
-        help="a bundled model name or an fdn model file (default: the bundled blind model "
-        "for each image's channels: fdn-color-blind or fdn-grey-blind)",
-    )
+    _add_images_in_out(denoise, "INPUT")
     _add_device_option(denoise)
     denoise.add_argument(
         "--threads", type=_positive_int, metavar="N", help="CPU threads (default: torch's)"
@@ -583,14 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
             "overwritten, and outputs are written atomically."
         ),
     )
-    renoise.add_argument("inputs", nargs="+", metavar="IMAGE", help="files, folders or globs")
-    renoise.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
-    renoise.add_argument(
-        "--model",
-        metavar="NAME|PATH",
-        help="a bundled model name or an fdn model file (default: the bundled blind model "
-        "for each image's channels: fdn-color-blind or fdn-grey-blind)",
-    )
+    _add_images_in_out(renoise, "IMAGE")
     renoise.add_argument(
         "--samples",
         type=_positive_int,
