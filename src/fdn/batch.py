@@ -48,40 +48,55 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in EXTENSIONS
 
 
-def plan_jobs(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Job]:
-    """Turns files, folders (searched recursively) and glob patterns into jobs.
-
-    A file keeps its name under ``out_dir``; a folder's images keep their path relative to
-    the folder; a glob's matches keep their names. Raises :class:`InputError` for a missing
-    path, a folder or pattern with no images, two inputs that would write the same output,
-    or an output that would overwrite an input.
+def find_images(
+    inputs: Sequence[str | os.PathLike], skip: str | os.PathLike | None = None
+) -> list[tuple[Path, Path]]:
+    """Files, folders (searched recursively, leaving out anything inside ``skip``) and glob
+    patterns, as ``(image, name)`` pairs: a file's and a glob match's name is the file's, a
+    folder's image's is its path relative to the folder. Raises :class:`InputError` for a
+    missing path or a folder or pattern with no images.
     """
-    out_dir = Path(out_dir)
-    jobs: list[Job] = []
+    found: list[tuple[Path, Path]] = []
     for entry in inputs:
         text = os.fspath(entry)
         path = Path(text)
         if path.is_dir():
-            found = sorted(
+            images = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and _is_image_name(p) and not _inside(p, out_dir)
+                if p.is_file()
+                and _is_image_name(p)
+                and not (skip is not None and _inside(p, Path(skip)))
             )
-            if not found:
+            if not images:
                 raise InputError(f"{path}: no images in this folder ({_extension_list()})")
-            jobs += [Job(p, out_dir / p.relative_to(path)) for p in found]
+            found += [(p, p.relative_to(path)) for p in images]
         elif path.is_file():
-            jobs.append(Job(path, out_dir / path.name))
+            found.append((path, Path(path.name)))
         elif glob.has_magic(text):
-            found = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            found = [p for p in found if p.is_file() and _is_image_name(p)]
-            if not found:
+            images = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            images = [p for p in images if p.is_file() and _is_image_name(p)]
+            if not images:
                 raise InputError(f"{text}: no images match this pattern")
-            jobs += [Job(p, out_dir / p.name) for p in found]
+            found += [(p, Path(p.name)) for p in images]
         elif path.exists():
             raise InputError(f"{path}: not a file or folder")
         else:
             raise InputError(f"{path}: no such file or folder")
+    return found
+
+
+def plan_jobs(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Job]:
+    """Turns files, folders (searched recursively) and glob patterns into jobs.
+
+    A file keeps its name under ``out_dir``; a folder's images keep their path relative to
+    the folder; a glob's matches keep their names (:func:`find_images`; an earlier run's
+    outputs inside a folder are not new inputs). Raises :class:`InputError` for a missing
+    path, a folder or pattern with no images, two inputs that would write the same output,
+    or an output that would overwrite an input.
+    """
+    out_dir = Path(out_dir)
+    jobs = [Job(source, out_dir / name) for source, name in find_images(inputs, skip=out_dir)]
     _check_outputs(jobs)
     return jobs
 

@@ -28,16 +28,14 @@ References:
 from __future__ import annotations
 
 import functools
-import glob
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fdn.choices import DEFAULT_NOISE_ESTIMATOR, NOISE_ESTIMATORS
-from fdn.images import EXTENSIONS, to_unit_float
+from fdn.images import to_unit_float
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +48,6 @@ __all__ = [
     "estimate_files",
     "estimate_noise",
     "estimate_noise_tensor",
-    "find_images",
     "flow_model_name",
 ]
 
@@ -205,35 +202,6 @@ def estimate_noise_tensor(
 # fdn estimate-noise: files, folders and globs
 
 
-def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files, folders (searched recursively for :data:`fdn.images.EXTENSIONS`) and glob
-    patterns, as a list of image files; ValueError names a path that gives none."""
-    found: list[Path] = []
-    for entry in inputs:
-        text = os.fspath(entry)
-        path = Path(text)
-        if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p))
-            if not images:
-                raise ValueError(f"{path}: no images in this folder")
-            found += images
-        elif path.is_file():
-            found.append(path)
-        elif glob.has_magic(text):
-            images = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            images = [p for p in images if p.is_file() and _is_image(p)]
-            if not images:
-                raise ValueError(f"{text}: no images match this pattern")
-            found += images
-        else:
-            raise ValueError(f"{path}: no such file or folder")
-    return found
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in EXTENSIONS
-
-
 def estimate_files(
     inputs: Sequence[str | os.PathLike],
     methods: Sequence[str] = (DEFAULT_NOISE_ESTIMATOR,),
@@ -245,10 +213,11 @@ def estimate_files(
     Returns ``{"file": path, "sigma": {method: value}}`` per image that was read, and the
     number of files that failed; each failure is reported as one line naming the file.
     """
+    from fdn.batch import find_images  # the walk fdn denoise does, and its errors
     from fdn.images import read_array
 
     rows, failed = [], 0
-    for path in find_images(inputs):
+    for path, _ in find_images(inputs):
         try:
             pixels = read_array(path)
             sigma = {method: estimate_noise(pixels, method, device) for method in methods}
