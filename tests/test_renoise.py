@@ -119,3 +119,21 @@ def test_cli_help_describes_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("--model", "--samples", "--temperature", "--seed", "--output"):
         assert option in text
+
+
+def test_no_sample_overwrites_an_input_or_another_sample(tmp_path, model):
+    # fdn denoise's output checks hold for every sample file, before anything is written.
+    from fdn.batch import InputError, Job
+    from fdn.synthesis import renoise_files
+
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for name in ("a.png", "a_renoise_1.png"):
+        Image.fromarray(pixels).save(tmp_path / name)
+    clash = [Job(tmp_path / "a.png", tmp_path / "a.png")]  # sample 1 is the other input
+    with pytest.raises(InputError, match="would overwrite an input"):
+        renoise_files([*clash, Job(tmp_path / "a_renoise_1.png", tmp_path / "b.png")], model)
+    (tmp_path / "x").mkdir()
+    twice = [Job(tmp_path / "a.png", tmp_path / "x" / "a.png")] * 2
+    with pytest.raises(InputError, match="would be written here"):
+        renoise_files(twice, model)
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["a.png", "a_renoise_1.png"]

@@ -23,7 +23,15 @@ from fdn.images import EXTENSIONS, ImageFileError, read_image, write_image
 from fdn.likelihood import Likelihood, ood_threshold
 from fdn.model import FDN
 
-__all__ = ["BatchResult", "InputError", "Job", "denoise_files", "plan_jobs"]
+__all__ = [
+    "BatchResult",
+    "InputError",
+    "Job",
+    "check_outputs",
+    "denoise_files",
+    "find_images",
+    "plan_jobs",
+]
 
 
 class InputError(ValueError):
@@ -97,7 +105,7 @@ def plan_jobs(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -
     """
     out_dir = Path(out_dir)
     jobs = [Job(source, out_dir / name) for source, name in find_images(inputs, skip=out_dir)]
-    _check_outputs(jobs)
+    check_outputs(jobs)
     return jobs
 
 
@@ -110,7 +118,8 @@ def _extension_list() -> str:
     return ", ".join(sorted(EXTENSIONS))
 
 
-def _check_outputs(jobs: list[Job]) -> None:
+def check_outputs(jobs: Sequence[Job]) -> None:
+    """Raises :class:`InputError` if a job's target is an input or another job's target."""
     sources = {job.source.resolve() for job in jobs}
     targets: dict[Path, Path] = {}
     for job in jobs:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fdn.batch import InputError, Job
+from fdn.batch import Job, check_outputs
 from fdn.images import ImageFileError, read_image, to_unit_float, write_image
 from fdn.model import FDN
 
@@ -138,11 +138,9 @@ def renoise_files(
     Raises :class:`fdn.batch.InputError` before writing anything if an output would overwrite
     an input.
     """
-    sources = {job.source.resolve() for job in jobs}
-    for job in jobs:
-        for target in renoise_targets(job, samples):
-            if target.resolve() in sources:
-                raise InputError(f"{target}: output would overwrite an input")
+    # fdn denoise's output checks, on every sample's file: none overwrites an input, no two
+    # inputs write the same file.
+    check_outputs([Job(job.source, t) for job in jobs for t in renoise_targets(job, samples)])
     written = failed = 0
     for job in jobs:
         try:
