@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from fdn.choices import PRECISIONS, check_strength
 from fdn.images import to_unit_float
 from fdn.likelihood import Likelihood, encode_for_likelihood
-from fdn.model import FDN, HINT_DRAWS, hint_noise, hint_sigma
+from fdn.model import FDN, with_sigma_hint
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -127,19 +127,12 @@ def denoise_tensor(
         return _denoise_piece(image, model, strength, likelihood, 0, 0).to(image.dtype).cpu()
     if overlap < 0 or tile < 2 * overlap + 4:
         raise ValueError(f"tile {tile} must exceed twice the overlap {overlap} plus 4")
-    if strength > 1:
-        sigma = hint_sigma(strength)
-        draws = (
-            denoise_tensor(
-                image + sigma * hint_noise((1, *image.shape), k)[0].to(image.dtype),
-                model,
-                tile,
-                overlap,
-                progress,
-            )
-            for k in range(HINT_DRAWS)
-        )
-        return torch.stack(list(draws)).mean(0)
+    if strength > 1:  # the noise is drawn for the whole image (as a batch of one), then tiled
+        return with_sigma_hint(
+            image[None],
+            strength,
+            lambda noisy: denoise_tensor(noisy[0], model, tile, overlap, progress)[None],
+        )[0]
     multiple = model.config.size_multiple
     out = np.zeros((channels, height, width), dtype=np.float64)
     total = np.zeros((height, width), dtype=np.float64)

@@ -3,6 +3,7 @@ r"""FDN: the flow that encodes a noisy image, drops its noise channels and decod
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "StepOfFlow",
     "hint_noise",
     "hint_sigma",
+    "with_sigma_hint",
 ]
 
 # Strength above 1 is a sigma hint: HINT_DRAWS seeded draws of white Gaussian noise, of
@@ -47,6 +49,17 @@ def hint_noise(shape: tuple[int, ...] | torch.Size, k: int) -> Tensor:
     """
     generator = torch.Generator().manual_seed(k)
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+
+
+def with_sigma_hint(y: Tensor, strength: float, denoise: Callable[[Tensor], Tensor]) -> Tensor:
+    """The mean of ``denoise`` (a strength-1 denoise, whole or tiled) over the
+    :data:`HINT_DRAWS` draws of :func:`hint_noise` added to ``y`` at :func:`hint_sigma`."""
+    sigma = hint_sigma(strength)
+    draws = [
+        denoise(y + sigma * hint_noise(y.shape, k).to(y.device, y.dtype))
+        for k in range(HINT_DRAWS)
+    ]
+    return torch.stack(draws).mean(0)
 
 
 @dataclass(frozen=True)
@@ -271,12 +284,7 @@ class FDN(SequentialFlow):
         """
         strength = check_strength(strength)
         if strength > 1:
-            sigma = hint_sigma(strength)
-            draws = (
-                self.denoise(y + sigma * hint_noise(y.shape, k).to(y.device, y.dtype))
-                for k in range(HINT_DRAWS)
-            )
-            return torch.stack(list(draws)).mean(0)
+            return with_sigma_hint(y, strength, self.denoise)
         return self.denoise_with_latent(y, strength)[0]
 
     def denoise_with_latent(
