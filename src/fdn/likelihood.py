@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fdn.losses import _LOG_2PI  # the training NLL's constant, so the two agree
 from fdn.model import FDN
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "ood_threshold",
 ]
 
-_LOG_2PI = math.log(2 * math.pi)
 _LOG2_255 = math.log2(255)
 
 # The guard's threshold per bundled model, in bits/dim, with the SHA-256 of the weights it was
