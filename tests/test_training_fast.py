@@ -268,3 +268,32 @@ def test_a_cpu_time_limit_counts_the_process_cpu_time_not_the_wall(images, tmp_p
     assert 0 < result.step < 6
     with pytest.raises(ConfigError, match="time_limit_clock"):
         small_config(images, tmp_path, "training.time_limit_clock='gpu'")
+
+
+def test_training_time_counts_across_resumes(images, tmp_path):
+    # The time limit is the run's budget, not each process's: a run stopped and resumed
+    # gets no more time than one left alone, and its log gives PSNR against training time.
+    config = small_config(images, tmp_path, "training.iterations=3", "training.log_every=1")
+    quiet(config, tmp_path / "run")
+    checkpoint = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    first = checkpoint["train_seconds"]
+    assert first["wall"] > 0 and first["cpu"] > 0
+    # Pretend the first process had used an hour of CPU; the run may continue to step 6
+    # within 90 CPU minutes, and it logs the hour it inherited.
+    checkpoint["train_seconds"] = {"wall": 10.0, "cpu": 3600.0}
+    checkpoint["config"]["training"].update(iterations=6, time_limit=90.0, time_limit_clock="cpu")
+    torch.save(checkpoint, tmp_path / "run" / CHECKPOINT)
+    assert quiet(None, tmp_path / "run", resume=True).step == 6
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    times = [row for row in rows if "cpu_s" in row]
+    assert [row["step"] for row in times] == [1, 2, 3, 4, 5, 6]
+    assert times[2]["cpu_s"] < 3600 < times[3]["cpu_s"]
+    assert all(a["wall_s"] < b["wall_s"] for a, b in zip(times[3:], times[4:]))
+
+    # With the budget spent before the resume, the resumed run takes no step at all (it used
+    # to start a fresh budget and run up to the full limit again).
+    checkpoint = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    checkpoint["train_seconds"]["cpu"] = 90 * 60 + 1.0
+    checkpoint["config"]["training"]["iterations"] = 9
+    torch.save(checkpoint, tmp_path / "run" / CHECKPOINT)
+    assert quiet(None, tmp_path / "run", resume=True).step == 6

@@ -127,10 +127,12 @@ class TrainingConfig:
     log-dets stay float32) and keeps model and batches channels-last. ``ema`` is the decay of
     an exponential moving average of the weights (0: off); when on, validation and the model
     files use the average. ``threads = 0`` leaves PyTorch's default. ``time_limit`` (minutes,
-    0: none) ends the run early, validated and saved as at its last step, and ``--resume``
-    continues it: equal-time comparisons, and runs that fit a working session. It counts wall
-    time, or with ``time_limit_clock = "cpu"`` the CPU time of the training process (its
-    threads, not loader workers): equal compute for runs that share a busy machine.
+    0: none) ends the run early, validated and saved as at its last step: equal-time
+    comparisons, and runs that fit a working session. It counts wall time, or with
+    ``time_limit_clock = "cpu"`` the CPU time of the training process (its threads, not
+    loader workers): equal compute for runs that share a busy machine. The time is the run's,
+    across resumes: the checkpoint keeps it, and the log's ``wall_s`` and ``cpu_s`` give it at
+    each line (PSNR against training time).
     """
 
     iterations: int = 300_000

@@ -23,7 +23,7 @@ import signal
 import time
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +254,8 @@ class _Run:
     start: int = 0
     skipped: int = 0
     best: float = -math.inf
+    # Training time spent before this process, by clock ("wall", "cpu"), from the checkpoint.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def main(self) -> bool:
@@ -264,7 +266,7 @@ class _Run:
         """What validation scores and the model files hold: the average when there is one."""
         return self.average.model if self.average is not None else self.model
 
-    def save_checkpoint(self, step: int) -> None:
+    def save_checkpoint(self, step: int, seconds: dict[str, float]) -> None:
         if not self.main:
             return
         state = {
@@ -275,6 +277,7 @@ class _Run:
             "scheduler": self.scheduler.state_dict(),
             "skipped": self.skipped,
             "best_psnr": self.best,
+            "train_seconds": seconds,
             "rng": rng_state(),
         }
         if self.average is not None:
@@ -318,12 +321,13 @@ def _start(
 
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
-    start, skipped, best = 0, 0, -math.inf
+    start, skipped, best, seconds = 0, 0, -math.inf, {"wall": 0.0, "cpu": 0.0}
     if checkpoint is not None:
         load_weights(model, checkpoint["model"], run_dir / CHECKPOINT)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, skipped, best = checkpoint["step"], checkpoint["skipped"], checkpoint["best_psnr"]
+        seconds = dict(checkpoint.get("train_seconds", seconds))  # older checkpoints: from 0
         set_rng_state(checkpoint["rng"])
     elif isinstance(model, FDN) and not settings.init:
         # ActNorm's data-dependent init, on a real training batch, before the first step. Every
@@ -352,7 +356,7 @@ def _start(
         say(f"validation: {len(validation)} images, noisy input PSNR {noisy_psnr:.2f} dB")
     return _Run(
         config, run_dir, rank, world, device, model, objective, optimizer, scheduler, average,
-        iter(loader), validation, say, start, skipped, best,
+        iter(loader), validation, say, start, skipped, best, seconds,
     )  # fmt: skip
 
 
@@ -410,11 +414,33 @@ def train(
         dynamic_ncols=True,
     )
     window_start, window_images = time.perf_counter(), 0
-    clock = time.process_time if settings.time_limit_clock == "cpu" else time.monotonic
-    deadline = clock() + 60 * settings.time_limit
+    # Training time counts across resumes (the checkpoint keeps it), so a time limit is the
+    # run's budget however many times it was stopped, and the log can plot PSNR against time.
+    clocks = {"wall": time.monotonic, "cpu": time.process_time}
+    began = {name: clock() for name, clock in clocks.items()}
+
+    def spent() -> dict[str, float]:
+        return {
+            name: run.seconds.get(name, 0.0) + clock() - began[name]
+            for name, clock in clocks.items()
+        }
+
+    def out_of_time() -> bool:
+        limit = 60 * settings.time_limit
+        return _any_rank(
+            bool(limit) and spent()[settings.time_limit_clock] > limit, world, run.device
+        )
+
     done, streak = run.start, 0
+    end = settings.iterations
+    if run.start < end and out_of_time():  # a resumed run that had used its time
+        run.say(
+            f"step {done}: the time limit of {settings.time_limit:g} minutes "
+            f"({settings.time_limit_clock} time) was already reached"
+        )
+        end = run.start
     with signals_caught() as caught:
-        for step in range(run.start, settings.iterations):
+        for step in range(run.start, end):
             noisy, clean = (t.to(run.device) for t in next(run.batches))
             terms, skipped = _step(run, step, noisy, clean)
             streak = streak + 1 if skipped else 0
@@ -430,9 +456,7 @@ def train(
             bar.update(1)
 
             # The time limit ends the run here as if this were its last step.
-            last = done == settings.iterations or _any_rank(
-                bool(settings.time_limit) and clock() > deadline, world, run.device
-            )
+            last = done == settings.iterations or out_of_time()
             record: dict = {}
             if done % settings.log_every == 0 or last:
                 elapsed = time.perf_counter() - window_start
@@ -452,9 +476,10 @@ def train(
                     f"(best {run.best:.2f})"
                 )
             if record and run.main:
+                record.update({f"{name}_s": value for name, value in spent().items()})
                 write_log(run.run_dir, {"step": done, **record}, board)
             if done % settings.checkpoint_every == 0 or last:
-                run.save_checkpoint(done)
+                run.save_checkpoint(done, spent())
             if last and done < settings.iterations:
                 run.say(
                     f"step {done}: time limit of {settings.time_limit:g} minutes "
@@ -462,7 +487,7 @@ def train(
                 )
                 break
             if _any_rank(bool(caught), world, run.device):
-                run.save_checkpoint(done)
+                run.save_checkpoint(done, spent())
                 bar.close()
                 raise TrainingStopped(done, caught[0] if caught else signal.SIGTERM)
     bar.close()
