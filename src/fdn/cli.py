@@ -357,6 +357,19 @@ def _ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curves(args: argparse.Namespace) -> int:
+    from fdn.curves import draw_curves, parse_run, read_curve
+
+    runs = [parse_run(text) for text in args.runs]
+    curves = [read_curve(path, args.y, args.x, label) for label, path in runs]
+    for curve in curves:
+        print(
+            f"{curve.label}: {len(curve.points)} points, last {args.y} {curve.points[-1][1]:.4g}"
+        )
+    print(f"curves: {draw_curves(curves, args.out, args.y, args.x, args.title)}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from fdn.export import export_onnx
 
@@ -873,6 +886,37 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
     _add_progress_option(ablate)
     ablate.set_defaults(run=_ablate)
+
+    curves = commands.add_parser(
+        "curves",
+        help="draw training curves of runs (validation PSNR by default) as an SVG",
+        description=(
+            "Draw a logged value of each run (from RUN_DIR/log.jsonl) against training steps, "
+            "wall-clock hours or CPU hours as an SVG line plot: one line per run, a legend, and "
+            "for val_psnr the noisy input's PSNR as a dashed line when the log has it."
+        ),
+    )
+    curves.add_argument(
+        "runs",
+        nargs="+",
+        metavar="[LABEL=]RUN_DIR",
+        help="run folders (or their log.jsonl), each named LABEL (default: the folder's name)",
+    )
+    curves.add_argument("--out", required=True, metavar="FILE.svg", help="the SVG file to write")
+    curves.add_argument(
+        "--x",
+        choices=("step", "wall", "cpu"),
+        default="step",
+        help="x axis: training steps, wall-clock hours or CPU hours (default: step)",
+    )
+    curves.add_argument(
+        "--y",
+        default="val_psnr",
+        metavar="KEY",
+        help="the log key to draw, e.g. loss, nll, mse, lr (default: val_psnr)",
+    )
+    curves.add_argument("--title", metavar="TEXT", help="a title above the plot")
+    curves.set_defaults(run=_curves)
     return parser
 
 
