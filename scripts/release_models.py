@@ -47,12 +47,17 @@ def trained_model(run_dir: Path) -> tuple[FDN, TrainConfig, int]:
     return model.eval(), config, checkpoint["step"]
 
 
-def training_seconds(run_dir: Path, batch_size: int) -> float:
-    """Time spent in training steps, from the log's throughput: a run stopped and resumed in
-    a later session does not count the time in between (file times would)."""
+def training_seconds(run_dir: Path, batch_size: int, clock: str = "cpu") -> float:
+    """Time spent training, the run's own across resumes: the log's ``cpu_s`` (CPU time of the
+    training process, all its threads) or ``wall_s``, or for a log from before those were
+    kept, the time of its steps from their throughput. A run stopped and resumed in a later
+    session does not count the time in between (file times would)."""
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    timed = [row for row in rows if f"{clock}_s" in row]
+    if timed:
+        return float(timed[-1][f"{clock}_s"])
     seconds, last_step = 0.0, 0
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         if "images_per_s" in row and row["images_per_s"] > 0:
             seconds += (row["step"] - last_step) * batch_size / row["images_per_s"]
         last_step = row["step"]
@@ -110,9 +115,11 @@ def release(
     target = weights / f"{name}.safetensors"
     storage = "float16" if abs(half - score) < 0.01 else "float32"
     save_model(model, target, dtype=torch.float16 if storage == "float16" else None)
-    hours = training_seconds(run_dir, config.training.batch_size) / 3600
     # GPU hours are kept apart from CPU hours: an hour of one is not an hour of the other.
-    clock = "gpu_hours" if config.training.device.startswith("cuda") else "cpu_hours"
+    on_gpu = config.training.device.startswith("cuda")
+    clock = "gpu_hours" if on_gpu else "cpu_hours"
+    hours = training_seconds(run_dir, config.training.batch_size, "wall" if on_gpu else "cpu")
+    hours /= 3600
     before = previous.get("cumulative", {}) if continued else {}
     if continued and not before:  # a record from before cumulative accounting
         before = {

@@ -133,3 +133,23 @@ def test_a_gpu_stage_counts_gpu_hours_and_patches(images, tmp_path, monkeypatch,
     assert "stage_cpu_hours" not in stage and stage["stage_batch_size"] == 3
     table = release_models.release_table(record)
     assert f"{12:,}" in table and " GPU" in table.splitlines()[-1]
+
+
+def test_the_hours_are_the_logged_cpu_time_of_the_run(tmp_path, release_models):
+    # The log's cpu_s is the run's own CPU time across resumes; a run that shared the machine
+    # (niced, half the wall clock) must not count the wall clock as CPU hours.
+    (tmp_path / "log.jsonl").write_text(
+        "\n".join(
+            json.dumps(row)
+            for row in (
+                {"step": 0, "val_psnr_noisy": 20.0},
+                {"step": 50, "images_per_s": 1.0, "wall_s": 1000.0, "cpu_s": 400.0},
+                {"step": 100, "images_per_s": 1.0, "wall_s": 2000.0, "cpu_s": 900.0},
+            )
+        )
+    )
+    assert release_models.training_seconds(tmp_path, 16) == 900.0
+    assert release_models.training_seconds(tmp_path, 16, "wall") == 2000.0
+    # A log from before the times were kept: the steps' time from their throughput.
+    (tmp_path / "log.jsonl").write_text(json.dumps({"step": 50, "images_per_s": 2.0}))
+    assert release_models.training_seconds(tmp_path, 16) == 400.0
