@@ -207,6 +207,13 @@ def test_find_dataset_sorts_recursively_and_limits(tmp_path):
         find_dataset(write_images(tmp_path / "empty", 0))
 
 
+def test_a_split_folder_is_named_with_its_data_set(tmp_path):
+    # faces/celeba/test and birds/test would both be "test" in one table.
+    assert find_dataset(write_images(tmp_path / "celeba" / "test", 1)).name == "celeba/test"
+    assert find_dataset(write_images(tmp_path / "birds" / "Val", 1)).name == "birds/Val"
+    assert find_dataset(write_images(tmp_path / "CBSD68", 1)).name == "CBSD68"
+
+
 def test_paired_layouts(tmp_path):
     write_images(tmp_path / "pairs" / "noisy", 2)
     write_images(tmp_path / "pairs" / "clean", 2)

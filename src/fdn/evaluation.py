@@ -116,6 +116,10 @@ def _pair_items(root: Path) -> list[ImageItem]:
     return [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
 
 
+# Folder names that say which split, not which data set: a data set is named with its parent.
+_SPLITS = {"test", "testing", "train", "training", "val", "valid", "validation"}
+
+
 def find_dataset(
     root: str | os.PathLike, paired: bool = False, limit: int | None = None
 ) -> Dataset:
@@ -141,6 +145,8 @@ def find_dataset(
     name = root.resolve().name
     if name.lower() == "data" and paired:  # SIDD's .../SIDD_Small/Data: name it by its parent
         name = root.resolve().parent.name
+    elif name.lower() in _SPLITS:  # faces/celeba/test: "celeba/test", not "test"
+        name = f"{root.resolve().parent.name}/{name}"
     return Dataset(name, root, tuple(items[:limit] if limit else items), paired)
 
 
