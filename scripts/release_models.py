@@ -29,6 +29,7 @@ import torch
 from fdn.atomic import atomic_write
 from fdn.config import TrainConfig, config_from_dict
 from fdn.data import load_validation
+from fdn.likelihood import OOD_THRESHOLDS
 from fdn.model import FDN
 from fdn.serialization import load_model, save_model
 from fdn.training import CHECKPOINT, build_model, validate
@@ -62,6 +63,15 @@ def training_seconds(run_dir: Path, batch_size: int, clock: str = "cpu") -> floa
             seconds += (row["step"] - last_step) * batch_size / row["images_per_s"]
         last_step = row["step"]
     return seconds
+
+
+def held_back(config: TrainConfig) -> str:
+    """Which images judged the model: the held-back ones, or the first of them that
+    ``validation.max_images`` keeps."""
+    data, scored = config.data, config.validation.max_images
+    if scored and scored < data.holdout:
+        return f"{scored} of the {data.holdout} held back of {data.train}"
+    return f"{data.holdout} of {data.train}"
 
 
 def sha256(path: Path) -> str:
@@ -172,7 +182,7 @@ def release(
         "storage": storage,
         "float16_psnr_change_db": half - score,
         "holdout": {
-            "images": f"{data.holdout} of {data.train}",
+            "images": held_back(config),
             "sigmas": config.validation.sigmas or [config.validation.sigma],
             "psnr_db": round(score, 3),
         },
@@ -204,11 +214,12 @@ def release(
     }
     print(f"{name}: released ({storage}, float16 change {half - score:+.4f} dB)")
     # The guard's threshold is tied to the weights' SHA-256 (tests/test_likelihood.py fails
-    # until it is measured again for the new file).
-    print(
-        f"{name}: now recalibrate the out-of-distribution guard (fdn.likelihood.OOD_THRESHOLDS):"
-        " python benchmarks/ood_calibration.py --data TRAIN_FOLDERS"
-    )
+    # until it is measured again for the new file); a model without a threshold has no guard.
+    if name in OOD_THRESHOLDS:
+        print(
+            f"{name}: now recalibrate the out-of-distribution guard (fdn.likelihood."
+            "OOD_THRESHOLDS): python benchmarks/ood_calibration.py --data TRAIN_FOLDERS"
+        )
     return True
 
 

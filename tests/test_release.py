@@ -153,3 +153,12 @@ def test_the_hours_are_the_logged_cpu_time_of_the_run(tmp_path, release_models):
     # A log from before the times were kept: the steps' time from their throughput.
     (tmp_path / "log.jsonl").write_text(json.dumps({"step": 50, "images_per_s": 2.0}))
     assert release_models.training_seconds(tmp_path, 16) == 400.0
+
+
+def test_the_record_says_how_many_held_back_images_scored_the_model(
+    images, tmp_path, release_models
+):
+    config = small_config(images, tmp_path, "data.holdout=4", "validation.max_images=2")
+    assert release_models.held_back(config) == "2 of the 4 held back of train"
+    config = small_config(images, tmp_path, "data.holdout=4")
+    assert release_models.held_back(config) == "4 of train"
