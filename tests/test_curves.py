@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from fdn.cli import main
-from fdn.curves import CurveError, parse_run, plot_curves, read_curve
+from fdn.curves import CurveError, parse_line, parse_run, plot_curves, read_curve
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -150,3 +150,32 @@ def test_cli_a_missing_run_folder_is_one_line_and_nonzero(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("fdn: error: ") and str(tmp_path / "nowhere") in err
     assert err.count("\n") == 1 and not out.exists()
+
+
+def test_reference_lines_are_drawn_named_and_the_noisy_line_can_go(tmp_path, capsys):
+    fdn = fdn_run(tmp_path / "fdn")
+    out = tmp_path / "ref.svg"
+    argv = ["curves", str(fdn), "--out", str(out), "--hline", "BM3D=27.45", "--no-noisy"]
+    assert main(argv) == 0
+    root = ET.parse(out).getroot()
+    texts = [element.text for element in root.iter(f"{SVG}text")]
+    assert "BM3D 27.45" in texts and "noisy input" not in texts
+    dotted = [line for line in root.iter(f"{SVG}line") if line.get("stroke-dasharray")]
+    assert len(dotted) == 1
+    # The line is inside the axis range even though no run comes near it (they end at 27).
+    y_ticks = [
+        float(element.text)
+        for element in root.iter(f"{SVG}text")
+        if element.get("text-anchor") == "end" and element.text != "BM3D 27.45"
+    ]
+    assert max(y_ticks) >= 27.45 > 27 >= min(y_ticks)
+    capsys.readouterr()
+    assert main(["curves", str(fdn), "--out", str(out), "--hline", "BM3D"]) == 1
+    assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_parse_line_rejects_what_is_not_a_number():
+    assert parse_line("CBM3D=27.5") == ("CBM3D", 27.5)
+    for text in ("27.5", "=27.5", "BM3D=fast", "BM3D=nan"):
+        with pytest.raises(CurveError, match="NAME=VALUE"):
+            parse_line(text)

@@ -358,7 +358,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _curves(args: argparse.Namespace) -> int:
-    from fdn.curves import draw_curves, parse_run, read_curve
+    from fdn.curves import draw_curves, parse_line, parse_run, read_curve
 
     runs = [parse_run(text) for text in args.runs]
     curves = [read_curve(path, args.y, args.x, label) for label, path in runs]
@@ -366,7 +366,9 @@ def _curves(args: argparse.Namespace) -> int:
         print(
             f"{curve.label}: {len(curve.points)} points, last {args.y} {curve.points[-1][1]:.4g}"
         )
-    print(f"curves: {draw_curves(curves, args.out, args.y, args.x, args.title)}")
+    lines = [parse_line(text) for text in args.hline]
+    out = draw_curves(curves, args.out, args.y, args.x, args.title, lines, not args.no_noisy)
+    print(f"curves: {out}")
     return 0
 
 
@@ -916,6 +918,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the log key to draw, e.g. loss, nll, mse, lr (default: val_psnr)",
     )
     curves.add_argument("--title", metavar="TEXT", help="a title above the plot")
+    curves.add_argument(
+        "--hline",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a dotted reference line at VALUE, e.g. BM3D=27.9 (a baseline on the same "
+        "validation images: scripts/holdout_reference.py); repeatable",
+    )
+    curves.add_argument(
+        "--no-noisy", action="store_true", help="leave out the noisy input's PSNR line"
+    )
     curves.set_defaults(run=_curves)
     return parser
 

@@ -19,6 +19,7 @@ __all__ = [
     "Curve",
     "CurveError",
     "draw_curves",
+    "parse_line",
     "parse_run",
     "plot_curves",
     "read_curve",
@@ -81,6 +82,23 @@ def parse_run(text: str) -> tuple[str, Path]:
     path = Path(text).expanduser()
     folder = path.parent if path.name == "log.jsonl" else path
     return folder.resolve().name if folder.name in ("", ".", "..") else folder.name, path
+
+
+def parse_line(text: str) -> tuple[str, float]:
+    """``NAME=VALUE`` as ``(name, value)``: a reference line.
+
+    Example:
+        >>> parse_line("BM3D=27.9")
+        ('BM3D', 27.9)
+    """
+    name, sep, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not sep or not name or not math.isfinite(number):
+        raise CurveError(f"{text!r}: a reference line is NAME=VALUE, e.g. BM3D=27.9")
+    return name, number
 
 
 def _log_of(path: Path) -> Path:
@@ -146,17 +164,22 @@ def plot_curves(
     y: str = "val_psnr",
     x: str = "step",
     title: str | None = None,
+    lines: Sequence[tuple[str, float]] = (),
+    noisy: bool = True,
 ) -> Path:
     """Draws ``y`` against ``x`` for each ``(label, run folder or log)`` of ``runs`` as one
     SVG line plot at ``out`` (written atomically), and returns ``out``.
 
     One coloured line with markers per run, a legend of the labels, and for ``val_psnr`` the
-    noisy input's PSNR as a dashed line when the logs have it. Raises :class:`CurveError`
-    (before writing anything) when a run cannot give its curve.
+    noisy input's PSNR as a dashed line when the logs have it (unless ``noisy`` is false).
+    ``lines``: ``(name, y)`` reference lines, dotted, e.g. a baseline's PSNR on the same
+    validation images. Raises :class:`CurveError` (before writing anything) when a run cannot
+    give its curve.
     """
     if not runs:
         raise CurveError("no runs to draw")
-    return draw_curves([read_curve(path, y, x, label) for label, path in runs], out, y, x, title)
+    curves = [read_curve(path, y, x, label) for label, path in runs]
+    return draw_curves(curves, out, y, x, title, lines, noisy)
 
 
 def draw_curves(
@@ -165,12 +188,15 @@ def draw_curves(
     y: str = "val_psnr",
     x: str = "step",
     title: str | None = None,
+    lines: Sequence[tuple[str, float]] = (),
+    noisy: bool = True,
 ) -> Path:
     """Writes ``curves`` (read by :func:`read_curve` with the same ``y`` and ``x``) as the SVG
     of :func:`plot_curves`; returns ``out``."""
     if not curves:
         raise CurveError("no runs to draw")
-    text = _svg(list(curves), X_AXES[x][2], _Y_TITLES.get(y, y), y == "val_psnr", title)
+    noisy_line = noisy and y == "val_psnr"
+    text = _svg(list(curves), X_AXES[x][2], _Y_TITLES.get(y, y), noisy_line, title, lines)
     return atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
@@ -200,7 +226,12 @@ def _text(x: float, y: float, text: str, **attributes: str) -> str:
 
 
 def _svg(
-    curves: list[Curve], x_title: str, y_title: str, noisy_line: bool, title: str | None
+    curves: list[Curve],
+    x_title: str,
+    y_title: str,
+    noisy_line: bool,
+    title: str | None,
+    lines: Sequence[tuple[str, float]] = (),
 ) -> str:
     # Reference lines: the noisy input's PSNR, one per distinct value, named by its runs.
     references: dict[float, list[str]] = {}
@@ -209,6 +240,7 @@ def _svg(
             references.setdefault(round(curve.noisy_psnr, 6), []).append(curve.label)
     xs = [px for curve in curves for px, _ in curve.points]
     ys = [py for curve in curves for _, py in curve.points] + list(references)
+    ys += [value for _, value in lines]
     x_ticks = _ticks(min(0.0, *xs), max(xs))
     y_ticks = _ticks(min(ys), max(ys))
     x_labels, y_labels = _tick_labels(x_ticks), _tick_labels(y_ticks)
@@ -272,6 +304,14 @@ def _svg(
             f'y2="{at_y(value):.1f}" stroke="#666666" stroke-width="1.5" stroke-dasharray="6 4"/>'
         )
         parts.append(_text(left + 6, at_y(value) - 5, name, fill="#444444"))
+    # Given reference lines (a baseline's score), dotted, named above their right end.
+    for name, value in lines:
+        parts.append(
+            f'<line x1="{left:.1f}" y1="{at_y(value):.1f}" x2="{left + plot_w:.1f}" '
+            f'y2="{at_y(value):.1f}" stroke="#222222" stroke-width="1.5" stroke-dasharray="2 3"/>'
+        )
+        label = f"{name} {value:g}"
+        parts.append(_text(left + plot_w - 6, at_y(value) - 5, label, text_anchor="end"))
 
     # One line with markers per run, and its legend entry to the right of the plot.
     for index, curve in enumerate(curves):
