@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -80,3 +83,12 @@ def mild_model(channels: int = 3, seed: int = 0):
         shape=(4, channels, 16, 16),
         scale=0.02,
     )
+
+
+def load_script(name: str):
+    """The module of ``scripts/NAME.py`` (the maintainers' scripts are not in the package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

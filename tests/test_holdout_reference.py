@@ -1,9 +1,6 @@
 """scripts/holdout_reference.py: a baseline scored on exactly the noisy images that a run's
 validation scores, for a reference line beside its curve."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from fdn.config import load_config
@@ -11,17 +8,12 @@ from fdn.data import load_validation
 from fdn.metrics import psnr
 from test_training import small_config
 
-from helpers import make_images
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "holdout_reference.py"
+from helpers import load_script, make_images
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("holdout_reference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("holdout_reference")
 
 
 def test_the_reference_is_the_baseline_on_the_validation_images(tmp_path, script, monkeypatch):

@@ -1,9 +1,7 @@
 """scripts/release_models.py: a run replaces a bundled model only when it beats it on held-back
 images, and the record sums the iterations and hours of every stage."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,17 +9,12 @@ from fdn import load_model
 from fdn.training import train
 from test_training import small_config
 
-from helpers import make_images
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "release_models.py"
+from helpers import load_script, make_images
 
 
 @pytest.fixture(scope="module")
 def release_models():
-    spec = importlib.util.spec_from_file_location("release_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("release_models")
 
 
 @pytest.fixture(scope="module")

@@ -358,7 +358,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _curves(args: argparse.Namespace) -> int:
-    from fdn.curves import draw_curves, parse_line, parse_run, read_curve
+    from fdn.curves import parse_line, parse_run, plot_curves, read_curve
 
     runs = [parse_run(text) for text in args.runs]
     curves = [read_curve(path, args.y, args.x, label) for label, path in runs]
@@ -367,7 +367,7 @@ def _curves(args: argparse.Namespace) -> int:
             f"{curve.label}: {len(curve.points)} points, last {args.y} {curve.points[-1][1]:.4g}"
         )
     lines = [parse_line(text) for text in args.hline]
-    out = draw_curves(curves, args.out, args.y, args.x, args.title, lines, not args.no_noisy)
+    out = plot_curves(curves, args.out, args.y, args.x, args.title, lines, not args.no_noisy)
     print(f"curves: {out}")
     return 0
 

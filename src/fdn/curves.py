@@ -18,7 +18,6 @@ __all__ = [
     "X_AXES",
     "Curve",
     "CurveError",
-    "draw_curves",
     "parse_line",
     "parse_run",
     "plot_curves",
@@ -159,7 +158,7 @@ def read_curve(
 
 
 def plot_curves(
-    runs: Sequence[tuple[str, str | os.PathLike]],
+    runs: Sequence[tuple[str, str | os.PathLike] | Curve],
     out: str | os.PathLike,
     y: str = "val_psnr",
     x: str = "step",
@@ -167,8 +166,9 @@ def plot_curves(
     lines: Sequence[tuple[str, float]] = (),
     noisy: bool = True,
 ) -> Path:
-    """Draws ``y`` against ``x`` for each ``(label, run folder or log)`` of ``runs`` as one
-    SVG line plot at ``out`` (written atomically), and returns ``out``.
+    """Draws ``y`` against ``x`` for each run of ``runs`` (``(label, run folder or log)``, or a
+    :class:`Curve` already read with the same ``y`` and ``x``) as one SVG line plot at ``out``
+    (written atomically), and returns ``out``.
 
     One coloured line with markers per run, a legend of the labels, and for ``val_psnr`` the
     noisy input's PSNR as a dashed line when the logs have it (unless ``noisy`` is false).
@@ -178,25 +178,9 @@ def plot_curves(
     """
     if not runs:
         raise CurveError("no runs to draw")
-    curves = [read_curve(path, y, x, label) for label, path in runs]
-    return draw_curves(curves, out, y, x, title, lines, noisy)
-
-
-def draw_curves(
-    curves: Sequence[Curve],
-    out: str | os.PathLike,
-    y: str = "val_psnr",
-    x: str = "step",
-    title: str | None = None,
-    lines: Sequence[tuple[str, float]] = (),
-    noisy: bool = True,
-) -> Path:
-    """Writes ``curves`` (read by :func:`read_curve` with the same ``y`` and ``x``) as the SVG
-    of :func:`plot_curves`; returns ``out``."""
-    if not curves:
-        raise CurveError("no runs to draw")
+    curves = [run if isinstance(run, Curve) else read_curve(run[1], y, x, run[0]) for run in runs]
     noisy_line = noisy and y == "val_psnr"
-    text = _svg(list(curves), X_AXES[x][2], _Y_TITLES.get(y, y), noisy_line, title, lines)
+    text = _svg(curves, X_AXES[x][2], _Y_TITLES.get(y, y), noisy_line, title, lines)
     return atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
