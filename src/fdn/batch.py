@@ -9,8 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from fdn.choices import check_strength
 from fdn.denoising import (
     DEFAULT_MAX_PIXELS,
@@ -22,6 +20,8 @@ from fdn.denoising import (
 from fdn.images import EXTENSIONS, ImageFileError, read_image, write_image
 from fdn.likelihood import Likelihood, ood_threshold
 from fdn.model import FDN
+from fdn.progress import progress as progress_bar
+from fdn.progress import progress_mode
 
 __all__ = [
     "BatchResult",
@@ -141,7 +141,7 @@ def denoise_files(
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    progress: bool = True,
+    progress: bool | str = True,
     report: Callable[[str], None] = print,
     ensemble: bool = False,
     precision: str = "fp32",
@@ -161,6 +161,9 @@ def denoise_files(
     ``report`` receives one line per problem or notice (it should not break a progress bar:
     the CLI passes ``tqdm.write``).
 
+    ``progress`` is True (``"bar"``: a tqdm bar, and one over tiles), ``"lines"`` (a line on
+    stderr at most once a minute, :func:`fdn.progress.progress`) or False (``"off"``).
+
     ``strength`` is :meth:`FDN.denoise`'s; a value outside [0, 2] stops the batch before it
     starts rather than failing every file.
 
@@ -172,7 +175,7 @@ def denoise_files(
     """
     check_strength(strength)
     result = BatchResult(0, 0)
-    bar = tqdm(jobs, desc="denoising", unit="image", disable=not progress)
+    bar = progress_bar(jobs, mode=progress, label="fdn denoise", desc="denoising", unit="image")
     for job in bar:
         bar.set_postfix_str(job.source.name, refresh=False)
         try:
@@ -198,7 +201,7 @@ def denoise_files(
                 tile,
                 overlap,
                 max_pixels,
-                progress,
+                progress_mode(progress) == "bar",
                 ensemble,
                 precision,
                 strength,

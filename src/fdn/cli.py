@@ -145,7 +145,8 @@ def _add_progress_option(parser: argparse.ArgumentParser) -> None:
         "--no-progress",
         dest="progress",
         action="store_false",
-        help="no progress bar (bars are drawn only when stderr is a terminal)",
+        help="no progress bar (bars are drawn when stderr is a terminal, otherwise "
+        "denoise and eval print a line at most once a minute)",
     )
 
 
@@ -162,9 +163,12 @@ def _add_weights_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(args: argparse.Namespace) -> bool:
-    """Whether to draw progress bars: not with --no-progress, and only on a terminal."""
-    return args.progress and sys.stderr.isatty()
+def _progress(args: argparse.Namespace) -> str:
+    """How to show progress: ``"off"`` with --no-progress, ``"bar"`` on a terminal, otherwise
+    ``"lines"`` (a line at most once a minute, for logs of background runs)."""
+    if not args.progress:
+        return "off"
+    return "bar" if sys.stderr.isatty() else "lines"
 
 
 def command_options(args: argparse.Namespace) -> dict:
@@ -211,7 +215,7 @@ def _denoise(args: argparse.Namespace) -> int:
 
         model = bundled
 
-    progress = _progress(args) and not args.quiet
+    progress = "off" if args.quiet else _progress(args)
 
     def report(line: str) -> None:
         if line.startswith(("fdn: error", "fdn: warning")) or not args.quiet:
@@ -288,7 +292,9 @@ def _train(args: argparse.Namespace) -> int:
                 f"{run_dir}, or choose another --out"
             )
     try:
-        result = train(config, run_dir, resume=bool(args.resume), progress=_progress(args))
+        result = train(
+            config, run_dir, resume=bool(args.resume), progress=_progress(args) == "bar"
+        )
     except TrainingStopped as stopped:
         print(
             f"fdn: {stopped}; checkpoint saved, continue with: fdn train --resume {run_dir}",
@@ -351,7 +357,7 @@ def _ablate(args: argparse.Namespace) -> int:
             overrides = " ".join(f"--set {s}" for s in [*args.set, *sets])
             print(f"fdn train {args.config} --out {args.out}/{name} {overrides}")
         return 0
-    table = run_grid(args.grid, args.config, args.out, args.set, progress=_progress(args))
+    table = run_grid(args.grid, args.config, args.out, args.set, progress=_progress(args) == "bar")
     print(table.read_text(), end="")
     print(f"table: {table}")
     return 0

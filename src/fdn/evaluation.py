@@ -42,6 +42,7 @@ from fdn.denoising import precision_context
 from fdn.images import EXTENSIONS, read_array
 from fdn.metrics import psnr, ssim
 from fdn.noise import AWGN, Noise
+from fdn.progress import progress as progress_bar
 from fdn.reports import Summary, markdown_table, summarize, write_results
 from fdn.runtime import resolve_device
 
@@ -251,7 +252,7 @@ def evaluate(
     datasets: Sequence[Dataset],
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | str = True,
     estimator: str | None = None,
 ) -> Evaluation:
     """Runs every denoiser on every image of every data set at every sigma.
@@ -269,7 +270,8 @@ def evaluate(
         sigmas: noise levels on the 0-255 scale; for paired data sets, the levels non-blind
             methods are told (none: they are not applicable).
         seed: base seed of the synthetic noise.
-        progress: show a tqdm progress bar on stderr.
+        progress: True (or ``"bar"``) shows a tqdm bar on stderr, ``"lines"`` a plain line
+            at most once a minute (:func:`fdn.progress.progress`), False (``"off"``) nothing.
         estimator: None tells non-blind methods the true sigma; a method of
             :func:`fdn.estimate_noise` (``--sigma auto``) tells them each noisy image's
             estimated sigma instead, and records it in each result's ``told``.
@@ -281,7 +283,9 @@ def evaluate(
     evaluation = Evaluation(methods=names, conditions=conditions, estimator=estimator)
     evaluation.paired = [d.name for d in datasets if d.paired]
     total = sum(len(d.items) * len(_sigma_rows(d, sigmas)) for d in datasets) * len(denoisers)
-    bar = tqdm(total=total, unit="run", file=sys.stderr, disable=not progress, leave=False)
+    bar = progress_bar(
+        mode=progress, label="fdn eval", total=total, unit="run", file=sys.stderr, leave=False
+    )
 
     def report(message: str) -> None:
         tqdm.write(f"fdn eval: {message}", file=sys.stderr)
@@ -377,7 +381,7 @@ def run_eval(
     device: str | torch.device = "cpu",
     ensemble: bool = False,
     precision: str = "fp32",
-    progress: bool = True,
+    progress: bool | str = True,
     estimator: str | None = None,
 ) -> int:
     """Runs ``fdn eval``: prints the Markdown table, writes files with ``out``.
