@@ -226,7 +226,9 @@ def _svg(
     ys = [py for curve in curves for _, py in curve.points] + list(references)
     ys += [value for _, value in lines]
     x_ticks = _ticks(min(0.0, *xs), max(xs))
-    y_ticks = _ticks(min(ys), max(ys))
+    # A little room above and below, so that no line runs along the frame.
+    pad = 0.03 * (max(ys) - min(ys))
+    y_ticks = _ticks(min(ys) - pad, max(ys) + pad)
     x_labels, y_labels = _tick_labels(x_ticks), _tick_labels(y_ticks)
 
     # Layout: the plot area is fixed, the margins grow with the text around it.
