@@ -41,6 +41,7 @@ def test_a_run_whose_weights_turn_non_finite_fails_and_ships_nothing(images, tmp
         assert all(torch.isfinite(v.float()).all() for v in state.values())
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # the schedule's step after a skipped one
 def test_a_run_that_skipped_every_step_fails(images, tmp_path, capsys):
     config = small_config(images, tmp_path, "validation.every=0")
     config.data.sigma_range, config.data.sigma = None, float("nan")
@@ -120,6 +121,8 @@ def test_a_new_run_in_a_folder_with_an_old_log_starts_a_new_log(images, tmp_path
         ("shapes", "does not match its config"),
     ],
 )
+# The "pickle" damage is a pickle that torch's weights-only loader refuses, and warns about.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_damaged_checkpoints_are_one_line_errors(images, tmp_path, capsys, damage, message):
     run_dir = tmp_path / "run"
     quiet(small_config(images, tmp_path, "validation.every=0", "training.iterations=2"), run_dir)

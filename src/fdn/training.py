@@ -22,6 +22,7 @@ import os
 import signal
 import time
 import typing
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -450,7 +451,13 @@ def train(
                     f"loss or gradient); the data or the config is broken"
                 )
             lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used
-            run.scheduler.step()
+            with warnings.catch_warnings():
+                # A skipped step advances the schedule too (the schedule counts steps, not
+                # updates); PyTorch warns about that when no update has been made yet.
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
+                run.scheduler.step()
             window_images += noisy.shape[0] * world
             done = step + 1
             bar.update(1)
