@@ -28,6 +28,7 @@ import torch
 
 from fdn.atomic import atomic_write
 from fdn.config import TrainConfig, config_from_dict
+from fdn.curves import read_log
 from fdn.data import load_validation
 from fdn.likelihood import OOD_THRESHOLDS
 from fdn.model import FDN
@@ -53,7 +54,7 @@ def training_seconds(run_dir: Path, batch_size: int, clock: str = "cpu") -> floa
     training process, all its threads) or ``wall_s``, or for a log from before those were
     kept, the time of its steps from their throughput. A run stopped and resumed in a later
     session does not count the time in between (file times would)."""
-    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    rows = read_log(run_dir / "log.jsonl")
     timed = [row for row in rows if f"{clock}_s" in row]
     if timed:
         return float(timed[-1][f"{clock}_s"])

@@ -142,6 +142,10 @@ def test_the_hours_are_the_logged_cpu_time_of_the_run(tmp_path, release_models):
         )
     )
     assert release_models.training_seconds(tmp_path, 16) == 900.0
+    # A line cut short by a kill is skipped (fdn.curves.read_log), not a crash.
+    with (tmp_path / "log.jsonl").open("a") as log:
+        log.write('\n{"step": 150, "images_per_s": 1.0, "wall_s": 30')
+    assert release_models.training_seconds(tmp_path, 16) == 900.0
     assert release_models.training_seconds(tmp_path, 16, "wall") == 2000.0
     # A log from before the times were kept: the steps' time from their throughput.
     (tmp_path / "log.jsonl").write_text(json.dumps({"step": 50, "images_per_s": 2.0}))

@@ -12,12 +12,12 @@ validation PSNR and parameter count.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fdn.config import ConfigError, load_config
+from fdn.curves import read_log
 from fdn.info import count_parameters
 from fdn.training import CHECKPOINT, build_model, train
 
@@ -48,7 +48,7 @@ def _last_validation(run_dir: Path) -> float | None:
     log = run_dir / "log.jsonl"
     if not log.is_file():
         return None
-    scores = [json.loads(line).get("val_psnr") for line in log.read_text().splitlines() if line]
+    scores = [row.get("val_psnr") for row in read_log(log)]
     scores = [s for s in scores if s is not None]
     return scores[-1] if scores else None
 

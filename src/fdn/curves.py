@@ -22,6 +22,7 @@ __all__ = [
     "parse_run",
     "plot_curves",
     "read_curve",
+    "read_log",
 ]
 
 # x name -> (log key, divisor to the axis's unit, axis title)
@@ -100,6 +101,21 @@ def parse_line(text: str) -> tuple[str, float]:
     return name, number
 
 
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """The rows of a training log (``log.jsonl``, as ``fdn train`` writes it), in order; a
+    line that is not a JSON object (one cut short by a kill) is skipped. Here rather than
+    beside ``fdn.runstate.write_log`` so that reading a log does not import torch."""
+    rows = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def _log_of(path: Path) -> Path:
     if path.is_dir():
         log = path / "log.jsonl"
@@ -132,14 +148,7 @@ def read_curve(
         raise CurveError(f"unknown x axis {x!r}; known: {', '.join(X_AXES)}")
     key, unit, _ = X_AXES[x]
     log = _log_of(Path(path))
-    rows = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
+    rows = read_log(log)
     noisy = next((v for r in rows if (v := _number(r.get("val_psnr_noisy"))) is not None), None)
     valued = [row for row in rows if _number(row.get(y)) is not None]
     if not valued:
