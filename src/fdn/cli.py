@@ -682,6 +682,15 @@ def build_parser() -> argparse.ArgumentParser:
         "clean/ folders matched by name)",
     )
     evaluate.add_argument("--out", type=Path, metavar="DIR", help="write table.md, CSV, JSON")
+    evaluate.add_argument(
+        "--reuse",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="the --out folder of an earlier fdn eval: its methods join the table without "
+        "running again, after a check that it scored the same noisy images (seed, images, "
+        "noise, and a digest of the noisy pixels)",
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     evaluate.add_argument(
         "--limit", type=_positive_int, metavar="N", help="only the first N images of each data set"

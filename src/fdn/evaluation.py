@@ -12,6 +12,7 @@ The names of those modules are importable from here too, as they were before the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import sys
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+import fdn.reuse
 from fdn._version import __version__
 from fdn.baselines import MissingExtraError
 from fdn.choices import DEFAULT_SIGMAS
@@ -202,6 +204,10 @@ class Evaluation:
     paired: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     estimator: str | None = None  # with --sigma auto: what estimated the sigma methods are told
+    # SHA-256 of each condition's noisy images (name and float32 pixels, in order): two
+    # evaluations with the same digest saw the same noisy inputs (see fdn.reuse).
+    digests: dict[tuple[str, float | None], str] = field(default_factory=dict)
+    reused: list[tuple[str, list[str]]] = field(default_factory=list)  # (folder, methods)
 
 
 def synthetic_noise(sigma: float) -> Noise:
@@ -297,10 +303,13 @@ def evaluate(
                 noise = noise_name(sigma, dataset.paired)
                 bar.set_description(label)
                 evaluation.images[dataset.name, sigma] = len(dataset.items)
+                digest = hashlib.sha256()
                 for item in dataset.items:
                     try:
                         noisy, clean = _load_pair(item, sigma, seed)
                         told = sigma if estimator is None else _estimate(noisy, estimator)
+                        digest.update(item.name.encode() + b"\0")
+                        digest.update(noisy.numpy().tobytes())
                     except Exception as error:  # noqa: BLE001 - report the image, go on
                         failure = Failure(
                             dataset.name, sigma, None, item.name, _one_line(error), noise
@@ -313,7 +322,13 @@ def evaluate(
                         pair = (noisy, clean)
                         _run_one(denoiser, dataset, sigma, told, item, pair, evaluation, report)
                         bar.update(1)
+                evaluation.digests[dataset.name, sigma] = digest.hexdigest()
     return evaluation
+
+
+def _sigma_given(estimator: str | None) -> str:
+    # How non-blind methods learn the sigma, as settings and results.json record it.
+    return "true" if estimator is None else f"auto ({estimator})"
 
 
 def _estimate(noisy: Tensor, estimator: str) -> float:
@@ -383,6 +398,7 @@ def run_eval(
     precision: str = "fp32",
     progress: bool | str = True,
     estimator: str | None = None,
+    reuse: Sequence[str | os.PathLike] = (),
 ) -> int:
     """Runs ``fdn eval``: prints the Markdown table, writes files with ``out``.
 
@@ -402,6 +418,10 @@ def run_eval(
             or a :class:`torch.device`.
         estimator: ``--sigma auto``: non-blind methods are told each noisy image's sigma as
             this method of :func:`fdn.estimate_noise` estimates it (None: the true sigma).
+        reuse: earlier ``out`` folders whose methods join the table without running again,
+            when they saw the same noisy images (:mod:`fdn.reuse`: a mismatch raises
+            :class:`fdn.reuse.ReuseError`, before this run's methods run except for a
+            difference in the noisy images themselves, known only once they are drawn).
 
     Returns 0 when every method ran on every image, 1 when something failed. A baseline
     whose optional package (BM3D, NLM) is missing is skipped with a message on stderr; a
@@ -416,8 +436,8 @@ def run_eval(
         except MissingExtraError as error:
             print(f"fdn eval: skipping {name}: {error}", file=sys.stderr)
     denoisers += models_from_specs(models, device)
-    if not denoisers:
-        raise ValueError("nothing to evaluate: give --model and/or --baselines")
+    if not denoisers and not reuse:
+        raise ValueError("nothing to evaluate: give --model, --baselines and/or --reuse")
     if ensemble:
         denoisers = [EnsembleDenoiser(d) for d in denoisers]
     datasets = [find_dataset(root, paired, limit) for root in data]
@@ -426,6 +446,11 @@ def run_eval(
         raise ValueError(f"data set folders must have distinct names, got {names}")
     if sigmas is None:
         sigmas = [] if paired else DEFAULT_SIGMAS
+    given = {"seed": seed, "paired": paired, "sigma_given": _sigma_given(estimator)}
+    earlier: list[fdn.reuse.Earlier] = []
+    for folder in reuse:  # checked before anything runs
+        taken = [m for e in earlier for m in e.methods] + [d.name for d in denoisers]
+        earlier.append(fdn.reuse.load(folder, datasets, given, taken))
     with precision_context(precision, device):
         evaluation = evaluate(denoisers, datasets, sigmas, seed, progress, estimator)
     evaluation.settings = {
@@ -433,7 +458,7 @@ def run_eval(
         "images": {d.name: len(d.items) for d in datasets},
         "paired": paired,
         "sigmas": list(sigmas),
-        "sigma_given": "true" if estimator is None else f"auto ({estimator})",
+        "sigma_given": given["sigma_given"],
         "seed": seed,
         "limit": limit,
         "methods": [d.name for d in denoisers],
@@ -444,6 +469,13 @@ def run_eval(
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    for before in earlier:
+        fdn.reuse.merge(evaluation, before)
+    if earlier:
+        evaluation.settings["methods"] = list(evaluation.methods)
+        evaluation.settings["reused"] = [
+            {"from": folder, "methods": methods} for folder, methods in evaluation.reused
+        ]
     print(markdown_table(evaluation), end="")
     if out:
         for path in write_results(evaluation, out):

@@ -159,6 +159,12 @@ def markdown_table(evaluation: Evaluation) -> str:
             f"fdn.estimate_noise, method {evaluation.estimator}), not the true one; the sigma "
             "column is the noise added.",
         ]
+    for folder, methods in evaluation.reused:
+        lines += [
+            "",
+            f"Reused from {folder} (same noisy images, not run again; seconds as measured "
+            f"there): {', '.join(methods)}.",
+        ]
     if partial:
         lines += ["", "\\* mean over the images that succeeded; see the failures."]
     if evaluation.not_applicable:
@@ -210,6 +216,10 @@ def write_results(evaluation: Evaluation, out: str | os.PathLike) -> list[Path]:
         "not_applicable": [
             _with_noise(evaluation, {"dataset": d, "sigma": s, "method": m, "reason": reason})
             for (d, s, m), reason in evaluation.not_applicable.items()
+        ],
+        "noisy_digests": [
+            {"dataset": d, "sigma": s, "noise": _noise_of(evaluation, d, s, ""), "sha256": h}
+            for (d, s), h in evaluation.digests.items()
         ],
     }
     results = out / "results.json"
