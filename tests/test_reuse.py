@@ -34,6 +34,22 @@ def _scores(out):
     return document, rows
 
 
+def _earlier(tmp_path, data, fdn_file):
+    """The earlier run: FDN-S at sigma 25, written to tmp_path/first."""
+    first = tmp_path / "first"
+    assert _eval("--model", f"FDN-S={fdn_file}", "--data", str(data), "--sigma", "25",
+                 "--out", str(first)) == 0  # fmt: skip
+    return first
+
+
+def _edit(first, change):
+    """Rewrites the earlier run's results.json through ``change(document)``."""
+    path = first / "results.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
 def _quality(table):
     return table.split("Seconds per image")[0]
 
@@ -103,9 +119,7 @@ def test_other_noisy_images_are_refused_before_anything_runs(
     tmp_path, setup, capsys, change, message
 ):
     data, fdn_file, dncnn_file = setup
-    first = tmp_path / "first"
-    assert _eval("--model", f"FDN-S={fdn_file}", "--data", str(data), "--sigma", "25",
-                 "--out", str(first)) == 0  # fmt: skip
+    first = _earlier(tmp_path, data, fdn_file)
     capsys.readouterr()
     argv = ["eval", "--model", str(dncnn_file), "--reuse", str(first), "--data", str(data)]
     if "--sigma" not in change:
@@ -118,9 +132,7 @@ def test_other_noisy_images_are_refused_before_anything_runs(
 
 def test_a_method_in_both_and_other_data_are_refused(tmp_path, setup):
     data, fdn_file, _ = setup
-    first = tmp_path / "first"
-    assert _eval("--model", f"FDN-S={fdn_file}", "--data", str(data), "--sigma", "25",
-                 "--out", str(first)) == 0  # fmt: skip
+    first = _earlier(tmp_path, data, fdn_file)
     with pytest.raises(ReuseError, match="FDN-S already in this table"):
         _eval("--model", f"FDN-S={fdn_file}", "--reuse", str(first), "--data", str(data),
               "--sigma", "25")  # fmt: skip
@@ -133,14 +145,9 @@ def test_a_method_in_both_and_other_data_are_refused(tmp_path, setup):
 
 def test_different_noisy_pixels_are_caught_by_the_digest(tmp_path, setup):
     data, fdn_file, dncnn_file = setup
-    first = tmp_path / "first"
-    assert _eval("--model", f"FDN-S={fdn_file}", "--data", str(data), "--sigma", "25",
-                 "--out", str(first)) == 0  # fmt: skip
+    first = _earlier(tmp_path, data, fdn_file)
     # As if the earlier run's noise had been drawn by other code: same seed, names and count.
-    path = first / "results.json"
-    document = json.loads(path.read_text())
-    document["noisy_digests"][0]["sha256"] = "0" * 64
-    path.write_text(json.dumps(document))
+    _edit(first, lambda document: document["noisy_digests"][0].update(sha256="0" * 64))
     with pytest.raises(ReuseError, match="the noisy images differ from this run's"):
         _eval("--model", str(dncnn_file), "--reuse", str(first), "--data", str(data),
               "--sigma", "25")  # fmt: skip
@@ -148,13 +155,8 @@ def test_different_noisy_pixels_are_caught_by_the_digest(tmp_path, setup):
 
 def test_an_older_file_without_digests_is_reused_with_a_warning(tmp_path, setup, capsys):
     data, fdn_file, dncnn_file = setup
-    first = tmp_path / "first"
-    assert _eval("--model", f"FDN-S={fdn_file}", "--data", str(data), "--sigma", "25",
-                 "--out", str(first)) == 0  # fmt: skip
-    path = first / "results.json"
-    document = json.loads(path.read_text())
-    del document["noisy_digests"]
-    path.write_text(json.dumps(document))
+    first = _earlier(tmp_path, data, fdn_file)
+    _edit(first, lambda document: document.pop("noisy_digests"))
     capsys.readouterr()
     assert _eval("--model", str(dncnn_file), "--reuse", str(first), "--data", str(data),
                  "--sigma", "25") == 0  # fmt: skip
