@@ -42,7 +42,16 @@ def test_every_bundled_model_matches_its_checksum_and_record():
         assert {"data", "iterations"} <= set(record["training"])
 
 
-@pytest.mark.parametrize("name", sorted(DEFAULT_MODELS.values()))
+def test_the_model_card_lists_every_bundled_model_and_no_other():
+    # docs/model-card.md's first table names what ships; a release that adds a model must
+    # say there what it is for.
+    card = (Path(__file__).resolve().parents[1] / "docs" / "model-card.md").read_text()
+    table = card.split("\n## ")[0]
+    listed = re.findall(r"^\| `([a-z0-9-]+)` \|", table, flags=re.MULTILINE)
+    assert sorted(listed) == available_models()
+
+
+@pytest.mark.parametrize("name", available_models())
 def test_each_bundled_model_names_a_recipe_that_builds_its_architecture(name):
     # A reader who wants to reproduce or continue a bundled model finds its config in
     # models.json; the config's [model] must build exactly the released architecture.
