@@ -299,14 +299,15 @@ def _svg(
             f'y2="{at_y(value):.1f}" stroke="#666666" stroke-width="1.5" stroke-dasharray="6 4"/>'
         )
         parts.append(_text(left + 6, at_y(value) - 5, name, fill="#444444"))
-    # Given reference lines (a baseline's score), dotted, named above their right end.
+    # Given reference lines (a baseline's score), dotted, named above their left end: training
+    # curves rise towards them, so it is their right end that the curves cross.
     for name, value in lines:
         parts.append(
             f'<line x1="{left:.1f}" y1="{at_y(value):.1f}" x2="{left + plot_w:.1f}" '
             f'y2="{at_y(value):.1f}" stroke="#222222" stroke-width="1.5" stroke-dasharray="2 3"/>'
         )
         label = f"{name} {value:g}"
-        parts.append(_text(left + plot_w - 6, at_y(value) - 5, label, text_anchor="end"))
+        parts.append(_text(left + 6, at_y(value) - 5, label))
 
     # One line with markers per run, and its legend entry to the right of the plot.
     for index, curve in enumerate(curves):
