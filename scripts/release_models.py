@@ -203,7 +203,7 @@ def release(
             "loss": f"{optim.lambda_nll} * NLL + {optim.lambda_rec} * L1",
             "seed": config.training.seed,
             "hardware": os.environ.get("FDN_TRAINED_ON", "CPU"),
-            "wall_hours": round(hours, 2),
+            clock: round(hours, 2),  # this stage's hours on the clock it ran on
         },
         "cumulative": cumulative,
         "releases": releases,

@@ -64,7 +64,7 @@ def test_each_bundled_model_names_a_recipe_that_builds_its_architecture(name):
     assert record["stage_config"]["model"] == config.model.to_dict()
 
 
-@pytest.mark.parametrize("name", sorted(DEFAULT_MODELS.values()))
+@pytest.mark.parametrize("name", available_models())
 def test_bundled_models_denoise_clearly_better_than_the_noisy_input(name):
     model = load_pretrained(name)
     noisy_path, clean_path = sample_image_paths()
