@@ -1,9 +1,11 @@
 r"""Calibrates the likelihood guard of ``fdn denoise`` (``fdn.likelihood.OOD_THRESHOLDS``).
 
 For each bundled model, random patches of its TRAINING folder (CBSD432 for colour, Train400
-for grey) as training draws them (96 x 96, a random flip or rotation, AWGN of sigma uniform
-in [0, 55] in float) are scored in bits/dim, each both in float (as in training) and rounded
-and clipped to 8 bits (as image files arrive). The threshold is the 99.9th percentile of
+for grey; the faces of faces/celeba/train for fdn-faces-sigma50) as its last training stage
+drew them (``stage_config`` in models.json: the blind models 96 x 96 with a random flip or
+rotation and AWGN of sigma uniform in [0, 55]; the faces model 64 x 64, no augmentation,
+sigma 50) are scored in bits/dim, each both in float (as in training) and rounded and clipped
+to 8 bits (as image files arrive). The threshold is the 99.9th percentile of
 those scores plus a margin; the script prints it as the Python literal to paste. Calibrate
 on training folders only, never on a test set.
 
@@ -14,6 +16,10 @@ that the guard would warn about, as ``fdn denoise`` scores them (the same pass).
     OMP_NUM_THREADS=1 nice python benchmarks/ood_calibration.py \
         --data ../shared/data/train/CBSD432 ../shared/data/train/Train400 \
         --measure ../shared/data/test/CBSD68 ../shared/data/test/BSD68
+
+A folder is matched with the blind model of its channel count; ``NAME=FOLDER`` names the
+model (``--data fdn-faces-sigma50=../shared/data/faces/celeba/train``, and so in
+``--measure``).
 """
 
 from __future__ import annotations
@@ -40,12 +46,29 @@ def _channels(folder: str) -> int:
     return read_array(list_images(folder)[0]).shape[2]
 
 
+def _model_and_folder(spec: str) -> tuple[str, str]:
+    """``NAME=FOLDER``, or a folder alone: the blind model of its channel count."""
+    name, _, folder = spec.rpartition("=")
+    return name or DEFAULT_MODELS[3 if _channels(folder) >= 3 else 1], folder
+
+
+def _training_draw(model_name: str, size: int) -> tuple[int, tuple[float, float], bool]:
+    """Patch size, sigma range and whether to flip and rotate, as the model's last stage drew
+    its patches (a record without a stage config: ``size``, [0, 55], flips and rotations)."""
+    data = model_record(model_name).get("stage_config", {}).get("data")
+    if not data:
+        return size, (0.0, 55.0), True
+    low, high = data.get("sigma_range") or [data["sigma"], data["sigma"]]
+    return data["patch_size"], (low, high), data["augment"] != "none"
+
+
 def training_scores(
-    folder: str, model_name: str, patches: int, size: int, sigma_max: float, seed: int
+    folder: str, model_name: str, patches: int, size: int, seed: int
 ) -> np.ndarray:
     """Bits/dim of ``patches`` random noisy training patches, float and 8-bit each."""
     model = load_pretrained(model_name)
     channels = model.config.in_channels
+    size, (low, high), augment = _training_draw(model_name, size)
     images = [read_array(path, channels) for path in list_images(folder)]
     rng = np.random.default_rng(seed)
     scores: list[float] = []
@@ -56,10 +79,12 @@ def training_scores(
             image = images[rng.integers(len(images))]
             top = rng.integers(image.shape[0] - size + 1)
             left = rng.integers(image.shape[1] - size + 1)
-            patch = np.rot90(image[top : top + size, left : left + size], rng.integers(4))
-            if rng.integers(2):
-                patch = patch[:, ::-1]
-            sigma = rng.uniform(0, sigma_max) / 255
+            patch = image[top : top + size, left : left + size]
+            if augment:
+                patch = np.rot90(patch, rng.integers(4))
+                if rng.integers(2):
+                    patch = patch[:, ::-1]
+            sigma = rng.uniform(low, high) / 255
             noisy.append(patch + sigma * rng.standard_normal(patch.shape).astype(np.float32))
         floats = torch.from_numpy(np.stack(noisy).transpose(0, 3, 1, 2).copy())
         stored = (floats.clamp(0, 1) * 255).round() / 255
@@ -79,10 +104,9 @@ def checkerboard_score(model_name: str) -> float:
     return likelihood.worst
 
 
-def measure(folder: str, threshold: float | None) -> None:
+def measure(folder: str, model_name: str, threshold: float | None) -> None:
     """The guard's statistic on every image of ``folder`` at each sigma, as fdn denoise sees
     a file: noised as fdn eval noises it, stored in 8 bits, scored on the denoise's pass."""
-    model_name = DEFAULT_MODELS[3 if _channels(folder) >= 3 else 1]
     model = load_pretrained(model_name)
     paths = list_images(folder)
     for sigma in MEASURE_SIGMAS:
@@ -105,21 +129,18 @@ def measure(folder: str, threshold: float | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", nargs="+", required=True, help="training folders")
+    parser.add_argument("--data", nargs="+", required=True, help="[NAME=]training folders")
     parser.add_argument("--patches", type=int, default=4000, help="patches per model")
     parser.add_argument("--patch-size", type=int, default=96)
-    parser.add_argument("--sigma-max", type=float, default=55.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--measure", nargs="*", default=[], help="folders to report on")
+    parser.add_argument("--measure", nargs="*", default=[], help="[NAME=]folders to report on")
     args = parser.parse_args()
     torch.set_num_threads(1)
     thresholds = {}
-    for folder in args.data:
-        name = DEFAULT_MODELS[3 if _channels(folder) >= 3 else 1]
+    for spec in args.data:
+        name, folder = _model_and_folder(spec)
         started = time.perf_counter()
-        scores = training_scores(
-            folder, name, args.patches, args.patch_size, args.sigma_max, args.seed
-        )
+        scores = training_scores(folder, name, args.patches, args.patch_size, args.seed)
         cut = float(np.percentile(scores, PERCENTILE))
         thresholds[name] = round(cut + MARGIN, 2)
         print(
@@ -133,10 +154,10 @@ def main() -> None:
         sha256 = model_record(name)["sha256"]
         print(f'    "{name}": (\n        "{sha256}",\n        {threshold},\n    ),')
     print("}")
-    for folder in args.measure:
-        name = DEFAULT_MODELS[3 if _channels(folder) >= 3 else 1]
+    for spec in args.measure:
+        name, folder = _model_and_folder(spec)
         threshold = thresholds.get(name, OOD_THRESHOLDS.get(name, ("", None))[1])
-        measure(folder, threshold)
+        measure(folder, name, threshold)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from fdn.cli import main
 from fdn.denoising import denoise_image, denoise_tensor
 from fdn.likelihood import Likelihood, bits_per_dim_map, ood_threshold
 from fdn.losses import bits_per_dim, nll_loss
-from fdn.pretrained import load_pretrained, sample_image_paths
+from fdn.pretrained import available_models, load_pretrained, sample_image_paths
 from fdn.serialization import load_model
 
 from helpers import randomize
@@ -73,7 +73,7 @@ def test_ensemble_and_hints_score_the_image_itself(small, options):
 
 
 def test_only_the_bundled_models_as_released_are_guarded(tmp_path):
-    for name in ("fdn-color-blind", "fdn-grey-blind"):
+    for name in available_models():
         threshold = ood_threshold(load_pretrained(name))
         assert threshold is not None and 5 < threshold < 30, "recalibrate: see OOD_THRESHOLDS"
     copy = save_model(load_pretrained("fdn-grey-blind"), tmp_path / "mine.safetensors")
@@ -128,3 +128,16 @@ def test_likelihood_map_is_written_and_shows_a_pasted_checkerboard(tmp_path, cap
     inside = brightness[68:124, 100:156].mean()
     outside = np.concatenate([brightness[:60].ravel(), brightness[132:].ravel()]).mean()
     assert inside > outside + 150, (inside, outside)
+
+
+def test_the_faces_model_flags_noise_far_below_its_sigma():
+    # fdn-faces-sigma50 models faces under sigma-50 noise: a clean image is improbable to it
+    # (and it would over-smooth one), while the sample at sigma 50 is what it knows.
+    model = load_pretrained("fdn-faces-sigma50")
+    threshold = ood_threshold(model)
+    scores = {}
+    for sigma in (0, 50):
+        likelihood = Likelihood()
+        denoise_image(astronaut(3, sigma), model, likelihood=likelihood)
+        scores[sigma] = likelihood.worst
+    assert scores[0] > threshold > scores[50], scores
