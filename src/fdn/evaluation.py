@@ -453,6 +453,8 @@ def run_eval(
         earlier.append(fdn.reuse.load(folder, datasets, given, taken))
     with precision_context(precision, device):
         evaluation = evaluate(denoisers, datasets, sigmas, seed, progress, estimator)
+    for before in earlier:
+        fdn.reuse.merge(evaluation, before)
     evaluation.settings = {
         "data": [str(d.root) for d in datasets],
         "images": {d.name: len(d.items) for d in datasets},
@@ -461,7 +463,7 @@ def run_eval(
         "sigma_given": given["sigma_given"],
         "seed": seed,
         "limit": limit,
-        "methods": [d.name for d in denoisers],
+        "methods": list(evaluation.methods),  # the reused ones first
         "models": list(models),
         "device": str(device),
         "precision": precision,
@@ -469,10 +471,7 @@ def run_eval(
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    for before in earlier:
-        fdn.reuse.merge(evaluation, before)
-    if earlier:
-        evaluation.settings["methods"] = list(evaluation.methods)
+    if evaluation.reused:
         evaluation.settings["reused"] = [
             {"from": folder, "methods": methods} for folder, methods in evaluation.reused
         ]
