@@ -2,11 +2,12 @@ r"""Calibrates the likelihood guard of ``fdn denoise`` (``fdn.likelihood.OOD_THR
 
 For each bundled model, random patches of its TRAINING folder (CBSD432 for colour, Train400
 for grey; the faces of faces/celeba/train for fdn-faces-sigma50) as its last training stage
-drew them (``stage_config`` in models.json: the blind models 96 x 96 with a random flip or
-rotation and AWGN of sigma uniform in [0, 55]; the faces model 64 x 64, no augmentation,
-sigma 50) are scored in bits/dim, each both in float (as in training) and rounded and clipped
-to 8 bits (as image files arrive). The threshold is the 99.9th percentile of
-those scores plus a margin; the script prints it as the Python literal to paste. Calibrate
+drew them (``fdn.data.TrainingPatches`` built from ``stage_config`` in models.json, so with
+its patch size, flips and rotations, noise and held-back images: the blind models 96 x 96
+with a random flip or rotation and AWGN of sigma uniform in [0, 55]; the faces model 64 x 64,
+no augmentation, sigma 50) are scored in bits/dim, each both in float (as in training) and
+rounded and clipped to 8 bits (as image files arrive). The threshold is the 99.9th percentile
+of those scores plus a margin; the script prints it as the Python literal to paste. Calibrate
 on training folders only, never on a test set.
 
 ``--measure`` then reports, for other folders (held-out test sets, to REPORT only), the
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from fdn.data import list_images
+from fdn.config import config_from_dict
+from fdn.data import TrainingPatches, list_images
 from fdn.denoising import denoise_image
 from fdn.images import read_array
 from fdn.likelihood import OOD_THRESHOLDS, Likelihood, bits_per_dim_map
@@ -52,41 +55,27 @@ def _model_and_folder(spec: str) -> tuple[str, str]:
     return name or DEFAULT_MODELS[3 if _channels(folder) >= 3 else 1], folder
 
 
-def _training_draw(model_name: str, size: int) -> tuple[int, tuple[float, float], bool]:
-    """Patch size, sigma range and whether to flip and rotate, as the model's last stage drew
-    its patches (a record without a stage config: ``size``, [0, 55], flips and rotations)."""
-    data = model_record(model_name).get("stage_config", {}).get("data")
-    if not data:
-        return size, (0.0, 55.0), True
-    low, high = data.get("sigma_range") or [data["sigma"], data["sigma"]]
-    return data["patch_size"], (low, high), data["augment"] != "none"
+def _training_patches(model_name: str, folder: str, seed: int) -> TrainingPatches:
+    """The model's last training stage's patch draw (``stage_config`` in models.json: patch
+    size, augmentation, noise and hold-out), reading the training images from ``folder``."""
+    stage = model_record(model_name).get("stage_config")
+    if not stage:
+        raise SystemExit(f"{model_name}: models.json has no stage_config to draw patches as")
+    stage = {**stage, "data": {**stage["data"], "train": str(Path(folder).resolve())}}
+    return TrainingPatches(config_from_dict(stage), seed)
 
 
-def training_scores(
-    folder: str, model_name: str, patches: int, size: int, seed: int
-) -> np.ndarray:
-    """Bits/dim of ``patches`` random noisy training patches, float and 8-bit each."""
+def training_scores(folder: str, model_name: str, patches: int, seed: int) -> np.ndarray:
+    """Bits/dim of ``patches`` noisy training patches, drawn as in training (float, not
+    clipped) and each also rounded and clipped to 8 bits."""
     model = load_pretrained(model_name)
-    channels = model.config.in_channels
-    size, (low, high), augment = _training_draw(model_name, size)
-    images = [read_array(path, channels) for path in list_images(folder)]
-    rng = np.random.default_rng(seed)
+    draw = _training_patches(model_name, folder, seed)
     scores: list[float] = []
     batch = 64
     for start in range(0, patches, batch):
-        noisy = []
-        for _ in range(min(batch, patches - start)):
-            image = images[rng.integers(len(images))]
-            top = rng.integers(image.shape[0] - size + 1)
-            left = rng.integers(image.shape[1] - size + 1)
-            patch = image[top : top + size, left : left + size]
-            if augment:
-                patch = np.rot90(patch, rng.integers(4))
-                if rng.integers(2):
-                    patch = patch[:, ::-1]
-            sigma = rng.uniform(low, high) / 255
-            noisy.append(patch + sigma * rng.standard_normal(patch.shape).astype(np.float32))
-        floats = torch.from_numpy(np.stack(noisy).transpose(0, 3, 1, 2).copy())
+        floats = torch.stack(
+            [draw[index][0] for index in range(start, min(start + batch, patches))]
+        )
         stored = (floats.clamp(0, 1) * 255).round() / 255
         with torch.no_grad():
             for y in (floats, stored):
@@ -131,7 +120,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", required=True, help="[NAME=]training folders")
     parser.add_argument("--patches", type=int, default=4000, help="patches per model")
-    parser.add_argument("--patch-size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measure", nargs="*", default=[], help="[NAME=]folders to report on")
     args = parser.parse_args()
@@ -140,7 +128,7 @@ def main() -> None:
     for spec in args.data:
         name, folder = _model_and_folder(spec)
         started = time.perf_counter()
-        scores = training_scores(folder, name, args.patches, args.patch_size, args.seed)
+        scores = training_scores(folder, name, args.patches, args.seed)
         cut = float(np.percentile(scores, PERCENTILE))
         thresholds[name] = round(cut + MARGIN, 2)
         print(

@@ -7,7 +7,9 @@ NAME. Only a run that scores higher replaces it: no test set decides anything. A
 model is stored in float16 when that costs under 0.01 dB on the same images (else float32),
 its SHA-256 is recorded, and ``models.json`` gets its training record, the iterations and CPU
 hours summed over every stage that continued the release (``--init NAME``), and a line in its
-table of releases.
+table of releases. A run may be released again after it trained on (the checkpoint's
+``run_id`` names it across resumes): only its steps and hours since its last release are
+added, so a long schedule need not be cut into stages to be released along the way.
 
 Run: ``python scripts/release_models.py NAME=RUN_DIR [...] [--data-root DIR]``. Measured
 test-set PSNRs are added afterwards with ``--psnr NAME=results.json`` (an ``fdn eval --out``
@@ -38,15 +40,16 @@ from fdn.training import CHECKPOINT, build_model, validate
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "fdn" / "weights"
 
 
-def trained_model(run_dir: Path) -> tuple[FDN, TrainConfig, int]:
-    """The run's model (its moving average when it has one), config, and iterations."""
+def trained_model(run_dir: Path) -> tuple[FDN, TrainConfig, int, str | None]:
+    """The run's model (its moving average when it has one), config, iterations, and the id
+    that names the run across resumes (None for a checkpoint from before ids)."""
     checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
     config = config_from_dict(checkpoint["config"])
     model = build_model(config)
     model.load_state_dict(
         checkpoint["ema"]["model"] if "ema" in checkpoint else checkpoint["model"]
     )
-    return model.eval(), config, checkpoint["step"]
+    return model.eval(), config, checkpoint["step"], checkpoint.get("run_id")
 
 
 def training_seconds(run_dir: Path, batch_size: int, clock: str = "cpu") -> float:
@@ -99,15 +102,23 @@ def release(
 
     ``continues`` says the run started from the current release although its ``init`` names
     a file that is not here (a copy of the release on the GPU machine that trained it)."""
-    model, config, iterations = trained_model(run_dir)
+    model, config, steps, run_id = trained_model(run_dir)
     if data_root:
         config.data.root = data_root
+    # The same run released again (it went on training after its release): only what it did
+    # since then is this stage's, so a run can keep its schedule across releases.
+    previous = table.get(name)
+    last_run = previous.get("training", {}).get("run") if previous else None
+    again = run_id is not None and last_run is not None and last_run["id"] == run_id
+    done_steps = last_run["iterations"] if again else 0
+    if steps <= done_steps:
+        raise SystemExit(f"{run_dir}: released at step {done_steps} already; nothing new since")
+    iterations = steps - done_steps
     if not config.data.holdout or config.validation.folder:
         raise SystemExit(f"{run_dir}: no held-back images (data.holdout) to judge the model on")
     images = load_validation(config)
     device = torch.device("cpu")
     score = validate(model, images, device)
-    previous = table.get(name)
     if previous is not None:
         current = load_model(weights / previous["file"])
         baseline = validate(current, images, device)
@@ -118,7 +129,8 @@ def release(
     # A stage that started from the release (by name, or from a copy of its file) adds to it.
     init = config.training.init
     continued = previous is not None and (
-        continues
+        again
+        or continues
         or init == name
         or (Path(init).is_file() and sha256(Path(init)) == previous["sha256"])
     )
@@ -129,8 +141,9 @@ def release(
     # GPU hours are kept apart from CPU hours: an hour of one is not an hour of the other.
     on_gpu = config.training.device.startswith("cuda")
     clock = "gpu_hours" if on_gpu else "cpu_hours"
-    hours = training_seconds(run_dir, config.training.batch_size, "wall" if on_gpu else "cpu")
-    hours /= 3600
+    run_hours = training_seconds(run_dir, config.training.batch_size, "wall" if on_gpu else "cpu")
+    run_hours /= 3600
+    hours = run_hours - (last_run[clock] if again else 0.0)
     before = previous.get("cumulative", {}) if continued else {}
     if continued and not before:  # a record from before cumulative accounting
         before = {
@@ -195,7 +208,7 @@ def release(
             "patch_size": data.patch_size,
             "augment": data.augment,
             "batch_size": config.training.batch_size,
-            "iterations": iterations,
+            "iterations": steps,
             "init": config.training.init or "scratch",
             "optimizer": f"Adam lr {optim.lr}, warm-up {optim.warmup}, {schedule}",
             "ema": config.training.ema,
@@ -203,7 +216,9 @@ def release(
             "loss": f"{optim.lambda_nll} * NLL + {optim.lambda_rec} * L1",
             "seed": config.training.seed,
             "hardware": os.environ.get("FDN_TRAINED_ON", "CPU"),
-            clock: round(hours, 2),  # this stage's hours on the clock it ran on
+            clock: round(run_hours, 2),  # the run's hours on the clock it ran on
+            # What a later release of this same run subtracts (its steps and hours so far).
+            "run": {"id": run_id, "iterations": steps, clock: run_hours} if run_id else None,
         },
         "cumulative": cumulative,
         "releases": releases,

@@ -159,3 +159,77 @@ def test_the_record_says_how_many_held_back_images_scored_the_model(
     assert release_models.held_back(config) == "2 of the 4 held back of train"
     config = small_config(images, tmp_path, "data.holdout=4")
     assert release_models.held_back(config) == "4 of train"
+
+
+def test_a_run_released_again_adds_only_its_steps_since(
+    images, tmp_path, monkeypatch, release_models
+):
+    import torch
+
+    weights = tmp_path / "weights"
+    stage = run(images, tmp_path, "stage")
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    release_models.main(["tiny=" + str(stage), "--weights", str(weights)])
+    first = json.loads((weights / "models.json").read_text())["tiny"]
+    run_id = torch.load(stage / "checkpoint.pt", weights_only=True)["run_id"]
+    assert first["training"]["run"]["id"] == run_id
+
+    # The run goes on after its release (its schedule unbroken) and keeps its id on resume.
+    checkpoint = torch.load(stage / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["training"]["iterations"] = 10
+    torch.save(checkpoint, stage / "checkpoint.pt")
+    train(None, stage, resume=True, progress=False, log=lambda _: None)
+    assert torch.load(stage / "checkpoint.pt", weights_only=True)["run_id"] == run_id
+    scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
+    release_models.main(["tiny=" + str(stage), "--weights", str(weights)])
+    record = json.loads((weights / "models.json").read_text())["tiny"]
+    assert record["cumulative"]["iterations"] == 10  # 6, then 4 more: not 6 + 10
+    assert [line["stage_iterations"] for line in record["releases"]] == [6, 4]
+    hours = [line["stage_cpu_hours"] for line in record["releases"]]
+    assert record["cumulative"]["cpu_hours"] == pytest.approx(sum(hours), abs=0.011)
+    assert record["training"]["iterations"] == 10
+
+    # Nothing trained since the last release: refused, before anything is scored.
+    with pytest.raises(SystemExit, match="released at step 10 already"):
+        release_models.main(["tiny=" + str(stage), "--weights", str(weights)])
+
+
+def test_a_checkpoint_from_before_run_ids_gets_one_on_resume(images, tmp_path):
+    import torch
+
+    stage = run(images, tmp_path, "old")
+    checkpoint = torch.load(stage / "checkpoint.pt", weights_only=True)
+    del checkpoint["run_id"]
+    checkpoint["config"]["training"]["iterations"] = 8
+    torch.save(checkpoint, stage / "checkpoint.pt")
+    train(None, stage, resume=True, progress=False, log=lambda _: None)
+    assert len(torch.load(stage / "checkpoint.pt", weights_only=True)["run_id"]) == 32
+
+
+@pytest.mark.parametrize("name", ["fdn-color-blind", "fdn-grey-blind"])
+def test_the_model_card_shows_each_blind_models_releases_as_models_json_has_them(
+    name, release_models
+):
+    # A release changes models.json; the model card's table of releases (where the gap to the
+    # references is read) must be pasted anew from `release_models.py --table NAME`.
+    from fdn.pretrained import model_record
+
+    card = (release_models.WEIGHTS.parents[2] / "docs" / "model-card.md").read_text()
+    assert release_models.release_table(model_record(name)) in card
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset"),
+    [("fdn-color-blind", "CBSD68"), ("fdn-grey-blind", "BSD68"), ("fdn-grey-blind", "Set12")],
+)
+def test_the_model_cards_results_table_has_the_released_psnrs(name, dataset, release_models):
+    from fdn.pretrained import model_record
+
+    card = (release_models.WEIGHTS.parents[2] / "docs" / "model-card.md").read_text()
+    scores = model_record(name)["psnr_db"][dataset]
+    for sigma in (15, 25, 50):
+        row = next(
+            line for line in card.splitlines() if line.startswith(f"| {dataset} | {sigma} |")
+        )
+        fdn_cell = row.strip(" |").split("|")[-1]  # the last column: "PSNR / SSIM"
+        assert fdn_cell.split("/")[0].strip(" *") == f"{scores[f'sigma{sigma}']:.2f}", row

@@ -22,6 +22,7 @@ import os
 import signal
 import time
 import typing
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -260,6 +261,9 @@ class _Run:
     best: float = -math.inf
     # Training time spent before this process, by clock ("wall", "cpu"), from the checkpoint.
     seconds: dict[str, float] = field(default_factory=dict)
+    # Names the run across its resumes, so that a release of it a second time adds only the
+    # steps since the first (scripts/release_models.py); a checkpoint from before it gets one.
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def main(self) -> bool:
@@ -282,6 +286,7 @@ class _Run:
             "skipped": self.skipped,
             "best_psnr": self.best,
             "train_seconds": seconds,
+            "run_id": self.run_id,
             "rng": rng_state(),
         }
         if self.average is not None:
@@ -369,6 +374,7 @@ def _start(
     return _Run(
         config, run_dir, rank, world, device, model, objective, optimizer, scheduler, average,
         iter(loader), validation, say, start, skipped, best, seconds,
+        **({"run_id": checkpoint["run_id"]} if checkpoint and "run_id" in checkpoint else {}),
     )  # fmt: skip
 
 
