@@ -229,6 +229,8 @@ def release(
         "recipe": previous.get("recipe") if previous else None,
     }
     print(f"{name}: released ({storage}, float16 change {half - score:+.4f} dB)")
+    if previous and previous.get("strength_curve"):  # fitted to the old weights: dropped
+        print(f"{name}: now fit its strength curve again: python scripts/fit_strength.py {name}")
     # The guard's threshold is tied to the weights' SHA-256 (tests/test_likelihood.py fails
     # until it is measured again for the new file); a model without a threshold has no guard.
     if name in OOD_THRESHOLDS:
@@ -239,16 +241,20 @@ def release(
     return True
 
 
-def add_psnr(table: dict, name: str, results: Path) -> None:
-    """Adds an ``fdn eval`` results file's means for ``name`` to its record and last release."""
+def add_psnr(table: dict, name: str, results: Path, key: str = "psnr_db") -> None:
+    """Adds an ``fdn eval`` results file's means for ``name`` to its record under ``key``,
+    and, for ``psnr_db`` (strength 1, the protocol every release is compared by), to its last
+    release line. ``psnr_db_default``: the same at the model's default strength (its strength
+    curve's, ``scripts/fit_strength.py``), what ``fdn denoise`` gives; the model card's
+    results table shows it where there is one."""
     scores: dict = {}
     for row in json.loads(results.read_text())["means"]:
         if row["method"] == name:
             scores.setdefault(row["dataset"], {})[f"sigma{row['sigma']:g}"] = round(row["psnr"], 2)
     record = table[name]
     for dataset, values in scores.items():
-        record.setdefault("psnr_db", {}).setdefault(dataset, {}).update(values)
-        if record.get("releases"):
+        record.setdefault(key, {}).setdefault(dataset, {}).update(values)
+        if key == "psnr_db" and record.get("releases"):
             line = record["releases"][-1].setdefault("psnr_db", {})
             line.setdefault(dataset, {}).update(values)
 
@@ -305,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=RESULTS.json",
         help="add an fdn eval results.json summary to NAME's record",
     )
+    parser.add_argument(
+        "--psnr-default",
+        action="append",
+        default=[],
+        metavar="NAME=RESULTS.json",
+        help="the same, measured at the model's default strength (its strength curve)",
+    )
     parser.add_argument("--table", metavar="NAME", help="print NAME's table of releases")
     parser.add_argument(
         "--continues",
@@ -321,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     for entry in args.psnr:
         name, results = entry.split("=", 1)
         add_psnr(table, name, Path(results))
-    if args.runs or args.psnr:
+    for entry in args.psnr_default:
+        name, results = entry.split("=", 1)
+        add_psnr(table, name, Path(results), "psnr_db_default")
+    if args.runs or args.psnr or args.psnr_default:
         text = json.dumps(table, indent=2) + "\n"
         atomic_write(table_path, lambda tmp: Path(tmp).write_text(text))
     if args.table:

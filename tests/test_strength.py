@@ -11,7 +11,7 @@ import fdn
 from fdn import denoise_image, save_model
 from fdn.cli import build_parser, main
 from fdn.denoising import denoise_tensor
-from fdn.model import hint_noise
+from fdn.model import StrengthCurve, hint_noise, residual_sigma
 
 from helpers import mild_model
 
@@ -127,7 +127,10 @@ def test_tiled_strength_matches_the_whole_image(model, strength):
 
 @pytest.fixture(scope="module")
 def model_file(model, tmp_path_factory):
-    return save_model(model.float(), tmp_path_factory.mktemp("model") / "small.safetensors")
+    # A float32 copy: .float() in place would change the module's float64 model for the
+    # tests after this one.
+    small = copy.deepcopy(model).float()
+    return save_model(small, tmp_path_factory.mktemp("model") / "small.safetensors")
 
 
 def test_cli_strength_changes_the_output(tmp_path, model_file):
@@ -145,7 +148,12 @@ def test_cli_strength_changes_the_output(tmp_path, model_file):
 
 
 def test_strength_default_and_help(capsys):
-    assert build_parser().parse_args(["denoise", "x.png", "-o", "out"]).strength == 1.0
+    # The default is the model's own (None): 1, or its fitted strength curve's.
+    assert build_parser().parse_args(["denoise", "x.png", "-o", "out"]).strength is None
+    assert (
+        build_parser().parse_args(["denoise", "x", "-o", "o", "--strength", "auto"]).strength
+        is None
+    )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["denoise", "--help"])
     assert "4 denoises" in " ".join(capsys.readouterr().out.split())
@@ -159,3 +167,82 @@ def test_cli_strength_out_of_range_is_a_one_line_error(tmp_path, value, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "argument --strength" in errors[0], errors
     assert not (tmp_path / "out").exists()
+
+
+# The strength curve: a model's default strength by the noise it finds (scripts/fit_strength.py)
+
+
+def with_curve(model, sigmas, strengths):
+    curved = copy.deepcopy(model)
+    curved.strength_curve = StrengthCurve(tuple(sigmas), tuple(strengths))
+    return curved
+
+
+def test_without_a_curve_the_default_is_strength_1(model, image):
+    assert model.strength_curve is None
+    assert torch.equal(model.denoise(image), model.denoise(image, 1.0))
+
+
+def test_the_default_strength_is_the_curves_at_the_residual_sigma(model, image):
+    found = residual_sigma(image, model.denoise(image, 1.0)).item()
+    curved = with_curve(model, (found - 1, found + 1), (0.4, 0.6))  # 0.5 at `found`
+    assert torch.allclose(curved.denoise(image), model.denoise(image, 0.5), rtol=0, atol=1e-12)
+    # A strength given is used as given; the curve's at 1 everywhere changes nothing.
+    assert torch.equal(curved.denoise(image, 0.8), model.denoise(image, 0.8))
+    assert torch.equal(with_curve(model, (0, 50), (1, 1)).denoise(image), model.denoise(image))
+
+
+def test_each_image_of_a_batch_gets_its_own_strength(model):
+    generator = torch.Generator().manual_seed(1)
+    clean = 0.5 + 0.1 * torch.rand(1, 3, 24, 24, generator=generator, dtype=torch.float64)
+    light = clean + 5 / 255 * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+    heavy = clean + 50 / 255 * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+    found = [residual_sigma(y, model.denoise(y, 1.0)).item() for y in (light, heavy)]
+    assert found[0] < found[1]
+    curved = with_curve(model, tuple(found), (0.3, 1.0))
+    batch = curved.denoise(torch.cat([light, heavy]))
+    assert torch.allclose(batch[:1], model.denoise(light, 0.3), rtol=0, atol=1e-12)
+    assert torch.allclose(batch[1:], model.denoise(heavy, 1.0), rtol=0, atol=1e-12)
+
+
+def test_a_sigma_hint_denoises_at_strength_1_whatever_the_curve(model, image):
+    curved = with_curve(model, (0, 100), (0.2, 0.2))
+    assert torch.equal(curved.denoise(image, 1.5), model.denoise(image, 1.5))
+    whole = denoise_tensor(image[0], curved, tile=16, overlap=4, strength=1.5)
+    assert torch.equal(whole, denoise_tensor(image[0], model, tile=16, overlap=4, strength=1.5))
+
+
+def test_the_image_functions_use_the_models_default(model):
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 18, 3), dtype=np.uint8)
+    curved = with_curve(model, (0, 300), (0.5, 0.5))
+    assert np.array_equal(
+        denoise_image(pixels, curved), denoise_image(pixels, model, strength=0.5)
+    )
+    assert np.array_equal(denoise_image(pixels, model), denoise_image(pixels, model, strength=1))
+
+
+@pytest.mark.parametrize(
+    ("sigmas", "strengths", "match"),
+    [((), (), "at least one"), ((5, 5), (1, 1), "increase"), ((5, 10), (1, 1.2), r"\[0, 1\]")],
+)
+def test_a_bad_strength_curve_is_refused(sigmas, strengths, match):
+    with pytest.raises(ValueError, match=match):
+        StrengthCurve(sigmas, strengths)
+
+
+def test_a_bundled_model_gets_its_curve_from_models_json(tmp_path):
+    import json
+    import shutil
+    from importlib import resources
+
+    from fdn.pretrained import load_pretrained, model_record
+
+    weights = resources.files("fdn") / "weights"
+    record = dict(model_record("fdn-color-blind"))
+    shutil.copy(str(weights / record["file"]), tmp_path / record["file"])
+    record["strength_curve"] = {"sigmas": [2.0, 20.0], "strengths": [0.5, 1.0]}
+    (tmp_path / "models.json").write_text(json.dumps({"fdn-color-blind": record}))
+    model = load_pretrained("fdn-color-blind", folder=tmp_path)
+    assert model.strength_curve == StrengthCurve((2.0, 20.0), (0.5, 1.0))
+    # A model file loaded by path has none: its default is strength 1.
+    assert fdn.load_model(tmp_path / record["file"]).strength_curve is None

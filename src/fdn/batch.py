@@ -145,7 +145,7 @@ def denoise_files(
     report: Callable[[str], None] = print,
     ensemble: bool = False,
     precision: str = "fp32",
-    strength: float = 1.0,
+    strength: float | None = None,
     ood_check: bool = True,
     likelihood_map: bool = False,
 ) -> BatchResult:
@@ -164,8 +164,8 @@ def denoise_files(
     ``progress`` is True (``"bar"``: a tqdm bar, and one over tiles), ``"lines"`` (a line on
     stderr at most once a minute, :func:`fdn.progress.progress`) or False (``"off"``).
 
-    ``strength`` is :meth:`FDN.denoise`'s; a value outside [0, 2] stops the batch before it
-    starts rather than failing every file.
+    ``strength`` is :meth:`FDN.denoise`'s (None: the model's default); a value outside
+    [0, 2] stops the batch before it starts rather than failing every file.
 
     With ``ood_check``, an image whose bits/dim under a bundled model is above the model's
     calibrated threshold (:func:`fdn.likelihood.ood_threshold`: far from its training images)
@@ -173,7 +173,8 @@ def denoise_files(
     ``likelihood_map``, a bits/dim map is written beside each output as ``NAME_bpd.png``
     and the image's mean bits/dim is reported. Both come from the denoise's own encode.
     """
-    check_strength(strength)
+    if strength is not None:
+        check_strength(strength)
     result = BatchResult(0, 0)
     bar = progress_bar(jobs, mode=progress, label="fdn denoise", desc="denoising", unit="image")
     for job in bar:

@@ -76,10 +76,14 @@ def _model(method: str, device: str, spec: str | None, paper: bool, channels: in
 def _flops(model: FDN | DnCNN, channels: int, size: int) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
+    from fdn.model import FDN
+
     model = model.to("meta")
     counter = FlopCounterMode(display=False)
+    image = torch.empty(1, channels, size, size, device="meta")
     with counter, torch.no_grad():
-        model.denoise(torch.empty(1, channels, size, size, device="meta"))
+        # At strength 1: a strength curve reads the residual's values, which meta has not.
+        model.denoise(image, 1.0) if isinstance(model, FDN) else model.denoise(image)
     return counter.get_total_flops()
 
 

@@ -93,12 +93,17 @@ def _sigma(text: str) -> float:
     return _non_negative_float(text, "sigma")
 
 
-def _strength(text: str) -> float:
-    """An argparse type: a denoising strength in [0, 2] (:func:`fdn.choices.check_strength`)."""
+def _strength(text: str) -> float | None:
+    """An argparse type: a denoising strength in [0, 2] (:func:`fdn.choices.check_strength`),
+    or ``auto``: the model's default (None)."""
+    if text == "auto":
+        return None
     try:
         return check_strength(float(text))
     except ValueError as error:
-        message = str(error) if "strength" in str(error) else f"expected a number, got {text!r}"
+        message = (
+            str(error) if "strength" in str(error) else f"expected auto or a number, got {text!r}"
+        )
         raise argparse.ArgumentTypeError(message) from None
 
 
@@ -572,11 +577,12 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument(
         "--strength",
         type=_strength,
-        default=1.0,
+        default=None,
         metavar="S",
-        help="0 leaves the input, 1 the model's estimate (default), up to 2 for stronger "
-        "denoising: a noise hint (adds noise of sigma 30*(S-1) and averages 4 denoises, "
-        "4x slower)",
+        help="0 leaves the input, 1 the model's estimate, up to 2 for stronger denoising: a "
+        "noise hint (adds noise of sigma 30*(S-1) and averages 4 denoises, 4x slower). "
+        "Default auto: 1, or the strength a bundled model's fitted curve gives for the noise "
+        "it finds (fdn-grey-blind: below 1 on light noise; see docs/model-card.md)",
     )
     _add_precision_option(denoise, "the convolutions")
     denoise.add_argument(

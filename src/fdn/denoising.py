@@ -3,6 +3,7 @@ r"""Denoising numpy images of any size, dtype and channel count, whole or in fea
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterator
 
 import numpy as np
@@ -96,7 +97,7 @@ def denoise_tensor(
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
     ensemble: bool = False,
-    strength: float = 1.0,
+    strength: float | None = None,
     likelihood: Likelihood | None = None,
 ) -> Tensor:
     """Denoises a ``(C, H, W)`` float image in [0, 1] whose C matches the model.
@@ -104,16 +105,16 @@ def denoise_tensor(
     With ``tile``, the image is denoised in ``tile x tile`` pieces that overlap by ``overlap``
     pixels and are blended with linear (feathered) weights, so memory is bounded by the tile.
     With ``ensemble``, the result is the x8 self-ensemble (eight times the work).
-    ``strength`` is :meth:`FDN.denoise`'s. Above 1 (a sigma hint: four denoises) each of its
-    seeded noise draws is added to the whole image before it is tiled, so that tiled and
-    untiled results agree as they do at strength 1.
+    ``strength`` is :meth:`FDN.denoise`'s (None: the model's default, chosen per tile). Above
+    1 (a sigma hint: four denoises) each of its seeded noise draws is added to the whole image
+    before it is tiled, so that tiled and untiled results agree as they do at strength 1.
 
     ``likelihood`` collects the image's bits/dim per pass (tile) and block, from the encode
     each denoise does anyway; the ensemble and strengths above 1, whose encodes see other
     images, pay one more encode of the image for it.
     """
-    strength = check_strength(strength)
-    if likelihood is not None and (ensemble or strength > 1):
+    hint = strength is not None and check_strength(strength) > 1
+    if likelihood is not None and (ensemble or hint):
         _score(image, model, tile, overlap, likelihood)
         likelihood = None
     if ensemble:
@@ -127,11 +128,13 @@ def denoise_tensor(
         return _denoise_piece(image, model, strength, likelihood, 0, 0).to(image.dtype).cpu()
     if overlap < 0 or tile < 2 * overlap + 4:
         raise ValueError(f"tile {tile} must exceed twice the overlap {overlap} plus 4")
-    if strength > 1:  # the noise is drawn for the whole image (as a batch of one), then tiled
+    if hint:  # the noise is drawn for the whole image (as a batch of one), then tiled
         return with_sigma_hint(
             image[None],
-            strength,
-            lambda noisy: denoise_tensor(noisy[0], model, tile, overlap, progress)[None],
+            typing.cast("float", strength),
+            lambda noisy: denoise_tensor(noisy[0], model, tile, overlap, progress, False, 1.0)[
+                None
+            ],
         )[0]
     multiple = model.config.size_multiple
     out = np.zeros((channels, height, width), dtype=np.float64)
@@ -150,7 +153,7 @@ def denoise_tensor(
 def _denoise_piece(
     piece: Tensor,
     model: FDN,
-    strength: float,
+    strength: float | None,
     likelihood: Likelihood | None,
     top: int,
     left: int,
@@ -232,7 +235,7 @@ def denoise_image(
     progress: bool = False,
     ensemble: bool = False,
     precision: str = "fp32",
-    strength: float = 1.0,
+    strength: float | None = None,
     likelihood: Likelihood | None = None,
 ) -> np.ndarray:
     r"""Denoises a numpy image and returns one of the same shape and dtype.
@@ -252,8 +255,9 @@ def denoise_image(
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 convolutions
             (see :data:`fdn.choices.PRECISIONS`).
         strength: how much noise to remove, in [0, 2] (:meth:`FDN.denoise`): 0 returns the
-            image, 1 (the default) the model's estimate, above 1 adds a noise hint that
-            smooths more (four denoises).
+            image, 1 the model's estimate, above 1 adds a noise hint that smooths more (four
+            denoises). None (the default): 1, or for a bundled model with a fitted strength
+            curve, the curve's strength for the noise it finds in each image (or tile).
         likelihood: a :class:`fdn.likelihood.Likelihood` to collect the image's bits/dim in,
             per pass and per block, from the denoise's own encode (each channel is a pass
             through a grey model; a grey image is one pass, replicated, through a colour one).
@@ -268,7 +272,8 @@ def denoise_image(
         >>> out.shape, out.dtype
         ((5, 7, 3), dtype('uint8'))
     """
-    strength = check_strength(strength)
+    if strength is not None:
+        strength = check_strength(strength)
     array = np.asarray(image)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4)):
         raise ValueError(f"expected an (H, W) or (H, W, C) image with C <= 4, got {array.shape}")

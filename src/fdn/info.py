@@ -91,7 +91,10 @@ def training_record(name: str) -> dict:
         "holdout_images": record["holdout"]["images"],
         "holdout_psnr_db": record["holdout"]["psnr_db"],
         "holdout_sigmas": record["holdout"]["sigmas"],
-        "test_psnr_db": record.get("psnr_db", {}),
+        "test_psnr_db": record.get("psnr_db", {}),  # at strength 1
+        # At the default strength, for a model with a strength curve (scripts/fit_strength.py).
+        "test_psnr_db_default": record.get("psnr_db_default", {}),
+        "strength_curve": record.get("strength_curve"),
         # The config each stage is trained with (relative to the source tree, not installed).
         "recipe": record.get("recipe"),
     }
@@ -166,6 +169,11 @@ def info_lines(info: dict) -> list[str]:
             f"test PSNR        {name} {_scores(psnr)}"
             for name, psnr in record["test_psnr_db"].items()
         ]
+        if record.get("strength_curve"):
+            lines += [
+                f"  by default     {name} {_scores(psnr)} (strength curve: docs/model-card.md)"
+                for name, psnr in record["test_psnr_db_default"].items()
+            ]
         if record["recipe"]:
             lines.append(
                 f"recipe           {record['recipe']} (each stage's exact config: "

@@ -3,9 +3,11 @@ r"""FDN: the flow that encodes a noisy image, drops its noise channels and decod
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,8 +23,10 @@ __all__ = [
     "DownscaleFlowBlock",
     "FDNConfig",
     "StepOfFlow",
+    "StrengthCurve",
     "hint_noise",
     "hint_sigma",
+    "residual_sigma",
     "with_sigma_hint",
 ]
 
@@ -60,6 +64,41 @@ def with_sigma_hint(y: Tensor, strength: float, denoise: Callable[[Tensor], Tens
         for k in range(HINT_DRAWS)
     ]
     return torch.stack(draws).mean(0)
+
+
+def residual_sigma(noisy: Tensor, denoised: Tensor) -> Tensor:
+    """Per image of a batch, the standard deviation (0-255) of the noise a denoise removed,
+    estimated robustly: 1.4826 x the median absolute residual (the flow noise estimator's
+    raw statistic, :mod:`fdn.noise_level`)."""
+    residual = (noisy - denoised).flatten(1).abs()
+    return 255 * 1.4826 * residual.median(dim=1).values
+
+
+@dataclass(frozen=True)
+class StrengthCurve:
+    r"""The strength at which a model's default denoise works, by the noise it finds.
+
+    Arguments:
+        sigmas: increasing :func:`residual_sigma` values (0-255) at which it was fitted.
+        strengths: the strength, in [0, 1], at each; linear in between, constant beyond.
+    """
+
+    sigmas: tuple[float, ...]
+    strengths: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sigmas) != len(self.strengths) or not self.sigmas:
+            raise ValueError("a strength curve needs as many strengths as sigmas, at least one")
+        if any(b <= a for a, b in itertools.pairwise(self.sigmas)):
+            raise ValueError(f"a strength curve's sigmas must increase, got {self.sigmas}")
+        if not all(0 <= s <= 1 for s in self.strengths):
+            raise ValueError(f"a strength curve's strengths must be in [0, 1]: {self.strengths}")
+
+    def at(self, sigma: Tensor) -> Tensor:
+        """The strengths at ``sigma`` (a tensor of residual sigmas)."""
+        values = sigma.detach().double().cpu().numpy()
+        strengths = np.interp(values, self.sigmas, self.strengths)
+        return torch.from_numpy(strengths).to(sigma.device, sigma.dtype)
 
 
 @dataclass(frozen=True)
@@ -233,6 +272,10 @@ class FDN(SequentialFlow):
         )
         super().__init__(*blocks)
         self.config = config
+        # The strength a default denoise uses, by the noise it finds: (residual sigmas,
+        # strengths), fitted on held-back training images (scripts/fit_strength.py) and set
+        # by fdn.pretrained.load_pretrained for a bundled model that has one. None: strength 1.
+        self.strength_curve: StrengthCurve | None = None
 
     @classmethod
     def from_config(cls, config: FDNConfig) -> FDN:
@@ -250,12 +293,17 @@ class FDN(SequentialFlow):
         self._check_image(y)
         return self(y)
 
-    def disentangle(self, z: Tensor, strength: float = 1.0) -> Tensor:
+    def disentangle(self, z: Tensor, strength: float | Tensor = 1.0) -> Tensor:
         """Returns z_hat: z with its noise channels z_N set to 0 (paper eq. 4), or, at a
-        ``strength`` below 1, scaled by ``1 - strength`` (strength 0 returns z)."""
-        if not 0 <= strength <= 1:
+        ``strength`` below 1, scaled by ``1 - strength`` (strength 0 returns z). A tensor of
+        B strengths applies one to each of the batch's B latents."""
+        if isinstance(strength, Tensor):  # from a StrengthCurve, whose values lie in [0, 1]
+            strengths = strength.to(z.device, z.dtype).reshape(-1)
+        elif 0 <= strength <= 1:
+            strengths = torch.full((1,), strength, dtype=z.dtype, device=z.device)
+        else:
             raise ValueError(f"disentangle's strength must be in [0, 1], got {strength!r}")
-        mask = torch.full_like(z[:1, :, :1, :1], 1 - strength)
+        mask = (1 - strengths).reshape(-1, 1, 1, 1).expand(-1, z.shape[1], 1, 1).clone()
         mask[:, : self.config.clean_channels] = 1
         return z * mask
 
@@ -263,12 +311,12 @@ class FDN(SequentialFlow):
         """The exact inverse of ``encode``."""
         return self.inverse(z_hat)[0]
 
-    def denoise(self, y: Tensor, strength: float = 1.0) -> Tensor:
+    def denoise(self, y: Tensor, strength: float | None = None) -> Tensor:
         """Denoises a batch of any size: pad, encode, disentangle, decode, crop, clamp to [0, 1].
 
         ``strength``, in [0, 2], is how much noise to remove. Up to 1 it scales z_N by
         ``1 - strength`` instead of zeroing it: 0 returns y (clamped to [0, 1]), since the
-        flow is exactly invertible, and 1, the default, is the paper's denoise. Above 1 it is
+        flow is exactly invertible, and 1 is the paper's denoise. Above 1 it is
         a sigma hint, for noise (a camera's, a JPEG's) that a model trained on AWGN mostly
         leaves behind: white Gaussian noise of standard deviation :func:`hint_sigma`
         (``30 / 255 * (strength - 1)``, so 30 grey levels at 2) is added to y and the
@@ -276,26 +324,37 @@ class FDN(SequentialFlow):
         (:func:`hint_noise`: the same on every device). The model then removes more,
         smoothing the residual grain, at 4x the cost. It is continuous at 1.
 
+        None, the default, is 1 unless the model has a ``strength_curve`` (a bundled model
+        fitted by ``scripts/fit_strength.py``): then each image's strength is the curve's at
+        the noise the strength-1 denoise removed from it (:func:`residual_sigma`), which
+        costs one more decode when the curve says less than 1 (``denoise_with_latent``).
+
         The bottom and right edges are reflect-padded to a multiple of ``size_multiple``
         (replicate-padded where the image is too small to reflect). In eval mode this takes
         the fast path, channels-last weights and input (:func:`fdn.runtime.channels_last`):
         about 0.65x the time on CPU, with outputs equal to the plain path's. What else was
         measured, and dropped, is in ``docs/performance.md``.
         """
-        strength = check_strength(strength)
-        if strength > 1:
-            return with_sigma_hint(y, strength, self.denoise)
+        if strength is not None and check_strength(strength) > 1:
+            return with_sigma_hint(y, strength, lambda noisy: self.denoise(noisy, 1.0))
         return self.denoise_with_latent(y, strength)[0]
 
     def denoise_with_latent(
-        self, y: Tensor, strength: float = 1.0
+        self, y: Tensor, strength: float | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`denoise` at a strength in [0, 1], with the ``(z, logdet)`` of the padded y
-        that its one encode computed: y's likelihood (:mod:`fdn.likelihood`) at no extra cost."""
+        """:meth:`denoise` at a strength in [0, 1] (or None, the model's default), with the
+        ``(z, logdet)`` of the padded y that its one encode computed: y's likelihood
+        (:mod:`fdn.likelihood`) at no extra cost."""
         self._check_image(y)
         height, width = y.shape[-2:]
         z, logdet = self.encode(channels_last(self, self.pad(y)))
-        x = self.decode(self.disentangle(z, strength))
+        if strength is None and self.strength_curve is not None:
+            x = self.decode(self.disentangle(z))[..., :height, :width].clamp(0, 1)
+            strengths = self.strength_curve.at(residual_sigma(y, x))
+            if bool((strengths < 1).any()):
+                x = self.decode(self.disentangle(z, strengths))
+        else:
+            x = self.decode(self.disentangle(z, 1.0 if strength is None else strength))
         return x[..., :height, :width].clamp(0, 1), z, logdet
 
     def pad(self, y: Tensor) -> Tensor:

@@ -134,7 +134,7 @@ def _flow_raw(image: np.ndarray, device: str | torch.device) -> float:
     model = _bundled_model(crop.shape[2], str(device))
     noisy = torch.from_numpy(crop.transpose(2, 0, 1).astype(np.float32))[None].to(device)
     with torch.no_grad():
-        residual = (noisy - model.denoise(noisy)).cpu().numpy()
+        residual = (noisy - model.denoise(noisy, 1.0)).cpu().numpy()  # as calibrated
     return float(np.median(np.abs(residual))) * _MAD_TO_SIGMA
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fdn.model import FDN
+from fdn.model import FDN, StrengthCurve
 from fdn.serialization import ModelFileError, load_model
 
 __all__ = [
@@ -90,6 +90,9 @@ def load_pretrained(
             path, f"checksum mismatch for bundled model {name}: the file is damaged; reinstall fdn"
         )
     model = load_model(path, device=device)
+    curve = record.get("strength_curve")  # fitted on held-back images: scripts/fit_strength.py
+    if curve:
+        model.strength_curve = StrengthCurve(tuple(curve["sigmas"]), tuple(curve["strengths"]))
     if folder is None:
         _NAMES[model] = name
     return model

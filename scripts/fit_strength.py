@@ -1,0 +1,143 @@
+r"""Fits a bundled model's strength curve (maintainers only): the strength its default denoise
+uses, by the noise it finds in an image (``FDN.strength_curve``).
+
+A model trained to zero its noise code z_N does not always do best at zeroing it: where it
+still keeps some image detail in z_N (lightly noisy images, most of all through the small
+grey model), scaling z_N by ``1 - strength`` with a strength below 1 keeps that detail. For
+each sigma of a grid, the run's held-back training images (the model's ``stage_config``:
+``data.holdout``, fixed-seed AWGN and crop as its validation drew them; never a test set) are
+encoded once and decoded at each strength of a grid. Per sigma, the strength with the best
+mean PSNR is kept where it beats strength 1 by at least ``--min-gain`` dB (else 1), and the
+curve's x is the mean :func:`fdn.model.residual_sigma` of the strength-1 denoise over those
+images: what the model measures at run time, so the curve needs no noise estimator.
+
+    OMP_NUM_THREADS=1 nice python scripts/fit_strength.py fdn-grey-blind \
+        --data-root ../shared/data
+
+writes ``strength_curve`` into ``models.json`` (with what it was fitted on and the gain per
+sigma) and prints the table. A release replaces the record and so drops its curve: fit again
+after each release. ``--dry-run`` prints without writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fdn.atomic import atomic_write
+from fdn.config import config_from_dict
+from fdn.data import load_validation
+from fdn.metrics import psnr
+from fdn.model import FDN, residual_sigma
+from fdn.serialization import load_model
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "fdn" / "weights"
+SIGMAS = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0)
+STRENGTHS = tuple(round(0.05 * k, 2) for k in range(21))  # 0, 0.05, ..., 1
+
+
+@torch.no_grad()
+def scores(
+    model: FDN, images: list[tuple[str, torch.Tensor, torch.Tensor]], strengths: tuple
+) -> tuple[np.ndarray, float]:
+    """Mean PSNR of the images at each strength (one encode each), and their mean residual
+    sigma at strength 1."""
+    table, residuals = [], []
+    for _, noisy, clean in images:
+        height, width = noisy.shape[-2:]
+        z, _ = model.encode(model.pad(noisy))
+        row = []
+        for strength in strengths:
+            denoised = model.decode(model.disentangle(z, strength))[..., :height, :width]
+            denoised = denoised.clamp(0, 1)
+            row.append(psnr(denoised, clean).item())
+            if strength == 1.0:
+                residuals.append(residual_sigma(noisy, denoised).item())
+        table.append(row)
+    return np.asarray(table).mean(axis=0), float(np.mean(residuals))
+
+
+def fit(
+    table: dict,
+    name: str,
+    weights: Path,
+    data_root: str | None,
+    sigmas: tuple = SIGMAS,
+    strengths: tuple = STRENGTHS,
+    min_gain: float = 0.02,
+) -> dict:
+    """The strength curve of ``table[name]``, fitted on its stage's held-back images."""
+    record = table[name]
+    config = config_from_dict(record["stage_config"])
+    if data_root:
+        config.data.root = data_root
+    if not config.data.holdout or config.validation.folder:
+        raise SystemExit(f"{name}: its stage had no held-back images (data.holdout) to fit on")
+    if 1.0 not in strengths:
+        raise SystemExit("the strengths must include 1 (the baseline)")
+    model = load_model(weights / record["file"]).eval()
+    rows = []
+    for sigma in sigmas:
+        config.validation.sigmas = [sigma]
+        started = time.perf_counter()
+        means, residual = scores(model, load_validation(config), strengths)
+        best = int(np.argmax(means))
+        gain = float(means[best] - means[strengths.index(1.0)])
+        chosen = strengths[best] if gain >= min_gain else 1.0
+        rows.append((sigma, residual, chosen, gain if chosen != 1.0 else 0.0))
+        print(
+            f"{name} sigma {sigma:g}: residual sigma {residual:.2f}, PSNR at strength "
+            + ", ".join(f"{s:g}: {m:.3f}" for s, m in zip(strengths, means, strict=True))
+            + f"; chosen {chosen:g} (+{rows[-1][3]:.3f} dB)"
+            + f" in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+    residuals = [row[1] for row in rows]
+    if any(b <= a for a, b in itertools.pairwise(residuals)):
+        raise SystemExit(f"{name}: the residual sigma does not grow with sigma: {residuals}")
+    return {
+        "sigmas": [round(row[1], 3) for row in rows],
+        "strengths": [row[2] for row in rows],
+        "awgn_sigmas": [row[0] for row in rows],
+        "gain_db": [round(row[3], 3) for row in rows],
+        "fitted_on": f"{config.data.holdout} held-back images of {config.data.train}",
+        "min_gain_db": min_gain,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="+", metavar="NAME")
+    parser.add_argument("--data-root", help="where the models' data is now (default: as trained)")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS, help=argparse.SUPPRESS)
+    parser.add_argument("--min-gain", type=float, default=0.02, help="dB over strength 1")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS))
+    parser.add_argument("--dry-run", action="store_true", help="print, do not write")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    table_path = args.weights / "models.json"
+    table = json.loads(table_path.read_text())
+    for name in args.names:
+        curve = fit(
+            table, name, args.weights, args.data_root, tuple(args.sigmas), STRENGTHS, args.min_gain
+        )
+        print(f"{name}: strength curve {json.dumps(curve)}")
+        if all(strength == 1.0 for strength in curve["strengths"]):
+            print(f"{name}: strength 1 everywhere; no curve kept")
+            table[name].pop("strength_curve", None)
+        else:
+            table[name]["strength_curve"] = curve
+    if not args.dry_run:
+        text = json.dumps(table, indent=2) + "\n"
+        atomic_write(table_path, lambda tmp: Path(tmp).write_text(text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
