@@ -430,3 +430,41 @@ def test_precision_flag_is_recorded_with_the_results(tmp_path):
     _eval_bundled_colour_model(tmp_path, "--precision", "bf16")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["settings"]["precision"] == "bf16"
+
+
+def test_eval_strength_reaches_every_fdn_model(tmp_path, capsys):
+    from helpers import mild_model
+
+    data = write_images(tmp_path / "tiny", 2, "RGB")
+    model_file = save_model(mild_model(), tmp_path / "m.safetensors")
+    psnrs = {}
+    for strength in ("auto", "1", "0.5"):
+        out = tmp_path / strength
+        argv = ["--model", str(model_file), "--data", str(data), "--sigma", "25"]
+        args = parse(*argv, "--strength", strength, "--out", str(out), "--no-progress")
+        assert run_eval(**args) == 0
+        document = json.loads((out / "results.json").read_text())
+        expected = {"auto": "auto", "1": 1.0, "0.5": 0.5}[strength]
+        assert document["settings"]["strength"] == expected
+        psnrs[strength] = [row["psnr"] for row in document["images"]]
+    capsys.readouterr()
+    # A model file has no strength curve: auto is strength 1; 0.5 is another denoise.
+    assert psnrs["auto"] == psnrs["1"] and psnrs["0.5"] != psnrs["1"]
+
+
+def test_the_fdn_adapter_passes_its_strength_to_the_model():
+    import copy
+
+    import torch
+
+    from fdn.denoisers import FDNDenoiser
+    from fdn.model import StrengthCurve
+
+    from helpers import mild_model
+
+    model = mild_model().double().eval()
+    curved = copy.deepcopy(model)
+    curved.strength_curve = StrengthCurve((0.0, 500.0), (0.4, 0.4))
+    noisy = torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(0)).double()
+    assert torch.equal(FDNDenoiser(curved).denoise(noisy), model.denoise(noisy, 0.4))
+    assert torch.equal(FDNDenoiser(curved, strength=1.0).denoise(noisy), model.denoise(noisy))

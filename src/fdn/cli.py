@@ -707,6 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="x8 self-ensemble (flips and rotations, averaged) for every method",
     )
+    evaluate.add_argument(
+        "--strength",
+        type=_strength,
+        default=None,
+        metavar="S",
+        help="every FDN model's denoise strength, as fdn denoise's (default auto: each "
+        "model's own; 1 is the paper's denoise, the protocol releases are compared by)",
+    )
     _add_precision_option(evaluate, "every network's convolutions")
     _add_progress_option(evaluate)
     evaluate.set_defaults(run=_eval)

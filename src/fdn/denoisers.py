@@ -11,6 +11,7 @@ equal).
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -77,10 +78,19 @@ class FDNDenoiser(ModuleDenoiser):
     Arguments:
         model: the flow; it is put in eval mode.
         name: the method's name in tables.
+        strength: :meth:`FDN.denoise`'s (None: the model's default, its strength curve's
+            for a bundled model that has one).
     """
 
-    def __init__(self, model: FDN, name: str = "FDN") -> None:
+    def __init__(self, model: FDN, name: str = "FDN", strength: float | None = None) -> None:
         super().__init__(model, name)
+        self.strength = strength  # FDN.denoise's; None: the model's default
+
+    def denoise(self, noisy: Tensor, sigma: float | None = None) -> Tensor:
+        device = next(self.model.parameters()).device
+        flow = typing.cast("FDN", self.model)
+        with torch.no_grad():
+            return flow.denoise(noisy.to(device), self.strength).cpu()
 
 
 class EnsembleDenoiser:
@@ -217,18 +227,22 @@ def build_baseline(
 
 
 def load_denoiser(
-    path: str | os.PathLike, name: str | None = None, device: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    name: str | None = None,
+    device: str | torch.device = "cpu",
+    strength: float | None = None,
 ) -> FDNDenoiser | DnCNNDenoiser | FFDNetDenoiser:
     """Any model file as a blind-or-not :class:`Denoiser`, by what the file holds.
 
     ``.safetensors``: an FDN model file (:func:`fdn.save_model`) or one of our DnCNN files
     (:func:`fdn.baselines.save_dncnn`). Anything else is read as a reference state_dict with
     ``weights_only=True``: FFDNet (IPOL) or DnCNN (DnCNN-PyTorch, KAIR) by its key layout.
+    ``strength`` is an FDN's (:class:`FDNDenoiser`).
     """
     from fdn.pretrained import available_models, load_pretrained
 
     if not Path(path).exists() and str(path) in available_models():
-        return FDNDenoiser(load_pretrained(str(path), device), name or str(path))
+        return FDNDenoiser(load_pretrained(str(path), device), name or str(path), strength)
     path = Path(path)
     name = name or path.name.split(".")[0]
     if path.suffix == ".safetensors":
@@ -239,7 +253,7 @@ def load_denoiser(
             raise ModelFileError(path, f"not a readable safetensors file ({error})") from None
         if kind == "fdn.dncnn":
             return DnCNNDenoiser(load_dncnn(path).to(device), name)
-        return FDNDenoiser(load_model(path, device), name)
+        return FDNDenoiser(load_model(path, device), name, strength)
     if any(key.startswith("module.intermediate_dncnn.") for key in read_state_dict(path)):
         return FFDNetDenoiser(load_peer_ffdnet(path).to(device), name)
     return DnCNNDenoiser(load_peer_dncnn(path).to(device), name)
@@ -261,13 +275,16 @@ def parse_model_spec(spec: str) -> tuple[str | None, float | None, str]:
         raise ValueError(f"--model {spec!r}: {sigma_text!r} is not a sigma") from None
 
 
-def models_from_specs(specs: Iterable[str], device: str | torch.device) -> list[Denoiser]:
+def models_from_specs(
+    specs: Iterable[str], device: str | torch.device, strength: float | None = None
+) -> list[Denoiser]:
     """``--model`` specs (:func:`parse_model_spec`) as denoisers: files that share a NAME form
-    one column (a :class:`DenoiserSet`), one model per channel count and sigma."""
+    one column (a :class:`DenoiserSet`), one model per channel count and sigma. ``strength``:
+    every FDN's (None: each model's default)."""
     groups: dict[str, list[tuple[float | None, FDNDenoiser | DnCNNDenoiser | FFDNetDenoiser]]] = {}
     for spec in specs:
         name, sigma, path = parse_model_spec(spec)
-        denoiser = load_denoiser(path, name, device)
+        denoiser = load_denoiser(path, name, device, strength)
         groups.setdefault(denoiser.name, []).append((sigma, denoiser))
     models: list[Denoiser] = []
     for name, members in groups.items():

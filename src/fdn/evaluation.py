@@ -399,6 +399,7 @@ def run_eval(
     progress: bool | str = True,
     estimator: str | None = None,
     reuse: Sequence[str | os.PathLike] = (),
+    strength: float | None = None,
 ) -> int:
     """Runs ``fdn eval``: prints the Markdown table, writes files with ``out``.
 
@@ -422,6 +423,8 @@ def run_eval(
             when they saw the same noisy images (:mod:`fdn.reuse`: a mismatch raises
             :class:`fdn.reuse.ReuseError`, before this run's methods run except for a
             difference in the noisy images themselves, known only once they are drawn).
+        strength: every FDN model's :meth:`FDN.denoise` strength (None: each model's
+            default, its strength curve's for a bundled model that has one).
 
     Returns 0 when every method ran on every image, 1 when something failed. A baseline
     whose optional package (BM3D, NLM) is missing is skipped with a message on stderr; a
@@ -435,7 +438,7 @@ def run_eval(
             denoisers.append(build_baseline(name, weights, device))
         except MissingExtraError as error:
             print(f"fdn eval: skipping {name}: {error}", file=sys.stderr)
-    denoisers += models_from_specs(models, device)
+    denoisers += models_from_specs(models, device, strength)
     if not denoisers and not reuse:
         raise ValueError("nothing to evaluate: give --model, --baselines and/or --reuse")
     if ensemble:
@@ -465,6 +468,7 @@ def run_eval(
         "limit": limit,
         "methods": list(evaluation.methods),  # the reused ones first
         "models": list(models),
+        "strength": "auto" if strength is None else strength,  # of the FDN models
         "device": str(device),
         "precision": precision,
         "fdn": __version__,
