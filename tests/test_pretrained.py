@@ -93,7 +93,11 @@ def test_a_bundled_strength_curve_beats_strength_1_on_light_noise(name):
     noisy = np.clip(np.rint(clean + rng.normal(0, 5, clean.shape)), 0, 255).astype(np.uint8)
     by_default = psnr(as_batch(denoise_image(noisy, model)), as_batch(clean)).item()
     at_1 = psnr(as_batch(denoise_image(noisy, model, strength=1)), as_batch(clean)).item()
-    assert by_default > at_1 + 0.2, (by_default, at_1)
+    # At least the least gain the fit keeps a strength below 1 for.
+    assert by_default > at_1 + model_record(name)["strength_curve"]["min_gain_db"], (
+        by_default,
+        at_1,
+    )
 
 
 def test_a_damaged_bundled_model_is_refused(tmp_path):
