@@ -173,8 +173,7 @@ def denoise_files(
     ``likelihood_map``, a bits/dim map is written beside each output as ``NAME_bpd.png``
     and the image's mean bits/dim is reported. Both come from the denoise's own encode.
     """
-    if strength is not None:
-        check_strength(strength)
+    check_strength(strength)
     result = BatchResult(0, 0)
     bar = progress_bar(jobs, mode=progress, label="fdn denoise", desc="denoising", unit="image")
     for job in bar:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from pathlib import Path
 
 __all__ = [
@@ -85,8 +86,13 @@ def check_device_name(name: str) -> str:
     return name
 
 
-def check_strength(strength: float) -> float:
-    """Returns ``strength`` as a float if it lies in :data:`STRENGTHS`; else ValueError.
+@typing.overload
+def check_strength(strength: None) -> None: ...
+@typing.overload
+def check_strength(strength: float) -> float: ...
+def check_strength(strength: float | None) -> float | None:
+    """Returns ``strength`` as a float if it lies in :data:`STRENGTHS`, and None (the model's
+    default strength, :meth:`fdn.FDN.denoise`) as it is; else ValueError.
 
     >>> check_strength(1.5)
     1.5
@@ -94,6 +100,8 @@ def check_strength(strength: float) -> float:
     Traceback (most recent call last):
     ValueError: strength must be in [0, 2], got nan
     """
+    if strength is None:
+        return None
     low, high = STRENGTHS
     value = float(strength)
     if not low <= value <= high:  # NaN fails both comparisons

@@ -86,11 +86,8 @@ class FDNDenoiser(ModuleDenoiser):
         super().__init__(model, name)
         self.strength = strength  # FDN.denoise's; None: the model's default
 
-    def denoise(self, noisy: Tensor, sigma: float | None = None) -> Tensor:
-        device = next(self.model.parameters()).device
-        flow = typing.cast("FDN", self.model)
-        with torch.no_grad():
-            return flow.denoise(noisy.to(device), self.strength).cpu()
+    def _run(self, noisy: Tensor) -> Tensor:
+        return typing.cast("FDN", self.model).denoise(noisy, self.strength)
 
 
 class EnsembleDenoiser:

@@ -3,7 +3,6 @@ r"""Denoising numpy images of any size, dtype and channel count, whole or in fea
 from __future__ import annotations
 
 import contextlib
-import typing
 from collections.abc import Iterator
 
 import numpy as np
@@ -113,8 +112,9 @@ def denoise_tensor(
     each denoise does anyway; the ensemble and strengths above 1, whose encodes see other
     images, pay one more encode of the image for it.
     """
-    hint = strength is not None and check_strength(strength) > 1
-    if likelihood is not None and (ensemble or hint):
+    strength = check_strength(strength)
+    hint = strength if strength is not None and strength > 1 else None  # a sigma hint's
+    if likelihood is not None and (ensemble or hint is not None):
         _score(image, model, tile, overlap, likelihood)
         likelihood = None
     if ensemble:
@@ -128,11 +128,11 @@ def denoise_tensor(
         return _denoise_piece(image, model, strength, likelihood, 0, 0).to(image.dtype).cpu()
     if overlap < 0 or tile < 2 * overlap + 4:
         raise ValueError(f"tile {tile} must exceed twice the overlap {overlap} plus 4")
-    if hint:  # the noise is drawn for the whole image (as a batch of one), then tiled
+    if hint is not None:  # the noise is drawn for the whole image (a batch of one), then tiled
         return with_sigma_hint(
             image[None],
-            typing.cast("float", strength),
-            lambda noisy: denoise_tensor(noisy[0], model, tile, overlap, progress, False, 1.0)[
+            hint,
+            lambda noisy: denoise_tensor(noisy[0], model, tile, overlap, progress, strength=1.0)[
                 None
             ],
         )[0]
@@ -272,8 +272,7 @@ def denoise_image(
         >>> out.shape, out.dtype
         ((5, 7, 3), dtype('uint8'))
     """
-    if strength is not None:
-        strength = check_strength(strength)
+    strength = check_strength(strength)
     array = np.asarray(image)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4)):
         raise ValueError(f"expected an (H, W) or (H, W, C) image with C <= 4, got {array.shape}")

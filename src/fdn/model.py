@@ -335,7 +335,8 @@ class FDN(SequentialFlow):
         about 0.65x the time on CPU, with outputs equal to the plain path's. What else was
         measured, and dropped, is in ``docs/performance.md``.
         """
-        if strength is not None and check_strength(strength) > 1:
+        strength = check_strength(strength)
+        if strength is not None and strength > 1:
             return with_sigma_hint(y, strength, lambda noisy: self.denoise(noisy, 1.0))
         return self.denoise_with_latent(y, strength)[0]
 

@@ -263,7 +263,7 @@ class _Run:
     seconds: dict[str, float] = field(default_factory=dict)
     # Names the run across its resumes, so that a release of it a second time adds only the
     # steps since the first (scripts/release_models.py); a checkpoint from before it gets one.
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    run_id: str = ""
 
     @property
     def main(self) -> bool:
@@ -331,12 +331,14 @@ def _start(
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     start, skipped, best, seconds = 0, 0, -math.inf, {"wall": 0.0, "cpu": 0.0}
+    run_id = uuid.uuid4().hex
     if checkpoint is not None:
         load_weights(model, checkpoint["model"], run_dir / CHECKPOINT)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, skipped, best = checkpoint["step"], checkpoint["skipped"], checkpoint["best_psnr"]
         seconds = dict(checkpoint.get("train_seconds", seconds))  # older checkpoints: from 0
+        run_id = checkpoint.get("run_id", run_id)  # older checkpoints: a new one
         set_rng_state(checkpoint["rng"])
     elif isinstance(model, FDN) and not settings.init:
         # ActNorm's data-dependent init, on a real training batch, before the first step. Every
@@ -373,8 +375,7 @@ def _start(
         say(f"validation: {len(validation)} images, noisy input PSNR {noisy_psnr:.2f} dB")
     return _Run(
         config, run_dir, rank, world, device, model, objective, optimizer, scheduler, average,
-        iter(loader), validation, say, start, skipped, best, seconds,
-        **({"run_id": checkpoint["run_id"]} if checkpoint and "run_id" in checkpoint else {}),
+        iter(loader), validation, say, start, skipped, best, seconds, run_id,
     )  # fmt: skip
 
 

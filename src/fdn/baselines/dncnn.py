@@ -174,7 +174,11 @@ class ModuleDenoiser:
     def denoise(self, noisy: Tensor, sigma: float | None = None) -> Tensor:
         device = next(self.model.parameters()).device
         with torch.no_grad():
-            return self.model.denoise(noisy.to(device)).cpu()
+            return self._run(noisy.to(device)).cpu()
+
+    def _run(self, noisy: Tensor) -> Tensor:
+        """The network's own denoise of a batch on its device (FDN adds its strength)."""
+        return self.model.denoise(noisy)
 
 
 class DnCNNDenoiser(ModuleDenoiser):
