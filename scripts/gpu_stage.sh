@@ -12,6 +12,14 @@
 # with scripts/release_models.py (a stage started from another GPU stage: --continues).
 # INIT_DIR=DIR starts from DIR/color/model.safetensors and DIR/grey/model.safetensors instead
 # of the releases; RUNS (default /tmp/runs) is where the runs train.
+#
+# One schedule across calls: a call is at most ten minutes, and the machine stays warm (its
+# /tmp kept) for a short while after each. TOTAL_S=SECONDS sizes the cosine schedule for that
+# much training over all the calls, so the first call stops at its own budget with the runs
+# mid-schedule (a checkpoint, as any time limit leaves); a next call on the still-warm machine
+# with RESUME=1 continues both runs from RUNS exactly (`fdn train --resume`, its Adam state
+# and schedule kept) for its BUDGET_S, and OUT gets the runs as they are then. Released once,
+# at the end, like any stage. A fresh stage in each call would restart the warm-up and Adam.
 set -u
 BUDGET=${1:-480}
 BATCH=${2:-128}
@@ -22,7 +30,9 @@ PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-5}
 R=${RUNS:-/tmp/runs}
-rm -rf "$R"; mkdir -p "$R" "$OUT"
+RESUME=${RESUME:-0}
+[ "$RESUME" = 1 ] || rm -rf "$R"
+mkdir -p "$R" "$OUT"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"
 PRECISION=bf16
@@ -45,6 +55,33 @@ rate() {  # images/s of the last logged window of a run
 print(min(r['images_per_s'] for r in rows[-2:] if 'images_per_s' in r))" $R/$1/log.jsonl 2>/dev/null
 }
 
+spent() {  # training seconds (wall) a run has used so far, from its checkpoint
+  $PY -c "import sys, torch; c = torch.load(sys.argv[1], weights_only=True); \
+print(int(c['train_seconds']['wall']))" $R/$1/checkpoint.pt
+}
+
+if [ "$RESUME" = 1 ]; then
+  # Seconds for training in this call: start-up, the last validation and the copy aside.
+  LEFT=$(( BUDGET - 45 ))
+  resume() {  # name: on to the end of its schedule, or of this call's budget
+    [ -f $R/$1/checkpoint.pt ] || { echo "$1: no run in $R to resume (a cold machine?)"; return 1; }
+    local limit=$($PY -c "print(round(($(spent $1) + $LEFT + 10) / 60, 2))")
+    timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --resume $R/$1 \
+      --set training.time_limit=$limit --set data.root=${DATA:-$PWD/gpu/data} \
+      --set training.device=$DEVICE --set data.workers=$WORKERS --no-progress >> $R/$1.out 2>&1
+    echo "$1 exit $?"
+  }
+  echo "resuming both runs for $LEFT s"
+  resume color & resume grey & wait
+  for name in color grey; do
+    mkdir -p $OUT/$name
+    cp $R/$name/checkpoint.pt $R/$name/log.jsonl $R/$name/config.toml $OUT/$name/ 2>/dev/null
+    tail -n 4 $R/$name.out
+  done
+  echo "total $(( $(date +%s) - T0 )) s"
+  exit 0
+fi
+
 PROBE_STEPS=${PROBE_STEPS:-100}
 probe color $PROBE_STEPS & probe grey $PROBE_STEPS & wait
 if [ -z "$(rate probe-color)" ] || [ -z "$(rate probe-grey)" ]; then
@@ -60,7 +97,9 @@ echo "probe ($PRECISION, batch $BATCH): colour $RC images/s, grey $RG images/s"
 
 # Seconds left for the main runs: start-up (~20 s), the last validation and the copy (~25 s).
 LEFT=$(( BUDGET - ($(date +%s) - T0) - 45 ))
-iters() { $PY -c "import sys; print(max(300, int(float(sys.argv[1]) * $LEFT / $BATCH * 0.9)))" $1; }
+# The schedule's length: this call's training time, or TOTAL_S over all calls (see above).
+PLANNED=$(( ${TOTAL_S:-0} > 0 ? TOTAL_S - (BUDGET - LEFT) : LEFT ))
+iters() { $PY -c "import sys; print(max(300, int(float(sys.argv[1]) * $PLANNED / $BATCH * 0.9)))" $1; }
 NC=$(iters $RC); NG=$(iters $RG)
 LIMIT=$($PY -c "print(round(($LEFT + 10) / 60, 2))")
 echo "main runs: colour $NC its, grey $NG its, time limit $LIMIT min ($LEFT s left)"

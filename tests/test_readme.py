@@ -69,3 +69,11 @@ def test_every_install_line_names_the_distribution_not_the_taken_fdn():
     ]
     assert not offenders
     assert f"pip install {DISTRIBUTION}" in (ROOT / "README.md").read_text()
+
+
+def test_the_readme_lists_what_a_resumed_run_may_change():
+    from fdn.config import RESUMABLE
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    listed = text.split("may change where and how fast it runs (", 1)[1].split(")", 1)[0]
+    assert [key.strip(" `") for key in listed.split(",")] == list(RESUMABLE)

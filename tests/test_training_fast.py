@@ -3,6 +3,8 @@
 import itertools
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 import fdn.training as training
 from fdn import FDN, load_model, save_model
 from fdn.cli import main
-from fdn.config import ConfigError
+from fdn.config import ConfigError, load_config
 from fdn.data import TrainingPatches, holdout_split, load_validation
 from fdn.optim import WeightAverage, lr_factor
 from fdn.training import CHECKPOINT, build_model, init_from, train
@@ -345,3 +347,55 @@ def test_a_dncnn_run_ships_an_average_whose_batch_norm_fits_its_weights(images, 
     inputs = training.first_samples(patches, training.BN_CALIBRATION_SAMPLES)
     wanted, running = _bn_input_mean(shipped, inputs.split(config.training.batch_size))
     assert torch.allclose(wanted, running, atol=1e-4)
+
+
+def test_a_run_resumes_exactly_on_another_data_root_and_device_setting(
+    images, tmp_path, monkeypatch
+):
+    # A run moved to another machine: its data under another root, its device and threads
+    # given anew. The steps are those of the run left alone, and the move is saved with it.
+    import shutil
+
+    settings = ("training.precision='bf16'", "optim.schedule='cosine'", "training.ema=0.9")
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    shutil.copytree(images, first)
+    shutil.copytree(images, moved)
+    config = small_config(first, tmp_path, *settings)
+    quiet(config, tmp_path / "full")
+    second = tmp_path / "second"
+
+    def stop_at_3(model, cfg, noisy, clean, step, real=training.step_loss):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, cfg, noisy, clean, step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "step_loss", stop_at_3)
+        with pytest.raises(training.TrainingStopped):
+            quiet(config, second)
+    checkpoint = torch.load(second / CHECKPOINT, weights_only=True)
+    checkpoint["config"]["training"]["device"] = "cuda"  # as a GPU machine saved it
+    torch.save(checkpoint, second / CHECKPOINT)
+    shutil.rmtree(first)  # the data is no longer where the run was started
+    changes = [f"data.root={moved}", "training.device=cpu", "training.threads=1"]
+    assert quiet(None, second, resume=True, changes=changes).step == 6
+    full, moved_run = parameters(tmp_path / "full"), parameters(second)
+    for name in full:
+        assert torch.equal(full[name], moved_run[name]), name
+    saved = torch.load(second / CHECKPOINT, weights_only=True)["config"]
+    assert saved["data"]["root"] == str(moved) and saved["training"]["threads"] == 1
+
+
+def test_a_resumed_run_refuses_changes_to_what_it_computes(images, tmp_path, capsys):
+    config = small_config(images, tmp_path, "training.iterations=2")
+    quiet(config, tmp_path / "run")
+    before = (tmp_path / "run" / CHECKPOINT).read_bytes()
+    code = main(["train", "--resume", str(tmp_path / "run"), "--set", "optim.lr=1e-2"])
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in error
+    assert "optim.lr" in error and "data.root" in error and str(tmp_path / "run") in error
+    assert (tmp_path / "run" / CHECKPOINT).read_bytes() == before
+    # A key it may change is taken, from the command line too.
+    code = main(["train", "--resume", str(tmp_path / "run"), "--set", "training.log_every=5"])
+    assert code == 0
+    assert load_config(tmp_path / "run" / "config.toml").training.log_every == 5

@@ -274,10 +274,11 @@ def _train(args: argparse.Namespace) -> int:
     from fdn.training import CHECKPOINT, TrainingStopped, train
 
     if args.resume:
-        if args.config or args.set or args.out or args.init:
+        if args.config or args.out or args.init:
             raise CommandError(
                 "--resume RUN_DIR continues a run with its own saved config; "
-                "give no CONFIG, --set, --out or --init with it"
+                "give no CONFIG, --out or --init with it (--set only for where and how "
+                "fast it runs: data.root, training.device, ...)"
             )
         run_dir = Path(args.resume)
         config = None
@@ -298,7 +299,11 @@ def _train(args: argparse.Namespace) -> int:
             )
     try:
         result = train(
-            config, run_dir, resume=bool(args.resume), progress=_progress(args) == "bar"
+            config,
+            run_dir,
+            resume=bool(args.resume),
+            progress=_progress(args) == "bar",
+            changes=args.set if args.resume else (),
         )
     except TrainingStopped as stopped:
         print(
@@ -805,7 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train from a TOML config; --set section.key=value overrides a key. The run folder "
             "gets the resolved config, a JSON-lines log, checkpoints and the final model. "
-            "SIGINT/SIGTERM save a checkpoint; --resume RUN_DIR continues exactly."
+            "SIGINT/SIGTERM save a checkpoint; --resume RUN_DIR continues exactly, on "
+            "another device or data root with --set training.device=... / data.root=..."
         ),
     )
     train.add_argument("config", nargs="?", metavar="CONFIG.toml", help="the run's config")

@@ -24,6 +24,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "RESUMABLE",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "TrainingConfig",
     "ValidationConfig",
     "apply_overrides",
+    "config_for_resume",
     "config_from_dict",
     "load_config",
 ]
@@ -350,6 +352,35 @@ def apply_overrides(values: dict, overrides: typing.Sequence[str]) -> dict:
             value = text
         _set_nested(values, dotted.strip(), value)
     return values
+
+
+# What a resumed run may change: where its data is and what it runs on, how fast and for how
+# long, none of which changes the steps it takes. It is how a run moves between machines (a
+# CPU run continued on a GPU, or back; data found under another root). Everything else would
+# make the resumed run a different run than the one its checkpoint began.
+RESUMABLE = (
+    "data.root",
+    "data.workers",
+    "training.device",
+    "training.threads",
+    "training.time_limit",
+    "training.time_limit_clock",
+    "training.log_every",
+    "training.checkpoint_every",
+)
+
+
+def config_for_resume(config: TrainConfig, overrides: typing.Sequence[str]) -> TrainConfig:
+    """``config`` (a checkpoint's) with ``section.key=value`` overrides of :data:`RESUMABLE`
+    keys applied; any other key is a :class:`ConfigError` naming it."""
+    for override in overrides:
+        dotted = override.partition("=")[0].strip()
+        if dotted not in RESUMABLE:
+            raise ConfigError(
+                f"--set {dotted}: a resumed run keeps its config; only where and how fast it "
+                f"runs may change ({', '.join(RESUMABLE)})"
+            )
+    return config_from_dict(apply_overrides(config.to_dict(), overrides))
 
 
 def load_config(

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fdn.baselines.dncnn import DnCNN, save_dncnn
-from fdn.config import ConfigError, TrainConfig
+from fdn.config import ConfigError, TrainConfig, config_for_resume
 from fdn.data import StepSampler, TrainingPatches, load_validation
 from fdn.denoising import precision_context
 from fdn.losses import bits_per_dim, fdn_loss
@@ -295,14 +295,23 @@ class _Run:
 
 
 def _start(
-    config: TrainConfig | None, run_dir: Path, resume: bool, log: Callable[[str], None] | None
+    config: TrainConfig | None,
+    run_dir: Path,
+    resume: bool,
+    log: Callable[[str], None] | None,
+    changes: typing.Sequence[str] = (),
 ) -> _Run:
     """Sets a run up, new or resumed: data, model, optimiser, run folder. Everything that can
     be wrong with the data, the config or a model file fails here, before any step."""
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(run_dir / CHECKPOINT)
-        config = checkpoint["config"]
+        try:
+            config = config_for_resume(checkpoint["config"], changes)
+        except ConfigError as error:
+            raise TrainingError(f"{run_dir}: {error}") from None
+    elif changes:
+        raise ValueError("changes apply to a resumed run; a new run takes them in its config")
     assert config is not None, "a new run needs a config"
     settings = config.training
     if settings.threads:
@@ -412,16 +421,19 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    changes: typing.Sequence[str] = (),
 ) -> TrainResult:
     """Trains as ``config`` says into ``run_dir``.
 
     With ``resume``, continues the run in ``run_dir`` from its checkpoint, with the config
-    stored there (``config`` is ignored): the result equals an uninterrupted run. SIGINT or
+    stored there (``config`` is ignored): the result equals an uninterrupted run. ``changes``
+    (``section.key=value``, of :data:`fdn.config.RESUMABLE` keys only) move a resumed run to
+    another device or data root, or give it more time; they are saved with the run. SIGINT or
     SIGTERM saves a checkpoint and raises :class:`TrainingStopped`. A run that produces
     garbage (non-finite weights, 100 skipped steps in a row, every step skipped) raises
     :class:`TrainingError` and writes no model file.
     """
-    run = _start(config, Path(run_dir), resume, log)
+    run = _start(config, Path(run_dir), resume, log, changes)
     config, settings, world = run.config, run.config.training, run.world
     board = tensorboard(run.run_dir) if run.main else None
     bar = tqdm(
