@@ -55,6 +55,15 @@ rate() {  # images/s of the last logged window of a run
 print(min(r['images_per_s'] for r in rows[-2:] if 'images_per_s' in r))" $R/$1/log.jsonl 2>/dev/null
 }
 
+bring_back() {  # each run's checkpoint, log and config to OUT, to be released here
+  for name in color grey; do
+    mkdir -p $OUT/$name
+    cp $R/$name/checkpoint.pt $R/$name/log.jsonl $R/$name/config.toml $OUT/$name/ 2>/dev/null
+    tail -n 6 $R/$name.out
+  done
+  echo "total $(( $(date +%s) - T0 )) s"
+}
+
 spent() {  # training seconds (wall) a run has used so far, from its checkpoint
   $PY -c "import sys, torch; c = torch.load(sys.argv[1], weights_only=True); \
 print(int(c['train_seconds']['wall']))" $R/$1/checkpoint.pt
@@ -73,12 +82,7 @@ if [ "$RESUME" = 1 ]; then
   }
   echo "resuming both runs for $LEFT s"
   resume color & resume grey & wait
-  for name in color grey; do
-    mkdir -p $OUT/$name
-    cp $R/$name/checkpoint.pt $R/$name/log.jsonl $R/$name/config.toml $OUT/$name/ 2>/dev/null
-    tail -n 4 $R/$name.out
-  done
-  echo "total $(( $(date +%s) - T0 )) s"
+  bring_back
   exit 0
 fi
 
@@ -112,10 +116,4 @@ main() {  # name iterations
   echo "$1 exit $?"
 }
 main color $NC & main grey $NG & wait
-
-for name in color grey; do
-  mkdir -p $OUT/$name
-  cp $R/$name/checkpoint.pt $R/$name/log.jsonl $R/$name/config.toml $OUT/$name/ 2>/dev/null
-  tail -n 6 $R/$name.out
-done
-echo "total $(( $(date +%s) - T0 )) s"
+bring_back
