@@ -69,6 +69,26 @@ def training_seconds(run_dir: Path, batch_size: int, clock: str = "cpu") -> floa
     return seconds
 
 
+def run_device(run_dir: Path, config: TrainConfig, since: int) -> str:
+    """What the run's steps after ``since`` ran on, "cpu" or "cuda", from its log (the
+    config's device for a log from before rows named it). A run resumed on the other kind of
+    device in that stretch is refused: one release counts its hours on one clock, so release
+    it before moving it."""
+    devices = {
+        row["device"]
+        for row in read_log(run_dir / "log.jsonl")
+        if "device" in row and row["step"] > since
+    }
+    if len(devices) > 1:
+        raise SystemExit(
+            f"{run_dir}: trained on {' and '.join(sorted(devices))} since its last release; "
+            "its hours cannot be counted on one clock (release it before it moves)"
+        )
+    if devices:
+        return devices.pop()
+    return "cuda" if config.training.device.startswith("cuda") else "cpu"
+
+
 def held_back(config: TrainConfig) -> str:
     """Which images judged the model: the held-back ones, or the first of them that
     ``validation.max_images`` keeps."""
@@ -114,6 +134,7 @@ def release(
     if steps <= done_steps:
         raise SystemExit(f"{run_dir}: released at step {done_steps} already; nothing new since")
     iterations = steps - done_steps
+    device_kind = run_device(run_dir, config, done_steps)  # refuses a moved run before writing
     if not config.data.holdout or config.validation.folder:
         raise SystemExit(f"{run_dir}: no held-back images (data.holdout) to judge the model on")
     images = load_validation(config)
@@ -139,7 +160,7 @@ def release(
     storage = "float16" if abs(half - score) < 0.01 else "float32"
     save_model(model, target, dtype=torch.float16 if storage == "float16" else None)
     # GPU hours are kept apart from CPU hours: an hour of one is not an hour of the other.
-    on_gpu = config.training.device.startswith("cuda")
+    on_gpu = device_kind == "cuda"
     clock = "gpu_hours" if on_gpu else "cpu_hours"
     run_hours = training_seconds(run_dir, config.training.batch_size, "wall" if on_gpu else "cpu")
     run_hours /= 3600

@@ -119,6 +119,7 @@ def test_a_gpu_stage_counts_gpu_hours_and_patches(images, tmp_path, monkeypatch,
     checkpoint = torch.load(gpu / "checkpoint.pt", weights_only=True)
     checkpoint["config"]["training"].update(device="cuda", init="/elsewhere/tiny.safetensors")
     torch.save(checkpoint, gpu / "checkpoint.pt")
+    on_gpu(gpu / "log.jsonl")
     scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
     release_models.main(["tiny=" + str(gpu), "--weights", str(weights), "--continues"])
     record = json.loads((weights / "models.json").read_text())["tiny"]
@@ -130,6 +131,33 @@ def test_a_gpu_stage_counts_gpu_hours_and_patches(images, tmp_path, monkeypatch,
     assert "stage_cpu_hours" not in stage and stage["stage_batch_size"] == 3
     table = release_models.release_table(record)
     assert f"{12:,}" in table and " GPU" in table.splitlines()[-1]
+
+
+def on_gpu(log, after=0):
+    """Rewrites a CPU run's log as the GPU machine would have written its steps after ``after``."""
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    for row in rows:
+        if "device" in row and row["step"] > after:
+            row["device"] = "cuda"
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_a_run_moved_between_cpu_and_gpu_since_its_release_is_refused(
+    images, tmp_path, monkeypatch, release_models
+):
+    # One release counts its hours on one clock; a run resumed on a GPU after CPU steps
+    # (fdn train --resume --set training.device=cuda) would put CPU hours on the GPU clock.
+    moved = run(images, tmp_path, "moved")
+    on_gpu(moved / "log.jsonl", after=3)
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    with pytest.raises(SystemExit, match="trained on cpu and cuda since its last release"):
+        release_models.main(["tiny=" + str(moved), "--weights", str(tmp_path / "weights")])
+    assert not (tmp_path / "weights" / "models.json").exists()
+    # Its steps on one device only: counted on that device's clock.
+    on_gpu(moved / "log.jsonl")
+    release_models.main(["tiny=" + str(moved), "--weights", str(tmp_path / "weights")])
+    record = json.loads((tmp_path / "weights" / "models.json").read_text())["tiny"]
+    assert "gpu_hours" in record["cumulative"] and record["cumulative"]["cpu_hours"] == 0
 
 
 def test_the_hours_are_the_logged_cpu_time_of_the_run(tmp_path, release_models):

@@ -102,6 +102,7 @@ def test_a_short_run_trains_logs_validates_and_writes_a_model(images, tmp_path):
         assert {"loss", "nll", "nll_bits_per_dim", "l1", "lr", "images_per_s", "skipped"} <= set(
             record
         )
+        assert record["device"] == "cpu"  # what the step ran on, for release_models.py
     assert steps[2]["lr"] == pytest.approx(2e-4) and steps[3]["lr"] == pytest.approx(1e-4)
     assert [r["step"] for r in records if "val_psnr" in r] == [3, 6]
     assert (tmp_path / "run" / "best.safetensors").is_file()

@@ -501,6 +501,9 @@ def train(
                 if "nll" in record:
                     record["nll_bits_per_dim"] = bits_per_dim(record["nll"], _dequantize(config))
                 record.update(lr=lr, images_per_s=window_images / elapsed, skipped=run.skipped)
+                # What the steps ran on: a resumed run may move (--set training.device), and
+                # its hours are then counted on two clocks (scripts/release_models.py).
+                record["device"] = run.device.type
                 window_start, window_images = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             if run.validation and (done % config.validation.every == 0 or last):
