@@ -7,7 +7,8 @@ estimator without its calibration.
 
 ``--fit`` instead fits the flow estimator's calibration (``fdn.noise_level.CALIBRATION``) on
 training images: the mean raw estimate at each sigma of a grid, per bundled model, printed as
-the Python literal to paste. Fit on training folders only, never on a test set.
+the Python literal to paste (with the SHA-256 of the weights it was fitted for). Fit on
+training folders only, never on a test set.
 
     OMP_NUM_THREADS=1 nice python benchmarks/noise_estimation.py --fit --limit 24 \
         --data ../shared/data/train/CBSD432 ../shared/data/train/Train400
@@ -31,6 +32,7 @@ from fdn.evaluation import find_dataset
 from fdn.images import read_array
 from fdn.noise import AWGN
 from fdn.noise_level import METHODS, _calibrated, estimate_noise, flow_model_name
+from fdn.pretrained import model_record
 
 FIT_SIGMAS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 55.0)
 
@@ -44,7 +46,7 @@ def noisy_images(folder: str, sigma: float, limit: int | None, seed: int):  # no
         yield item.name, noise.sample(clean, noise.seed_for(item.name, seed))
 
 
-def fit(folders: list[str], limit: int | None) -> dict[str, tuple[list[float], list[float]]]:
+def fit(folders: list[str], limit: int | None) -> dict[str, tuple[str, list[float], list[float]]]:
     raws: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for folder in folders:
         for sigma in FIT_SIGMAS:
@@ -56,8 +58,22 @@ def fit(folders: list[str], limit: int | None) -> dict[str, tuple[list[float], l
         means = [float(np.mean(by_sigma[s])) for s in FIT_SIGMAS]
         if any(b <= a for a, b in itertools.pairwise(means)):
             raise SystemExit(f"{model}: the raw estimate is not increasing in sigma: {means}")
-        table[model] = (list(FIT_SIGMAS), [round(m, 3) for m in means])
+        table[model] = (
+            model_record(model)["sha256"],
+            list(FIT_SIGMAS),
+            [round(m, 3) for m in means],
+        )
     return table
+
+
+def literal(table: dict[str, tuple[str, list[float], list[float]]]) -> str:
+    """``table`` as the entries of ``fdn.noise_level.CALIBRATION`` to paste."""
+    lines = []
+    for model, (sha, _, raws) in table.items():
+        values = ", ".join(f"{r:g}" for r in raws)
+        lines += [f'    "{model}": (', f'        "{sha}",', "        _FIT_SIGMAS,"]
+        lines += [f"        ({values}),", "    ),"]
+    return "\n".join(lines)
 
 
 def measure(
@@ -140,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.fit:
-        print(json.dumps(fit(args.data, args.limit), indent=1))
+        print(literal(fit(args.data, args.limit)))
         return
     rows = measure(args.data, args.sigmas, args.limit, args.methods)
     print(markdown(rows), end="")

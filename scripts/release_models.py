@@ -30,10 +30,11 @@ import torch
 
 from fdn.atomic import atomic_write
 from fdn.config import TrainConfig, config_from_dict
-from fdn.curves import read_log
+from fdn.curves import Curve, plot_curves, read_log
 from fdn.data import load_validation
 from fdn.likelihood import OOD_THRESHOLDS
 from fdn.model import FDN
+from fdn.noise_level import CALIBRATION
 from fdn.serialization import load_model, save_model
 from fdn.training import CHECKPOINT, build_model, validate
 
@@ -259,6 +260,12 @@ def release(
             f"{name}: now recalibrate the out-of-distribution guard (fdn.likelihood."
             "OOD_THRESHOLDS): python benchmarks/ood_calibration.py --data TRAIN_FOLDERS"
         )
+    # So is the flow noise estimator's calibration (tests/test_noise_level.py).
+    if name in CALIBRATION:
+        print(
+            f"{name}: now fit the flow noise estimator's calibration again (fdn.noise_level."
+            "CALIBRATION): python benchmarks/noise_estimation.py --fit --limit 24 --data TRAIN"
+        )
     return True
 
 
@@ -320,6 +327,33 @@ def release_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def release_figure(record: dict, out: Path, name: str) -> Path:
+    """Draws, as an SVG at ``out``, the gap to the first reference (CBM3D, BM3D) at sigma 15,
+    25 and 50 after each release that has test-set scores, against the training patches seen
+    so far: the release table's gap column, to look at."""
+    dataset = next(iter(record.get("psnr_db", {})), None)
+    if dataset not in REFERENCES:
+        raise SystemExit(f"{name}: no test-set scores against a reference to draw")
+    reference, values = next(iter(REFERENCES[dataset].items()))
+    curves = []
+    for index, sigma in enumerate((15, 25, 50)):
+        points = [
+            (line.get("patches", 16 * line["iterations"]) / 1000, score - values[index])
+            for line in record.get("releases", [])
+            if (score := line.get("psnr_db", {}).get(dataset, {}).get(f"sigma{sigma}"))
+        ]
+        curves.append(Curve(f"sigma {sigma}", WEIGHTS / "models.json", tuple(points)))
+    return plot_curves(
+        curves,
+        out,
+        title=f"{name}: {dataset} PSNR minus {reference}'s, after each release",
+        lines=[(reference, 0.0)],
+        noisy=False,
+        x_title="training patches seen (thousands)",
+        y_title=f"PSNR - {reference} (dB)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="*", metavar="NAME=RUN_DIR")
@@ -340,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the same, measured at the model's default strength (its strength curve)",
     )
     parser.add_argument("--table", metavar="NAME", help="print NAME's table of releases")
+    parser.add_argument(
+        "--figure",
+        nargs=2,
+        metavar=("NAME", "OUT.svg"),
+        help="draw NAME's gap to BM3D after each release as an SVG",
+    )
     parser.add_argument(
         "--continues",
         action="store_true",
@@ -363,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(table_path, lambda tmp: Path(tmp).write_text(text))
     if args.table:
         print(release_table(table[args.table]))
+    if args.figure:
+        name, out = args.figure
+        print(release_figure(table[name], Path(out), name))
     return 0
 
 

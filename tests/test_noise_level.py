@@ -9,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import fdn
 from fdn.choices import DEFAULT_NOISE_ESTIMATOR
 from fdn.cli import main
+from fdn.model import residual_sigma
 from fdn.noise import AWGN
-from fdn.noise_level import METHODS, estimate_noise
+from fdn.noise_level import CALIBRATION, METHODS, estimate_noise, flow_model_name
+from fdn.pretrained import load_pretrained, model_record
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRAIN = SHARED / "data" / "train" / "CBSD432"
@@ -58,6 +61,26 @@ def test_the_flow_estimate_is_close_on_a_noisy_smooth_image():
     for sigma in (15, 50):
         estimate = estimate_noise(noisy(smooth_image(96), sigma), "flow")
         assert abs(estimate - sigma) <= 0.25 * sigma, (sigma, estimate)
+
+
+def test_the_flow_is_calibrated_for_the_bundled_models_as_released():
+    # A release changes the residual the raw estimate measures: fit the curve again
+    # (benchmarks/noise_estimation.py --fit), as release_models.py says.
+    for channels in (3, 1):
+        name = flow_model_name(channels)
+        sha, sigmas, raws = CALIBRATION[name]
+        assert sha == model_record(name)["sha256"], f"{name}: fit CALIBRATION again"
+        assert len(sigmas) == len(raws) and all(np.diff(raws) > 0)
+
+
+def test_the_raw_flow_estimate_is_the_residual_sigma_the_strength_reads():
+    # One statistic for the noise estimator and the default strength (fdn.model).
+    image = noisy(smooth_image(48), 25)
+    model = load_pretrained(flow_model_name(3))
+    y = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        expected = residual_sigma(y, model.denoise(y, 1.0)).item()
+    assert estimate_noise(image, "flow", calibrate=False) == pytest.approx(expected, rel=1e-5)
 
 
 def test_inputs_of_every_kind_give_the_same_estimate():

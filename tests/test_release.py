@@ -64,6 +64,22 @@ def test_release_then_refuse_then_continue(images, tmp_path, monkeypatch, releas
     assert record["training"]["init"] == str(stored)
 
 
+def test_a_release_says_what_to_measure_again_for_its_file(
+    images, tmp_path, monkeypatch, capsys, release_models
+):
+    # The OOD threshold and the noise estimator's curve are tied to the released file's SHA-256.
+    monkeypatch.setitem(release_models.OOD_THRESHOLDS, "tiny", ("0" * 64, 10.0))
+    monkeypatch.setitem(release_models.CALIBRATION, "tiny", ("0" * 64, (0.0, 1.0), (0.0, 1.0)))
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    weights = tmp_path / "weights"
+    assert (
+        release_models.main([f"tiny={run(images, tmp_path, 'run')}", "--weights", str(weights)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "benchmarks/ood_calibration.py" in out and "benchmarks/noise_estimation.py --fit" in out
+
+
 def test_a_run_without_held_back_images_is_refused(images, tmp_path, release_models):
     config = small_config(images, tmp_path, "training.iterations=1")
     train(config, tmp_path / "run", progress=False, log=lambda _: None)
@@ -103,6 +119,35 @@ def test_the_release_table_shows_the_gap_to_the_references(release_models):
     assert "| 2026-11-25 | 6,000 | 96,000 | 2.50 | 29.341 | 32.10 / 29.81 / 26.85 |" in table
     assert "-1.46 / -0.99 / -0.61" in table  # against CBM3D
     assert "-1.69 / -1.37 / -1.14" in table  # against FFDNet
+
+
+def test_the_release_figure_draws_each_sigmas_gap_after_each_scored_release(
+    tmp_path, release_models
+):
+    scored = {"CBSD68": {"sigma15": 32.56, "sigma25": 30.30, "sigma50": 27.46}}
+    record = {
+        "psnr_db": scored,
+        "releases": [
+            {"iterations": 6000, "holdout_psnr_db": 29.3, "psnr_db": scored},
+            {"iterations": 7000, "holdout_psnr_db": 29.4},  # no test-set scores: not drawn
+            {"iterations": 8000, "patches": 200_000, "holdout_psnr_db": 29.5, "psnr_db": scored},
+        ],
+    }
+    out = release_models.release_figure(record, tmp_path / "gaps.svg", "m")
+    svg = out.read_text()
+    assert svg.count("<polyline") == 3 and "CBM3D" in svg and "sigma 50" in svg
+    # Gap -1.00 at sigma 15 and 0.00 at sigma 50, the latter on the reference line (y of 0).
+    curves = [
+        [tuple(map(float, p.split(","))) for p in line.split('points="')[1].split('"')[0].split()]
+        for line in svg.splitlines()
+        if line.startswith("<polyline")
+    ]
+    assert [len(c) for c in curves] == [2, 2, 2]
+    assert curves[0][0][0] < curves[0][1][0]  # 96 then 200 thousand patches
+    zero = float(svg.split('stroke-dasharray="2 3"')[0].rsplit('y1="', 1)[1].split('"')[0])
+    assert curves[2][0][1] == pytest.approx(zero) and curves[0][0][1] > zero
+    with pytest.raises(SystemExit, match="no test-set scores"):
+        release_models.release_figure({"releases": []}, tmp_path / "none.svg", "m")
 
 
 def test_a_gpu_stage_counts_gpu_hours_and_patches(images, tmp_path, monkeypatch, release_models):
@@ -248,6 +293,21 @@ def test_the_model_card_shows_each_blind_models_releases_as_models_json_has_them
 
     card = (release_models.WEIGHTS.parents[2] / "docs" / "model-card.md").read_text()
     assert release_models.release_table(model_record(name)) in card
+
+
+@pytest.mark.parametrize(
+    ("name", "figure"), [("fdn-color-blind", "color"), ("fdn-grey-blind", "grey")]
+)
+def test_the_model_cards_release_figures_are_drawn_from_models_json(
+    name, figure, tmp_path, release_models
+):
+    # Drawn again after each release: `release_models.py --figure NAME docs/figures/...`.
+    from fdn.pretrained import model_record
+
+    drawn = release_models.release_figure(model_record(name), tmp_path / "f.svg", name)
+    docs = release_models.WEIGHTS.parents[2] / "docs"
+    assert drawn.read_text() == (docs / "figures" / f"releases-{figure}.svg").read_text()
+    assert f"figures/releases-{figure}.svg" in (docs / "model-card.md").read_text()
 
 
 @pytest.mark.parametrize(

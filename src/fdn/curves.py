@@ -174,6 +174,8 @@ def plot_curves(
     title: str | None = None,
     lines: Sequence[tuple[str, float]] = (),
     noisy: bool = True,
+    x_title: str | None = None,
+    y_title: str | None = None,
 ) -> Path:
     """Draws ``y`` against ``x`` for each run of ``runs`` (``(label, run folder or log)``, or a
     :class:`Curve` already read with the same ``y`` and ``x``) as one SVG line plot at ``out``
@@ -182,14 +184,17 @@ def plot_curves(
     One coloured line with markers per run, a legend of the labels, and for ``val_psnr`` the
     noisy input's PSNR as a dashed line when the logs have it (unless ``noisy`` is false).
     ``lines``: ``(name, y)`` reference lines, dotted, e.g. a baseline's PSNR on the same
-    validation images. Raises :class:`CurveError` (before writing anything) when a run cannot
-    give its curve.
+    validation images. ``x_title``, ``y_title``: the axis titles, for curves that were not
+    read from logs (default: those of ``x`` and ``y``). Raises :class:`CurveError` (before
+    writing anything) when a run cannot give its curve.
     """
     if not runs:
         raise CurveError("no runs to draw")
     curves = [run if isinstance(run, Curve) else read_curve(run[1], y, x, run[0]) for run in runs]
     noisy_line = noisy and y == "val_psnr"
-    text = _svg(curves, X_AXES[x][2], _Y_TITLES.get(y, y), noisy_line, title, lines)
+    x_title = X_AXES[x][2] if x_title is None else x_title
+    y_title = _Y_TITLES.get(y, y) if y_title is None else y_title
+    text = _svg(curves, x_title, y_title, noisy_line, title, lines)
     return atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
