@@ -16,7 +16,9 @@ images: what the model measures at run time, so the curve needs no noise estimat
 
 writes ``strength_curve`` into ``models.json`` (with what it was fitted on and the gain per
 sigma) and prints the table. A release replaces the record and so drops its curve: fit again
-after each release. ``--dry-run`` prints without writing.
+after each release. ``--dry-run`` prints without writing. The curve goes into ``models.json``
+as it is when the fit ends (``fdn.atomic.update_json``), so what was written meanwhile stays;
+a model released again meanwhile gets no curve (fit again).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fdn.atomic import atomic_write
+from fdn.atomic import update_json
 from fdn.config import config_from_dict
 from fdn.data import load_validation
 from fdn.metrics import psnr
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     table_path = args.weights / "models.json"
     table = json.loads(table_path.read_text())
+    curves = {}
     for name in args.names:
         curve = fit(
             table, name, args.weights, args.data_root, tuple(args.sigmas), STRENGTHS, args.min_gain
@@ -130,12 +133,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: strength curve {json.dumps(curve)}")
         if all(strength == 1.0 for strength in curve["strengths"]):
             print(f"{name}: strength 1 everywhere; no curve kept")
-            table[name].pop("strength_curve", None)
-        else:
-            table[name]["strength_curve"] = curve
-    if not args.dry_run:
-        text = json.dumps(table, indent=2) + "\n"
-        atomic_write(table_path, lambda tmp: Path(tmp).write_text(text))
+        curves[name] = curve
+    if args.dry_run:
+        return 0
+    fitted = {name: table[name].get("sha256") for name in curves}
+
+    def keep(current: dict) -> None:
+        # models.json as it is now: what others wrote while this fitted stays (a release
+        # run through --psnr, say); a model released again meanwhile gets no stale curve.
+        for name, curve in curves.items():
+            if current[name].get("sha256") != fitted[name]:
+                raise SystemExit(f"{name}: released again while its curve was fitted; fit again")
+            if all(strength == 1.0 for strength in curve["strengths"]):
+                current[name].pop("strength_curve", None)
+            else:
+                current[name]["strength_curve"] = curve
+
+    update_json(table_path, keep)
     return 0
 
 

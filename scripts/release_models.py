@@ -14,6 +14,9 @@ added, so a long schedule need not be cut into stages to be released along the w
 Run: ``python scripts/release_models.py NAME=RUN_DIR [...] [--data-root DIR]``. Measured
 test-set PSNRs are added afterwards with ``--psnr NAME=results.json`` (an ``fdn eval --out``
 results file with NAME as a method); they go to the record and its latest release line.
+Only the records of the models it changed are written, into ``models.json`` as it is then and
+under a lock (``fdn.atomic.update_json``): two releases, or a release and
+``scripts/fit_strength.py``, may run at once.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from fdn.atomic import atomic_write
+from fdn.atomic import update_json
 from fdn.config import TrainConfig, config_from_dict
 from fdn.curves import Curve, plot_curves, read_log
 from fdn.data import load_validation
@@ -389,18 +392,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     table_path = args.weights / "models.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
+    changed = []
     for entry in args.runs:
         name, run_dir = entry.split("=", 1)
-        release(name, Path(run_dir), table, args.weights, args.data_root, args.continues)
+        if release(name, Path(run_dir), table, args.weights, args.data_root, args.continues):
+            changed.append(name)
     for entry in args.psnr:
         name, results = entry.split("=", 1)
         add_psnr(table, name, Path(results))
+        changed.append(name)
     for entry in args.psnr_default:
         name, results = entry.split("=", 1)
         add_psnr(table, name, Path(results), "psnr_db_default")
-    if args.runs or args.psnr or args.psnr_default:
-        text = json.dumps(table, indent=2) + "\n"
-        atomic_write(table_path, lambda tmp: Path(tmp).write_text(text))
+        changed.append(name)
+    if changed:
+        # Into models.json as it is now, so that another model's release, or a strength
+        # curve, written while this one scored its run is kept.
+        update_json(table_path, lambda current: current.update({n: table[n] for n in changed}))
     if args.table:
         print(release_table(table[args.table]))
     if args.figure:

@@ -76,6 +76,41 @@ def test_fitting_writes_the_curve_that_load_pretrained_reads(released, fit_stren
     assert model.strength_curve.strengths == (0.5, 1.0)
 
 
+def test_what_others_write_while_it_fits_is_kept(released, fit_strength, monkeypatch):
+    # The fit takes minutes; release_models.py --psnr may write models.json meanwhile.
+    path = released / "models.json"
+
+    def scores_and_a_write_meanwhile(*_):
+        table = json.loads(path.read_text())
+        table["tiny"]["psnr_db"] = {"BSD68": {"sigma25": 28.0}}
+        table["other"] = {"file": "other.safetensors"}
+        path.write_text(json.dumps(table))
+        return np.array([20 - abs(s - 0.5) for s in fit_strength.STRENGTHS]), 4.0
+
+    monkeypatch.setattr(fit_strength, "scores", scores_and_a_write_meanwhile)
+    assert fit_strength.main(["tiny", "--weights", str(released), "--sigmas", "5"]) == 0
+    table = json.loads(path.read_text())
+    assert table["tiny"]["strength_curve"]["strengths"] == [0.5]
+    assert table["tiny"]["psnr_db"] == {"BSD68": {"sigma25": 28.0}} and "other" in table
+
+
+def test_a_model_released_again_while_it_fits_gets_no_stale_curve(
+    released, fit_strength, monkeypatch
+):
+    path = released / "models.json"
+
+    def scores_and_a_release_meanwhile(*_):
+        table = json.loads(path.read_text())
+        table["tiny"]["sha256"] = "0" * 64
+        path.write_text(json.dumps(table))
+        return np.array([20 - abs(s - 0.5) for s in fit_strength.STRENGTHS]), 4.0
+
+    monkeypatch.setattr(fit_strength, "scores", scores_and_a_release_meanwhile)
+    with pytest.raises(SystemExit, match="released again"):
+        fit_strength.main(["tiny", "--weights", str(released), "--sigmas", "5"])
+    assert "strength_curve" not in json.loads(path.read_text())["tiny"]
+
+
 def test_the_scores_are_those_of_fdn_denoise_at_each_strength(fit_strength):
     import torch
 

@@ -80,6 +80,29 @@ def test_a_release_says_what_to_measure_again_for_its_file(
     assert "benchmarks/ood_calibration.py" in out and "benchmarks/noise_estimation.py --fit" in out
 
 
+def test_a_release_keeps_what_others_wrote_while_it_scored(
+    images, tmp_path, monkeypatch, release_models
+):
+    # Releasing colour and grey from two shells, or a strength fit ending meanwhile.
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    path = weights / "models.json"
+    path.write_text(json.dumps({"other": {"file": "other.safetensors"}}))
+    first = run(images, tmp_path, "first")
+
+    def score_and_a_write_meanwhile(model, images, device):
+        table = json.loads(path.read_text())
+        table["other"]["strength_curve"] = {"sigmas": [1.0], "strengths": [0.5]}
+        path.write_text(json.dumps(table))
+        return 21.0
+
+    monkeypatch.setattr(release_models, "validate", score_and_a_write_meanwhile)
+    assert release_models.main([f"tiny={first}", "--weights", str(weights)]) == 0
+    table = json.loads(path.read_text())
+    assert table["tiny"]["holdout"]["psnr_db"] == 21.0
+    assert table["other"]["strength_curve"]["strengths"] == [0.5]
+
+
 def test_a_run_without_held_back_images_is_refused(images, tmp_path, release_models):
     config = small_config(images, tmp_path, "training.iterations=1")
     train(config, tmp_path / "run", progress=False, log=lambda _: None)
