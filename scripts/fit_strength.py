@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     table_path = args.weights / "models.json"
     table = json.loads(table_path.read_text())
-    curves = {}
+    curves: dict[str, dict | None] = {}  # None: strength 1 everywhere, no curve
     for name in args.names:
         curve = fit(
             table, name, args.weights, args.data_root, tuple(args.sigmas), STRENGTHS, args.min_gain
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: strength curve {json.dumps(curve)}")
         if all(strength == 1.0 for strength in curve["strengths"]):
             print(f"{name}: strength 1 everywhere; no curve kept")
+            curve = None
         curves[name] = curve
     if args.dry_run:
         return 0
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, curve in curves.items():
             if current[name].get("sha256") != fitted[name]:
                 raise SystemExit(f"{name}: released again while its curve was fitted; fit again")
-            if all(strength == 1.0 for strength in curve["strengths"]):
+            if curve is None:
                 current[name].pop("strength_curve", None)
             else:
                 current[name]["strength_curve"] = curve

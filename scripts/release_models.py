@@ -93,6 +93,12 @@ def run_device(run_dir: Path, config: TrainConfig, since: int) -> str:
     return "cuda" if config.training.device.startswith("cuda") else "cpu"
 
 
+def patches_seen(record: dict) -> int:
+    """The training patches a record (cumulative, or a release line) counts; records from
+    before the count was kept are of stages that all used batch 16."""
+    return record.get("patches", 16 * record.get("iterations", 0))
+
+
 def held_back(config: TrainConfig) -> str:
     """Which images judged the model: the held-back ones, or the first of them that
     ``validation.max_images`` keeps."""
@@ -178,9 +184,8 @@ def release(
     batch = config.training.batch_size
     cumulative = {
         "iterations": before.get("iterations", 0) + iterations,
-        # Training patches seen: stages differ in batch size (16 on a CPU, 128 on a GPU); the
-        # stages before this count was kept all used 16.
-        "patches": before.get("patches", 16 * before.get("iterations", 0)) + batch * iterations,
+        # Training patches seen: stages differ in batch size (16 on a CPU, 128 on a GPU).
+        "patches": patches_seen(before) + batch * iterations,
         "cpu_hours": round(before.get("cpu_hours", 0), 2),
     }
     if clock == "gpu_hours" or "gpu_hours" in before:
@@ -311,7 +316,7 @@ def release_table(record: dict) -> str:
         row = [
             line["date"],
             f"{line['iterations']:,}",
-            f"{line.get('patches', 16 * line['iterations']):,}",
+            f"{patches_seen(line):,}",
             f"{line['cpu_hours']:.2f}"
             + (f" + {line['gpu_hours']:.2f} GPU" if "gpu_hours" in line else ""),
             f"{line['holdout_psnr_db']:.3f}",
@@ -341,7 +346,7 @@ def release_figure(record: dict, out: Path, name: str) -> Path:
     curves = []
     for index, sigma in enumerate((15, 25, 50)):
         points = [
-            (line.get("patches", 16 * line["iterations"]) / 1000, score - values[index])
+            (patches_seen(line) / 1000, score - values[index])
             for line in record.get("releases", [])
             if (score := line.get("psnr_db", {}).get(dataset, {}).get(f"sigma{sigma}"))
         ]

@@ -2,7 +2,6 @@ r"""Writing files so that a reader never sees half of one: a temporary file, the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -44,14 +43,13 @@ def update_json(path: str | os.PathLike, change: Callable[[dict], object]) -> di
     would drop what another wrote in between. Returns the object as written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock, contextlib.ExitStack() as held:
+    with open(path.with_name(path.name + ".lock"), "a") as lock:  # closing it unlocks
         try:
             import fcntl
         except ImportError:  # Windows: no lock, as before
             pass
         else:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            held.callback(fcntl.flock, lock, fcntl.LOCK_UN)
         data = json.loads(path.read_text()) if path.is_file() else {}
         change(data)
         text = json.dumps(data, indent=2) + "\n"
