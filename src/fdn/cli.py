@@ -273,7 +273,17 @@ def _train(args: argparse.Namespace) -> int:
     from fdn.config import load_config
     from fdn.training import CHECKPOINT, TrainingStopped, train
 
-    if args.resume:
+    if args.fork:
+        if args.config or args.init or args.resume or not args.out:
+            raise CommandError(
+                "--fork RUN_DIR branches a run into a new folder: give --out NEW_DIR and "
+                "--set for what the branch changes, and no CONFIG, --init or --resume"
+            )
+        run_dir = Path(args.out)
+        config = None
+        if (run_dir / CHECKPOINT).exists():
+            raise CommandError(f"{run_dir} already holds a run: choose another --out")
+    elif args.resume:
         if args.config or args.out or args.init:
             raise CommandError(
                 "--resume RUN_DIR continues a run with its own saved config; "
@@ -303,7 +313,8 @@ def _train(args: argparse.Namespace) -> int:
             run_dir,
             resume=bool(args.resume),
             progress=_progress(args) == "bar",
-            changes=args.set if args.resume else (),
+            changes=args.set if args.resume or args.fork else (),
+            fork=args.fork,
         )
     except TrainingStopped as stopped:
         print(
@@ -826,6 +837,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", metavar="RUN_DIR", help="run folder (default: runs/CONFIG-DATE-TIME)"
     )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.add_argument(
+        "--fork",
+        metavar="RUN_DIR",
+        help="branch the run in RUN_DIR into --out from its checkpoint (weights, optimiser, "
+        "step), with --set changes to anything but [model] and the learning-rate schedule, "
+        "e.g. to compare a patch size from one trained state",
+    )
     train.add_argument(
         "--init",
         metavar="NAME|PATH",

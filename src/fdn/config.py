@@ -24,6 +24,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "FORK_KEEPS",
     "RESUMABLE",
     "ConfigError",
     "DataConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "TrainingConfig",
     "ValidationConfig",
     "apply_overrides",
+    "config_for_fork",
     "config_for_resume",
     "config_from_dict",
     "load_config",
@@ -379,6 +381,39 @@ def config_for_resume(config: TrainConfig, overrides: typing.Sequence[str]) -> T
             raise ConfigError(
                 f"--set {dotted}: a resumed run keeps its config; only where and how fast it "
                 f"runs may change ({', '.join(RESUMABLE)})"
+            )
+    return config_from_dict(apply_overrides(config.to_dict(), overrides))
+
+
+# What a fork keeps from the run it branches from: the network, whose weights it continues,
+# and the learning-rate schedule, whose state (step, warm-up, decay) it continues. Everything
+# else (the data, the patch and batch size, the loss weights, validation) is the fork's choice:
+# a fork is how two variants are compared from one trained state, optimiser and average
+# included, rather than from a release with a fresh optimiser.
+FORK_KEEPS = (
+    "model",
+    "optim.lr",
+    "optim.betas",
+    "optim.schedule",
+    "optim.milestones",
+    "optim.gamma",
+    "optim.warmup",
+    "optim.min_lr",
+    "training.iterations",
+    "training.init",
+)
+
+
+def config_for_fork(config: TrainConfig, overrides: typing.Sequence[str]) -> TrainConfig:
+    """``config`` (the parent's checkpoint's) with ``section.key=value`` overrides applied;
+    a key of :data:`FORK_KEEPS` is a :class:`ConfigError` naming it."""
+    for override in overrides:
+        dotted = override.partition("=")[0].strip()
+        if any(dotted == key or dotted.startswith(key + ".") for key in FORK_KEEPS):
+            raise ConfigError(
+                f"--set {dotted}: a fork keeps its parent's network and learning-rate "
+                "schedule (model.*, optim.lr, optim.schedule, training.iterations, ...); "
+                "start a new run with --init for those"
             )
     return config_from_dict(apply_overrides(config.to_dict(), overrides))
 

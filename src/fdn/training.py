@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import signal
 import time
 import typing
@@ -36,7 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fdn.baselines.dncnn import DnCNN, save_dncnn
-from fdn.config import ConfigError, TrainConfig, config_for_resume
+from fdn.config import ConfigError, TrainConfig, config_for_fork, config_for_resume
 from fdn.data import StepSampler, TrainingPatches, load_validation
 from fdn.denoising import precision_context
 from fdn.losses import bits_per_dim, fdn_loss
@@ -300,16 +301,19 @@ def _start(
     resume: bool,
     log: Callable[[str], None] | None,
     changes: typing.Sequence[str] = (),
+    fork: Path | None = None,
 ) -> _Run:
-    """Sets a run up, new or resumed: data, model, optimiser, run folder. Everything that can
-    be wrong with the data, the config or a model file fails here, before any step."""
+    """Sets a run up, new, resumed or forked: data, model, optimiser, run folder. Everything
+    that can be wrong with the data, the config or a model file fails here, before any step."""
     checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+    if resume or fork is not None:
+        source = fork if fork is not None else run_dir
+        checkpoint = load_checkpoint(source / CHECKPOINT)
+        adapt = config_for_fork if fork is not None else config_for_resume
         try:
-            config = config_for_resume(checkpoint["config"], changes)
+            config = adapt(checkpoint["config"], changes)
         except ConfigError as error:
-            raise TrainingError(f"{run_dir}: {error}") from None
+            raise TrainingError(f"{source}: {error}") from None
     elif changes:
         raise ValueError("changes apply to a resumed run; a new run takes them in its config")
     assert config is not None, "a new run needs a config"
@@ -333,6 +337,10 @@ def _start(
         for stale in run_dir.glob(".*.tmp"):  # from a write killed by kill -9
             stale.unlink(missing_ok=True)
         (run_dir / "config.toml").write_text(to_toml(config.to_dict()))
+        if fork is not None and (fork / "log.jsonl").is_file():
+            # The fork's history is its parent's up to the checkpoint it branched from, so
+            # that its curves and its training time read on from there.
+            shutil.copyfile(fork / "log.jsonl", run_dir / "log.jsonl")
         # One line per step: a new run starts a new log, and a resumed one drops what was
         # logged after its checkpoint (a kill -9 between a log line and the next checkpoint).
         trim_log(run_dir, checkpoint["step"] if checkpoint is not None else 0)
@@ -346,6 +354,8 @@ def _start(
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, skipped, best = checkpoint["step"], checkpoint["skipped"], checkpoint["best_psnr"]
+        if fork is not None:
+            best = -math.inf  # its own best.safetensors, on what may be other validation
         seconds = dict(checkpoint.get("train_seconds", seconds))  # older checkpoints: from 0
         run_id = checkpoint.get("run_id", run_id)  # older checkpoints: a new one
         set_rng_state(checkpoint["rng"])
@@ -422,6 +432,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     changes: typing.Sequence[str] = (),
+    fork: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Trains as ``config`` says into ``run_dir``.
 
@@ -432,8 +443,16 @@ def train(
     SIGTERM saves a checkpoint and raises :class:`TrainingStopped`. A run that produces
     garbage (non-finite weights, 100 skipped steps in a row, every step skipped) raises
     :class:`TrainingError` and writes no model file.
+
+    With ``fork`` (another run's folder), starts ``run_dir`` from that run's checkpoint,
+    weights, optimiser, average, step and random state, with ``changes`` to any key but the
+    network and the learning-rate schedule (:data:`fdn.config.FORK_KEEPS`): unchanged, it
+    takes the very steps its parent takes. It keeps the parent's ``run_id``, so that releasing
+    it counts its steps since the parent's last release; release one branch of a fork.
     """
-    run = _start(config, Path(run_dir), resume, log, changes)
+    run = _start(
+        config, Path(run_dir), resume, log, changes, Path(fork) if fork is not None else None
+    )
     config, settings, world = run.config, run.config.training, run.world
     board = tensorboard(run.run_dir) if run.main else None
     bar = tqdm(

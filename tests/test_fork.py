@@ -1,0 +1,101 @@
+"""fdn train --fork: a branch of a run from its checkpoint, to compare variants (a patch size,
+a loss weight) from one trained state rather than from a release with a fresh optimiser."""
+
+import json
+
+import pytest
+import torch
+
+from fdn.cli import main
+from fdn.config import load_config
+from fdn.training import CHECKPOINT, TrainingError, train
+from test_training import parameters, small_config
+
+from helpers import make_images
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("data"))
+
+
+def quiet(config, run_dir, **kwargs):
+    return train(config, run_dir, progress=False, log=lambda _: None, **kwargs)
+
+
+@pytest.fixture()
+def parent(images, tmp_path):
+    """A run stopped at step 4 of 6 (its time used up), as a run is when it is forked."""
+    config = small_config(images, tmp_path, "validation.every=2", "training.ema=0.9")
+    short = small_config(images, tmp_path, "validation.every=2", "training.ema=0.9",
+                         "training.iterations=4")  # fmt: skip
+    quiet(short, tmp_path / "parent")
+    # Give it back its full schedule, as if stopped at step 4 (the LR depends on iterations).
+    checkpoint = torch.load(tmp_path / "parent" / CHECKPOINT, weights_only=True)
+    checkpoint["config"] = config.to_dict()
+    torch.save(checkpoint, tmp_path / "parent" / CHECKPOINT)
+    return tmp_path / "parent"
+
+
+def log_steps(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [row["step"] for row in rows if "loss" in row]
+
+
+def test_an_unchanged_fork_takes_its_parents_steps(parent, tmp_path):
+    parent_id = torch.load(parent / CHECKPOINT, weights_only=True)["run_id"]
+    quiet(None, tmp_path / "fork", fork=parent)
+    quiet(None, parent, resume=True)
+    resumed, forked = parameters(parent), parameters(tmp_path / "fork")
+    for name in resumed:
+        assert torch.equal(resumed[name], forked[name]), name
+    state = torch.load(tmp_path / "fork" / CHECKPOINT, weights_only=True)
+    assert state["step"] == 6 and state["run_id"] == parent_id
+    # Its history is the parent's up to the branch, then its own, one line a step.
+    assert log_steps(tmp_path / "fork") == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "fork" / "best.safetensors").is_file()
+
+
+def test_a_fork_changes_the_data_and_batch_and_leaves_its_parent_alone(parent, tmp_path):
+    before = (parent / CHECKPOINT).read_bytes()
+    changes = ["data.patch_size=24", "training.batch_size=3", "optim.lambda_nll=0.001"]
+    quiet(None, tmp_path / "fork", fork=parent, changes=changes)
+    saved = load_config(tmp_path / "fork" / "config.toml")
+    assert saved.data.patch_size == 24 and saved.training.batch_size == 3
+    assert saved.optim.lambda_nll == 0.001
+    assert (parent / CHECKPOINT).read_bytes() == before
+    quiet(None, parent, resume=True)
+    resumed, forked = parameters(parent), parameters(tmp_path / "fork")
+    assert any(not torch.equal(resumed[name], forked[name]) for name in resumed)
+    # The fork is a run of its own: it resumes from its folder with its changes.
+    state = torch.load(tmp_path / "fork" / CHECKPOINT, weights_only=True)
+    assert state["config"]["data"]["patch_size"] == 24
+
+
+@pytest.mark.parametrize(
+    "change", ["model.hidden_channels=8", "optim.lr=1e-3", "training.iterations=100"]
+)
+def test_a_fork_keeps_the_network_and_the_schedule(parent, tmp_path, change):
+    with pytest.raises(TrainingError, match=change.partition("=")[0]):
+        quiet(None, tmp_path / "fork", fork=parent, changes=[change])
+    assert not (tmp_path / "fork" / CHECKPOINT).exists()
+
+
+def test_fdn_train_fork_end_to_end(parent, tmp_path, capsys):
+    fork = tmp_path / "fork"
+    code = main(["train", "--fork", str(parent), "--out", str(fork), "--no-progress",
+                 "--set", "data.patch_size=24"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert torch.load(fork / CHECKPOINT, weights_only=True)["step"] == 6
+    capsys.readouterr()
+    # A second fork into the same folder, no --out, or a config alongside: one-line errors.
+    for argv in (
+        ["train", "--fork", str(parent), "--out", str(fork)],
+        ["train", "--fork", str(parent)],
+        ["train", str(parent / "config.toml"), "--fork", str(parent), "--out", str(fork) + "x"],
+        ["train", "--fork", str(parent), "--out", str(tmp_path / "y"), "--set", "model.clamp=2"],
+    ):
+        assert main(argv) != 0, argv
+        error = capsys.readouterr().err.strip()
+        assert error and "\n" not in error, argv
+    assert not (tmp_path / "forkx").exists()
