@@ -93,6 +93,18 @@ def run_device(run_dir: Path, config: TrainConfig, since: int) -> str:
     return "cuda" if config.training.device.startswith("cuda") else "cpu"
 
 
+def stage_patches(run_dir: Path, since: int, until: int, batch_size: int) -> int:
+    """The training patches of the run's steps ``since`` < step <= ``until``, from its log's
+    ``patches_per_step`` (a fork may have changed the batch; logs from before it was kept
+    count ``batch_size`` a step)."""
+    patches, last = 0, since
+    for row in read_log(run_dir / "log.jsonl"):
+        if "loss" in row and since < row["step"] <= until:
+            patches += (row["step"] - last) * row.get("patches_per_step", batch_size)
+            last = row["step"]
+    return patches + (until - last) * batch_size
+
+
 def patches_seen(record: dict) -> int:
     """The training patches a record (cumulative, or a release line) counts; records from
     before the count was kept are of stages that all used batch 16."""
@@ -185,7 +197,7 @@ def release(
     cumulative = {
         "iterations": before.get("iterations", 0) + iterations,
         # Training patches seen: stages differ in batch size (16 on a CPU, 128 on a GPU).
-        "patches": patches_seen(before) + batch * iterations,
+        "patches": patches_seen(before) + stage_patches(run_dir, done_steps, steps, batch),
         "cpu_hours": round(before.get("cpu_hours", 0), 2),
     }
     if clock == "gpu_hours" or "gpu_hours" in before:

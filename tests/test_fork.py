@@ -57,6 +57,12 @@ def test_an_unchanged_fork_takes_its_parents_steps(parent, tmp_path):
 
 
 def test_a_fork_changes_the_data_and_batch_and_leaves_its_parent_alone(parent, tmp_path):
+    # A parent whose log is from before patches_per_step was logged, as the bundled runs' are.
+    log = parent / "log.jsonl"
+    rows = [json.loads(line) for line in log.open()]
+    for row in rows:
+        row.pop("patches_per_step", None)
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows))
     before = (parent / CHECKPOINT).read_bytes()
     changes = ["data.patch_size=24", "training.batch_size=3", "optim.lambda_nll=0.001"]
     quiet(None, tmp_path / "fork", fork=parent, changes=changes)
@@ -67,6 +73,10 @@ def test_a_fork_changes_the_data_and_batch_and_leaves_its_parent_alone(parent, t
     quiet(None, parent, resume=True)
     resumed, forked = parameters(parent), parameters(tmp_path / "fork")
     assert any(not torch.equal(resumed[name], forked[name]) for name in resumed)
+    # Its log counts each step's patches at the batch the step was taken with.
+    rows = [json.loads(line) for line in (tmp_path / "fork" / "log.jsonl").open()]
+    batches = {row["step"]: row["patches_per_step"] for row in rows if "loss" in row}
+    assert batches == {1: 2, 2: 2, 3: 2, 4: 2, 5: 3, 6: 3}
     # The fork is a run of its own: it resumes from its folder with its changes.
     state = torch.load(tmp_path / "fork" / CHECKPOINT, weights_only=True)
     assert state["config"]["data"]["patch_size"] == 24

@@ -350,3 +350,20 @@ def test_the_model_cards_results_table_has_the_released_psnrs(name, dataset, rel
         )
         fdn_cell = row.strip(" |").split("|")[-1]  # the last column: "PSNR / SSIM"
         assert fdn_cell.split("/")[0].strip(" *") == f"{scores[f'sigma{sigma}']:.2f}", row
+
+
+def test_a_stage_counts_the_patches_of_each_steps_batch(tmp_path, release_models):
+    # A fork at step 100 from a batch-16 parent, at batch 9 since (fdn train --fork gives the
+    # parent's rows its batch); rows come every 50 steps.
+    rows = [{"step": 0, "val_psnr_noisy": 20.0}]
+    rows += [{"step": step, "loss": 0.1, "patches_per_step": 16} for step in (50, 100)]
+    rows += [{"step": step, "loss": 0.1, "patches_per_step": 9} for step in (150, 200)]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    count = release_models.stage_patches
+    assert count(tmp_path, 0, 200, 9) == 100 * 16 + 100 * 9
+    assert count(tmp_path, 50, 200, 9) == 50 * 16 + 100 * 9  # since a release at step 50
+    assert count(tmp_path, 100, 230, 9) == 100 * 9 + 30 * 9  # steps past the last row
+    # A log from before patches_per_step was kept: the config's batch for every step.
+    old = [{key: value for key, value in row.items() if key != "patches_per_step"} for row in rows]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old))
+    assert count(tmp_path, 0, 200, 16) == 200 * 16

@@ -29,6 +29,7 @@ from fdn.serialization import ModelFileError, check_shapes
 __all__ = [
     "TrainingError",
     "atomic_torch_save",
+    "copy_log",
     "finite_weights",
     "load_checkpoint",
     "load_weights",
@@ -175,6 +176,22 @@ def write_log(run_dir: Path, record: dict, board: _Board | None = None) -> None:
         for name, value in record.items():
             if name != "step":
                 board.add_scalar(name, value, record["step"])
+
+
+def copy_log(source: Path, target: Path, patches_per_step: int) -> None:
+    """Copies a parent run's ``log.jsonl`` for its fork, atomically, giving its step lines
+    from before ``patches_per_step`` was logged the parent's batch, so that a fork with
+    another batch still counts the patches its history saw."""
+    lines = []
+    for line in source.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(row, dict) and "loss" in row:
+            row.setdefault("patches_per_step", patches_per_step)
+        lines.append(json.dumps(row) + "\n")
+    atomic_write(target, lambda tmp: Path(tmp).write_text("".join(lines)))
 
 
 def trim_log(run_dir: Path, step: int) -> None:

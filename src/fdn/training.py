@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 import signal
 import time
 import typing
@@ -47,6 +46,7 @@ from fdn.optim import WeightAverage, build_optimizer, build_scheduler, has_batch
 from fdn.runstate import (
     TrainingError,
     atomic_torch_save,
+    copy_log,
     finite_weights,
     load_checkpoint,
     load_weights,
@@ -339,8 +339,9 @@ def _start(
         (run_dir / "config.toml").write_text(to_toml(config.to_dict()))
         if fork is not None and (fork / "log.jsonl").is_file():
             # The fork's history is its parent's up to the checkpoint it branched from, so
-            # that its curves and its training time read on from there.
-            shutil.copyfile(fork / "log.jsonl", run_dir / "log.jsonl")
+            # that its curves, its training time and its patches read on from there.
+            parent = checkpoint["config"].training.batch_size  # type: ignore[index]
+            copy_log(fork / "log.jsonl", run_dir / "log.jsonl", patches_per_step=parent)
         # One line per step: a new run starts a new log, and a resumed one drops what was
         # logged after its checkpoint (a kill -9 between a log line and the next checkpoint).
         trim_log(run_dir, checkpoint["step"] if checkpoint is not None else 0)
@@ -520,6 +521,8 @@ def train(
                 if "nll" in record:
                     record["nll_bits_per_dim"] = bits_per_dim(record["nll"], _dequantize(config))
                 record.update(lr=lr, images_per_s=window_images / elapsed, skipped=run.skipped)
+                # A fork may change the batch: the release counts patches from these.
+                record["patches_per_step"] = settings.batch_size * world
                 # What the steps ran on: a resumed run may move (--set training.device), and
                 # its hours are then counted on two clocks (scripts/release_models.py).
                 record["device"] = run.device.type
