@@ -226,11 +226,12 @@ def release(
         }
     )
     data, optim = config.data, config.optim
-    schedule = (
-        f"cosine to {optim.min_lr}"
-        if optim.schedule == "cosine"
-        else f"milestones {optim.milestones}, gamma {optim.gamma}"
-    )
+    schedules = {
+        "cosine": f"cosine to {optim.min_lr}",
+        "wsd": f"constant, then cosine to {optim.min_lr} over the last {optim.decay_steps} steps",
+        "step": f"milestones {optim.milestones}, gamma {optim.gamma}",
+    }
+    schedule = schedules[optim.schedule]
     table[name] = {
         "file": target.name,
         "sha256": sha256(target),

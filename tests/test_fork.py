@@ -82,10 +82,21 @@ def test_a_fork_changes_the_data_and_batch_and_leaves_its_parent_alone(parent, t
     assert state["config"]["data"]["patch_size"] == 24
 
 
+def test_a_fork_branches_off_a_decay_to_the_floor(parent, tmp_path):
+    # The parent's step schedule is at 1e-4 (gamma 0.5 past step 3); the branch holds 2e-4 and
+    # decays to 1e-5 over its last 3 steps, to step 8 where the parent's schedule ends at 6.
+    changes = ["optim.schedule=wsd", "training.iterations=8", "optim.decay_steps=3"]
+    quiet(None, tmp_path / "fork", fork=parent, changes=[*changes, "optim.min_lr=1e-5"])
+    rows = [json.loads(line) for line in (tmp_path / "fork" / "log.jsonl").open()]
+    rates = {row["step"]: row["lr"] for row in rows if "loss" in row and row["step"] > 4}
+    assert rates == pytest.approx({5: 2e-4, 6: 2e-4, 7: 1.05e-4, 8: 1e-5})
+    assert torch.load(tmp_path / "fork" / CHECKPOINT, weights_only=True)["step"] == 8
+
+
 @pytest.mark.parametrize(
-    "change", ["model.hidden_channels=8", "optim.lr=1e-3", "training.iterations=100"]
+    "change", ["model.hidden_channels=8", "optim.lr=1e-3", "optim.betas=[0.8, 0.9]"]
 )
-def test_a_fork_keeps_the_network_and_the_schedule(parent, tmp_path, change):
+def test_a_fork_keeps_the_network_and_the_optimiser(parent, tmp_path, change):
     with pytest.raises(TrainingError, match=change.partition("=")[0]):
         quiet(None, tmp_path / "fork", fork=parent, changes=[change])
     assert not (tmp_path / "fork" / CHECKPOINT).exists()

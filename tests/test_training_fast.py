@@ -116,6 +116,22 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor(images, tmp_path):
     assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
 
 
+def test_wsd_schedule_holds_the_rate_then_decays_over_the_last_steps(images, tmp_path):
+    settings = ("optim.schedule='wsd'", "optim.warmup=10", "optim.min_lr=1e-5", "optim.lr=1e-3")
+    config = small_config(
+        images, tmp_path, *settings, "training.iterations=111", "optim.decay_steps=41"
+    )
+    rates = [config.optim.lr * lr_factor(config, step) for step in range(111)]
+    assert rates[0] == pytest.approx(1e-4)
+    assert rates[9:71] == pytest.approx([1e-3] * 62)
+    assert rates[90] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
+    assert rates[-1] == pytest.approx(1e-5)
+    assert all(a > b for a, b in itertools.pairwise(rates[70:]))
+    for bad in ("optim.decay_steps=0", "optim.decay_steps=112"):
+        with pytest.raises(ConfigError, match=r"optim\.decay_steps"):
+            small_config(images, tmp_path, *settings, "training.iterations=111", bad)
+
+
 def test_step_schedule_is_the_papers(images, tmp_path):
     config = small_config(images, tmp_path, "optim.milestones=[3, 5]", "optim.gamma=0.5")
     assert [lr_factor(config, s) for s in range(6)] == [1, 1, 1, 0.5, 0.5, 0.25]

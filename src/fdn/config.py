@@ -102,8 +102,11 @@ class OptimConfig:
     """Adam, its learning-rate schedule, and the loss weights (spec 6-7).
 
     ``schedule = "step"`` (the paper's) multiplies the rate by ``gamma`` at each milestone;
-    ``"cosine"`` decays it from ``lr`` to ``min_lr`` over the run. Either starts with a
-    linear ``warmup`` of that many steps (0: none).
+    ``"cosine"`` decays it from ``lr`` to ``min_lr`` over the run; ``"wsd"`` (warm-up,
+    stable, decay) holds ``lr`` and decays it along a cosine to ``min_lr`` over the run's last
+    ``decay_steps`` steps, so that a run can go on at ``lr`` and branch off a decay to release
+    from (``fdn train --fork RUN --set optim.schedule=wsd --set training.iterations=N --set
+    optim.decay_steps=D``). Each starts with a linear ``warmup`` of that many steps (0: none).
     """
 
     lr: float = 2e-4
@@ -119,6 +122,7 @@ class OptimConfig:
     schedule: str = "step"
     warmup: int = 0
     min_lr: float = 0.0
+    decay_steps: int = 0
 
 
 @dataclass
@@ -197,7 +201,7 @@ _CHOICES = {
     ("data", "augment"): ("none", "flip", "flip_rot"),
     ("training", "device"): ("auto", "cpu", "cuda"),
     ("training", "precision"): ("fp32", "bf16"),
-    ("optim", "schedule"): ("step", "cosine"),
+    ("optim", "schedule"): ("step", "cosine", "wsd"),
     ("training", "time_limit_clock"): ("wall", "cpu"),
 }
 
@@ -292,6 +296,7 @@ def _validate(config: TrainConfig) -> None:
         ("data.holdout", d.holdout),
         ("optim.warmup", o.warmup),
         ("optim.min_lr", o.min_lr),
+        ("optim.decay_steps", o.decay_steps),
         ("optim.weight_decay", o.weight_decay),
         ("optim.lambda_nll", o.lambda_nll),
         ("optim.lambda_rec", o.lambda_rec),
@@ -316,6 +321,11 @@ def _validate(config: TrainConfig) -> None:
         )
     if len(o.betas) != 2 or not all(0 <= beta < 1 for beta in o.betas):
         raise ConfigError(f"optim.betas: expected [beta1, beta2] in [0, 1), got {o.betas!r}")
+    if o.schedule == "wsd" and not 0 < o.decay_steps <= t.iterations:
+        raise ConfigError(
+            f"optim.decay_steps: schedule 'wsd' decays over the run's last decay_steps steps; "
+            f"expected 1 to training.iterations ({t.iterations}), got {o.decay_steps}"
+        )
     if o.lambda_nll == 0 and o.lambda_rec == 0:
         raise ConfigError("optim.lambda_nll and optim.lambda_rec: at least one must be positive")
     if config.model.kind == "fdn":
@@ -386,20 +396,18 @@ def config_for_resume(config: TrainConfig, overrides: typing.Sequence[str]) -> T
 
 
 # What a fork keeps from the run it branches from: the network, whose weights it continues,
-# and the learning-rate schedule, whose state (step, warm-up, decay) it continues. Everything
-# else (the data, the patch and batch size, the loss weights, validation) is the fork's choice:
-# a fork is how two variants are compared from one trained state, optimiser and average
-# included, rather than from a release with a fresh optimiser.
+# and the optimiser's settings, which its saved state holds (the base learning rate Adam and
+# the scheduler were built with, the betas, the warm-up the run is past). Everything else (the
+# data, the patch and batch size, the loss weights, validation, the schedule's shape and
+# length: a decay branched off a run, `schedule = "wsd"`) is the fork's choice: a fork is how
+# two variants are compared from one trained state, optimiser and average included, rather
+# than from a release with a fresh optimiser.
 FORK_KEEPS = (
     "model",
     "optim.lr",
     "optim.betas",
-    "optim.schedule",
-    "optim.milestones",
-    "optim.gamma",
+    "optim.weight_decay",
     "optim.warmup",
-    "optim.min_lr",
-    "training.iterations",
     "training.init",
 )
 
@@ -411,9 +419,8 @@ def config_for_fork(config: TrainConfig, overrides: typing.Sequence[str]) -> Tra
         dotted = override.partition("=")[0].strip()
         if any(dotted == key or dotted.startswith(key + ".") for key in FORK_KEEPS):
             raise ConfigError(
-                f"--set {dotted}: a fork keeps its parent's network and learning-rate "
-                "schedule (model.*, optim.lr, optim.schedule, training.iterations, ...); "
-                "start a new run with --init for those"
+                f"--set {dotted}: a fork keeps its parent's network and optimiser "
+                f"({', '.join(FORK_KEEPS)}); start a new run with --init for those"
             )
     return config_from_dict(apply_overrides(config.to_dict(), overrides))
 

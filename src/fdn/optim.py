@@ -35,14 +35,16 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     """The learning rate of ``step`` (0-based) as a fraction of ``optim.lr``.
 
     A linear warm-up over ``optim.warmup`` steps, then the paper's step decay (``gamma`` at
-    each milestone) or a cosine from ``lr`` to ``min_lr`` that reaches it at the last step.
+    each milestone), a cosine from ``lr`` to ``min_lr`` that reaches it at the last step, or
+    (``"wsd"``) ``lr`` held until the last ``decay_steps`` steps and that cosine over them.
     """
     o = config.optim
     warmup = min(1.0, (step + 1) / o.warmup) if o.warmup else 1.0
     if o.schedule == "step":
         return warmup * o.gamma ** sum(step >= m for m in o.milestones)
-    span = max(1, config.training.iterations - 1 - o.warmup)
-    progress = min(1.0, max(0, step - o.warmup) / span)
+    begin = o.warmup if o.schedule == "cosine" else config.training.iterations - o.decay_steps
+    span = max(1, config.training.iterations - 1 - begin)
+    progress = min(1.0, max(0, step - begin) / span)
     floor = o.min_lr / o.lr
     return warmup * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 

@@ -42,7 +42,13 @@ from fdn.denoising import precision_context
 from fdn.losses import bits_per_dim, fdn_loss
 from fdn.metrics import psnr
 from fdn.model import FDN
-from fdn.optim import WeightAverage, build_optimizer, build_scheduler, has_batch_norm
+from fdn.optim import (
+    WeightAverage,
+    build_optimizer,
+    build_scheduler,
+    has_batch_norm,
+    lr_factor,
+)
 from fdn.runstate import (
     TrainingError,
     atomic_torch_save,
@@ -357,6 +363,9 @@ def _start(
         start, skipped, best = checkpoint["step"], checkpoint["skipped"], checkpoint["best_psnr"]
         if fork is not None:
             best = -math.inf  # its own best.safetensors, on what may be other validation
+            # The saved rate is the parent's schedule's; the fork's own takes over at once.
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base * lr_factor(config, start)
         seconds = dict(checkpoint.get("train_seconds", seconds))  # older checkpoints: from 0
         run_id = checkpoint.get("run_id", run_id)  # older checkpoints: a new one
         set_rng_state(checkpoint["rng"])
