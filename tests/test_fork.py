@@ -93,6 +93,18 @@ def test_a_fork_branches_off_a_decay_to_the_floor(parent, tmp_path):
     assert torch.load(tmp_path / "fork" / CHECKPOINT, weights_only=True)["step"] == 8
 
 
+def test_a_fork_may_turn_the_moving_average_on_or_off(images, tmp_path):
+    short = small_config(images, tmp_path, "training.iterations=2")
+    quiet(short, tmp_path / "plain")
+    on = quiet(None, tmp_path / "on", fork=tmp_path / "plain",
+               changes=["training.iterations=4", "training.ema=0.5"])  # fmt: skip
+    assert "ema" in torch.load(tmp_path / "on" / CHECKPOINT, weights_only=True)
+    off = quiet(None, tmp_path / "off", fork=tmp_path / "on",
+                changes=["training.iterations=6", "training.ema=0"])  # fmt: skip
+    assert on.model_file.is_file() and off.model_file.is_file()
+    assert "ema" not in torch.load(tmp_path / "off" / CHECKPOINT, weights_only=True)
+
+
 @pytest.mark.parametrize(
     "change", ["model.hidden_channels=8", "optim.lr=1e-3", "optim.betas=[0.8, 0.9]"]
 )

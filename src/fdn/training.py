@@ -384,7 +384,8 @@ def _start(
             inputs = first_samples(patches, BN_CALIBRATION_SAMPLES).to(device)
             calibration = list(inputs.split(settings.batch_size))
         average = WeightAverage(model, settings.ema, calibration)
-    if average is not None and checkpoint is not None:
+    # A fork that turns the average on starts it from the weights it branches from.
+    if average is not None and checkpoint is not None and (fork is None or "ema" in checkpoint):
         average.load_state_dict(checkpoint["ema"])
 
     objective: nn.Module = _Objective(model, config)
