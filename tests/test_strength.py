@@ -107,7 +107,9 @@ def high_pass(image: torch.Tensor) -> float:
 
 def test_strength_above_1_smooths_more_on_the_bundled_model():
     bundled = fdn.load_model("fdn-color-blind")
-    noisy = noisy_ramps(48, seed=1).float()
+    # 96x96: on 48x48 the grain left at 1.5 and 2 differs by 0.3%, less than the image's own
+    # sampling noise (the release at held-back 30.283 measured 0.005842 and 0.005861 there).
+    noisy = noisy_ramps(96, seed=1).float()
     grain = [high_pass(bundled.denoise(noisy, strength=s)) for s in (1, 1.5, 2)]
     assert all(a > b for a, b in itertools.pairwise(grain)), grain
 
