@@ -841,8 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fork",
         metavar="RUN_DIR",
         help="branch the run in RUN_DIR into --out from its checkpoint (weights, optimiser, "
-        "step), with --set changes to anything but [model] and the learning-rate schedule, "
-        "e.g. to compare a patch size from one trained state",
+        "step), with --set changes to anything but [model] and the optimiser's own settings "
+        "(optim.lr, optim.betas, ...), e.g. to compare a patch size from one trained state",
     )
     train.add_argument(
         "--init",

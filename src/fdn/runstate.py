@@ -182,13 +182,11 @@ def copy_log(source: Path, target: Path, patches_per_step: int) -> None:
     """Copies a parent run's ``log.jsonl`` for its fork, atomically, giving its step lines
     from before ``patches_per_step`` was logged the parent's batch, so that a fork with
     another batch still counts the patches its history saw."""
+    from fdn.curves import read_log  # skips a line cut short by a kill
+
     lines = []
-    for line in source.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if isinstance(row, dict) and "loss" in row:
+    for row in read_log(source):
+        if "loss" in row:
             row.setdefault("patches_per_step", patches_per_step)
         lines.append(json.dumps(row) + "\n")
     atomic_write(target, lambda tmp: Path(tmp).write_text("".join(lines)))

@@ -457,7 +457,7 @@ def train(
 
     With ``fork`` (another run's folder), starts ``run_dir`` from that run's checkpoint,
     weights, optimiser, average, step and random state, with ``changes`` to any key but the
-    network and the learning-rate schedule (:data:`fdn.config.FORK_KEEPS`): unchanged, it
+    network and the optimiser's own settings (:data:`fdn.config.FORK_KEEPS`): unchanged, it
     takes the very steps its parent takes. It keeps the parent's ``run_id``, so that releasing
     it counts its steps since the parent's last release; release one branch of a fork.
     """
