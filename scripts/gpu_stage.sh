@@ -11,7 +11,9 @@
 # checkpoint.pt, log.jsonl and config.toml land in OUT/color and OUT/grey, to be released here
 # with scripts/release_models.py (a stage started from another GPU stage: --continues).
 # INIT_DIR=DIR starts from DIR/color/model.safetensors and DIR/grey/model.safetensors instead
-# of the releases; RUNS (default /tmp/runs) is where the runs train.
+# of the releases; FORK_DIR=DIR carries on the runs in DIR/color and DIR/grey themselves (their
+# checkpoint.pt, log.jsonl and config.toml: `fdn train --fork` at this batch, the runs' own
+# rate and schedule, so LR is unused); RUNS (default /tmp/runs) is where the runs train.
 #
 # One schedule across calls: a call is at most ten minutes, and the machine stays warm (its
 # /tmp kept) for a short while after each. TOTAL_S=SECONDS sizes the cosine schedule for that
@@ -64,10 +66,11 @@ bring_back() {  # each run's checkpoint, log and config to OUT, to be released h
   echo "total $(( $(date +%s) - T0 )) s"
 }
 
-spent() {  # training seconds (wall) a run has used so far, from its checkpoint
+spent_of() {  # training seconds (wall) the run in folder $1 has used so far, from its checkpoint
   $PY -c "import sys, torch; c = torch.load(sys.argv[1], weights_only=True); \
-print(int(c['train_seconds']['wall']))" $R/$1/checkpoint.pt
+print(int(c['train_seconds']['wall']))" $1/checkpoint.pt
 }
+spent() { spent_of $R/$1; }
 
 if [ "$RESUME" = 1 ]; then
   # Seconds for training in this call: start-up, the last validation and the copy aside.
@@ -82,6 +85,27 @@ if [ "$RESUME" = 1 ]; then
   }
   echo "resuming both runs for $LEFT s"
   resume color & resume grey & wait
+  bring_back
+  exit 0
+fi
+
+if [ -n "${FORK_DIR:-}" ]; then
+  # The CPU runs themselves, carried on here: FORK_DIR/color and FORK_DIR/grey hold each run's
+  # checkpoint.pt, log.jsonl and config.toml, and `fdn train --fork` keeps its weights, Adam
+  # state, moving average, step and schedule, at this batch, so a lending is a stretch of the
+  # runs, not a stage of its own (no new warm-up or Adam, nothing to size), and the CPU can
+  # carry on from what comes back (a fork again, at the CPU's batch).
+  LEFT=$(( BUDGET - 45 ))
+  fork() {  # name
+    local limit=$($PY -c "print(round(($(spent_of $FORK_DIR/$1) + $LEFT + 10) / 60, 2))")
+    timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --fork $FORK_DIR/$1 \
+      --out $R/$1 --set data.root=${DATA:-$PWD/gpu/data} --set training.device=$DEVICE \
+      --set data.workers=$WORKERS --set training.threads=2 --set training.batch_size=$BATCH \
+      --set training.time_limit=$limit --no-progress > $R/$1.out 2>&1
+    echo "$1 exit $?"
+  }
+  echo "forking both runs for $LEFT s at batch $BATCH"
+  fork color & fork grey & wait
   bring_back
   exit 0
 fi

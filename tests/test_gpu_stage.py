@@ -1,7 +1,9 @@
-"""scripts/gpu_stage.sh's second call of a GPU lending (RESUME=1), run on the CPU: both runs
-go on from their checkpoints to the end of their schedule and come back in OUT."""
+"""scripts/gpu_stage.sh run on the CPU: the second call of a GPU lending (RESUME=1), where both
+runs go on from their checkpoints to the end of their schedule and come back in OUT, and a
+lending that carries on the CPU runs themselves (FORK_DIR)."""
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -18,9 +20,9 @@ from fdn.training import CHECKPOINT, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_a_second_call_resumes_both_runs_to_the_end_of_their_schedule(tmp_path, monkeypatch):
-    # The first call: its time limit ends both runs mid-schedule (a clock 30 s per reading).
+def stopped_runs(tmp_path, monkeypatch):
+    """Two small runs, "color" and "grey", that a time limit ended mid-schedule (a clock 30 s
+    per reading), as a first call or the CPU leaves them."""
     clock = itertools.count(0, 30)
     monkeypatch.setattr(training.time, "monotonic", lambda: float(next(clock)))
     runs = tmp_path / "runs"
@@ -41,18 +43,23 @@ def test_a_second_call_resumes_both_runs_to_the_end_of_their_schedule(tmp_path, 
         )
         train(config, runs / name, progress=False, log=lambda _: None)
         assert 0 < torch.load(runs / name / CHECKPOINT, weights_only=True)["step"] < 4
+    monkeypatch.undo()
+    return runs
+
+
+def gpu_stage(tmp_path, budget, batch=None, **settings):
     env = {
         **os.environ,
         "OUT": str(tmp_path / "out"),
         "DATA": str(tmp_path),
         "DEVICE": "cpu",
         "WORKERS": "0",
-        "RESUME": "1",
-        "RUNS": str(runs),
         "PY": sys.executable,
+        **settings,
     }
+    command = ["bash", str(ROOT / "scripts" / "gpu_stage.sh"), str(budget)]
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_stage.sh"), "100"],
+        command + ([str(batch)] if batch else []),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -61,9 +68,34 @@ def test_a_second_call_resumes_both_runs_to_the_end_of_their_schedule(tmp_path, 
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "color exit 0" in done.stdout and "grey exit 0" in done.stdout
+    return done
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_second_call_resumes_both_runs_to_the_end_of_their_schedule(tmp_path, monkeypatch):
+    runs = stopped_runs(tmp_path, monkeypatch)
+    gpu_stage(tmp_path, 100, RESUME="1", RUNS=str(runs))
     for name in ("color", "grey"):
         back = tmp_path / "out" / name
         assert {p.name for p in back.iterdir()} == {"checkpoint.pt", "log.jsonl", "config.toml"}
         checkpoint = torch.load(back / CHECKPOINT, weights_only=True)
         assert checkpoint["step"] == 4  # the same schedule, continued: not a new stage
         assert checkpoint["config"]["training"]["time_limit"] > 1.5  # the budget, extended
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_fork_call_carries_the_cpu_runs_on_at_the_gpu_batch(tmp_path, monkeypatch):
+    runs = stopped_runs(tmp_path, monkeypatch)
+    parents = {n: torch.load(runs / n / CHECKPOINT, weights_only=True) for n in ("color", "grey")}
+    gpu_stage(tmp_path, 100, batch=3, FORK_DIR=str(runs), RUNS=str(tmp_path / "gpu"))
+    for name, parent in parents.items():
+        back = tmp_path / "out" / name
+        checkpoint = torch.load(back / CHECKPOINT, weights_only=True)
+        # The run's own schedule and identity, on from its step at the new batch.
+        assert checkpoint["step"] == 4 and checkpoint["run_id"] == parent["run_id"]
+        assert checkpoint["config"]["training"]["batch_size"] == 3
+        assert checkpoint["config"]["optim"] == parent["config"]["optim"]
+        assert checkpoint["train_seconds"]["wall"] > parent["train_seconds"]["wall"]
+        rows = [json.loads(line) for line in (back / "log.jsonl").read_text().splitlines()]
+        batches = [row["patches_per_step"] for row in rows if "loss" in row]
+        assert batches[0] == 2 and batches[-1] == 3  # the parent's history, then the fork's

@@ -415,3 +415,27 @@ def test_a_resumed_run_refuses_changes_to_what_it_computes(images, tmp_path, cap
     code = main(["train", "--resume", str(tmp_path / "run"), "--set", "training.log_every=5"])
     assert code == 0
     assert load_config(tmp_path / "run" / "config.toml").training.log_every == 5
+
+
+class StrictBoard:
+    """TensorBoard's add_scalar as far as it matters here: it takes numbers, and fails on a
+    string (SummaryWriter raises converting "cuda" to an array of floats)."""
+
+    def __init__(self):
+        self.scalars = {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append((step, float(value)))
+
+
+def test_tensorboard_gets_the_numbers_of_a_log_row_and_not_its_device(
+    images, tmp_path, monkeypatch
+):
+    # A run with tensorboard installed died at its first log row once rows said what they ran
+    # on ("device": "cuda"): every value went to add_scalar.
+    board = StrictBoard()
+    monkeypatch.setattr(training, "tensorboard", lambda run_dir: board)
+    config = small_config(images, tmp_path, "training.log_every=2")
+    assert quiet(config, tmp_path / "run").step == 6
+    assert [step for step, _ in board.scalars["loss"]] == [2, 4, 6]
+    assert "val_psnr" in board.scalars and "device" not in board.scalars

@@ -174,7 +174,9 @@ def write_log(run_dir: Path, record: dict, board: _Board | None = None) -> None:
         stream.write(line + "\n")
     if board is not None:
         for name, value in record.items():
-            if name != "step":
+            # Scalars only: a log row also says what the steps ran on ("device": "cuda"),
+            # which TensorBoard's add_scalar cannot take (it fails on a string).
+            if name != "step" and isinstance(value, (int, float)):
                 board.add_scalar(name, value, record["step"])
 
 
