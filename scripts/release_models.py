@@ -73,24 +73,40 @@ def training_seconds(run_dir: Path, batch_size: int, clock: str = "cpu") -> floa
     return seconds
 
 
-def run_device(run_dir: Path, config: TrainConfig, since: int) -> str:
-    """What the run's steps after ``since`` ran on, "cpu" or "cuda", from its log (the
-    config's device for a log from before rows named it). A run resumed on the other kind of
-    device in that stretch is refused: one release counts its hours on one clock, so release
-    it before moving it."""
+# Each device's hours on its own clock: a CPU's are the training process's CPU time (a niced
+# run sharing the machine is not charged the wall clock), a GPU's the wall clock it was held.
+CLOCKS = {"cpu": ("cpu_hours", "cpu"), "cuda": ("gpu_hours", "wall")}
+
+
+def run_devices(run_dir: Path, config: TrainConfig, since: int) -> list[str]:
+    """What the run's steps after ``since`` ran on ("cpu", "cuda" or both), from its log (the
+    config's device for a log from before rows named it)."""
     devices = {
         row["device"]
         for row in read_log(run_dir / "log.jsonl")
         if "device" in row and row["step"] > since
     }
-    if len(devices) > 1:
-        raise SystemExit(
-            f"{run_dir}: trained on {' and '.join(sorted(devices))} since its last release; "
-            "its hours cannot be counted on one clock (release it before it moves)"
-        )
     if devices:
-        return devices.pop()
-    return "cuda" if config.training.device.startswith("cuda") else "cpu"
+        return sorted(devices)
+    return ["cuda" if config.training.device.startswith("cuda") else "cpu"]
+
+
+def split_hours(run_dir: Path, since: int) -> dict[str, float]:
+    """The hours of the run's steps after ``since`` on each device's clock, from the log's
+    row-to-row increments of ``cpu_s`` and ``wall_s``: a stretch that moved between devices
+    (a GPU lending carrying a CPU run on, ``scripts/gpu_stage.sh`` with FORK_DIR, and the CPU
+    carrying on from it) counts each row's time on the clock of the device it ran on."""
+    hours: dict[str, float] = {}
+    before = {"wall_s": 0.0, "cpu_s": 0.0}  # a run's clocks start at 0 (a fork's: its parent's)
+    for row in read_log(run_dir / "log.jsonl"):
+        if "wall_s" not in row or "cpu_s" not in row:
+            continue
+        if row["step"] > since and "device" in row:
+            clock, kind = CLOCKS[row["device"]]
+            spent = row[f"{kind}_s"] - before[f"{kind}_s"]
+            hours[clock] = hours.get(clock, 0.0) + spent / 3600
+        before = row
+    return hours
 
 
 def stage_patches(run_dir: Path, since: int, until: int, batch_size: int) -> int:
@@ -156,7 +172,7 @@ def release(
     if steps <= done_steps:
         raise SystemExit(f"{run_dir}: released at step {done_steps} already; nothing new since")
     iterations = steps - done_steps
-    device_kind = run_device(run_dir, config, done_steps)  # refuses a moved run before writing
+    devices = run_devices(run_dir, config, done_steps)
     if not config.data.holdout or config.validation.folder:
         raise SystemExit(f"{run_dir}: no held-back images (data.holdout) to judge the model on")
     images = load_validation(config)
@@ -182,27 +198,32 @@ def release(
     storage = "float16" if abs(half - score) < 0.01 else "float32"
     save_model(model, target, dtype=torch.float16 if storage == "float16" else None)
     # GPU hours are kept apart from CPU hours: an hour of one is not an hour of the other.
-    on_gpu = device_kind == "cuda"
-    clock = "gpu_hours" if on_gpu else "cpu_hours"
-    run_hours = training_seconds(run_dir, config.training.batch_size, "wall" if on_gpu else "cpu")
-    run_hours /= 3600
-    hours = run_hours - (last_run[clock] if again else 0.0)
+    # The run's totals on each clock it ran on (what a later release of it subtracts), and
+    # this stage's hours: since the last release on one device, or split row by row.
+    batch = config.training.batch_size
+    clocks = [CLOCKS[device] for device in devices]
+    run_hours = {clock: training_seconds(run_dir, batch, kind) / 3600 for clock, kind in clocks}
+    if len(devices) == 1:
+        clock = clocks[0][0]
+        stage = {clock: run_hours[clock] - (last_run.get(clock, 0.0) if again else 0.0)}
+    else:
+        stage = split_hours(run_dir, done_steps)
     before = previous.get("cumulative", {}) if continued else {}
     if continued and not before:  # a record from before cumulative accounting
         before = {
             "iterations": previous["training"]["iterations"],
             "cpu_hours": previous["training"]["wall_hours"],
         }
-    batch = config.training.batch_size
     cumulative = {
         "iterations": before.get("iterations", 0) + iterations,
         # Training patches seen: stages differ in batch size (16 on a CPU, 128 on a GPU).
         "patches": patches_seen(before) + stage_patches(run_dir, done_steps, steps, batch),
         "cpu_hours": round(before.get("cpu_hours", 0), 2),
     }
-    if clock == "gpu_hours" or "gpu_hours" in before:
+    if "gpu_hours" in stage or "gpu_hours" in before:
         cumulative["gpu_hours"] = round(before.get("gpu_hours", 0), 2)
-    cumulative[clock] = round(cumulative[clock] + hours, 2)
+    for clock, hours in stage.items():
+        cumulative[clock] = round(cumulative[clock] + hours, 2)
     releases = list(previous.get("releases", [])) if continued else []
     if continued and not releases:  # the first release kept no table: start it with that one
         releases.append(
@@ -220,7 +241,7 @@ def release(
             "date": datetime.date.today().isoformat(),
             "stage_iterations": iterations,
             "stage_batch_size": config.training.batch_size,
-            f"stage_{clock}": round(hours, 2),
+            **{f"stage_{clock}": round(hours, 2) for clock, hours in stage.items()},
             **cumulative,
             "holdout_psnr_db": round(score, 3),
         }
@@ -259,9 +280,10 @@ def release(
             "loss": f"{optim.lambda_nll} * NLL + {optim.lambda_rec} * L1",
             "seed": config.training.seed,
             "hardware": os.environ.get("FDN_TRAINED_ON", "CPU"),
-            clock: round(run_hours, 2),  # the run's hours on the clock it ran on
+            # The run's own hours, all of its history, on the clock of each device of this stage.
+            **{clock: round(hours, 2) for clock, hours in run_hours.items()},
             # What a later release of this same run subtracts (its steps and hours so far).
-            "run": {"id": run_id, "iterations": steps, clock: run_hours} if run_id else None,
+            "run": {"id": run_id, "iterations": steps, **run_hours} if run_id else None,
         },
         "cumulative": cumulative,
         "releases": releases,

@@ -210,22 +210,41 @@ def on_gpu(log, after=0):
     log.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def test_a_run_moved_between_cpu_and_gpu_since_its_release_is_refused(
+def test_a_run_moved_between_cpu_and_gpu_counts_each_part_on_its_own_clock(
     images, tmp_path, monkeypatch, release_models
 ):
-    # One release counts its hours on one clock; a run resumed on a GPU after CPU steps
-    # (fdn train --resume --set training.device=cuda) would put CPU hours on the GPU clock.
+    # A GPU lending carries a CPU run on (gpu_stage.sh FORK_DIR): its steps since the last
+    # release ran on both, and each logged stretch counts on its device's clock (CPU time on
+    # the CPU, wall on the GPU). Once, this was refused.
     moved = run(images, tmp_path, "moved")
     on_gpu(moved / "log.jsonl", after=3)
+    rows = [json.loads(line) for line in (moved / "log.jsonl").read_text().splitlines()]
+    timed = [row for row in rows if "wall_s" in row]
+    cpu = [row for row in timed if row["device"] == "cpu"][-1]["cpu_s"]
+    gpu = timed[-1]["wall_s"] - [row for row in timed if row["step"] <= 3][-1]["wall_s"]
     scores(monkeypatch, release_models, [21.0, 21.0])
-    with pytest.raises(SystemExit, match="trained on cpu and cuda since its last release"):
-        release_models.main(["tiny=" + str(moved), "--weights", str(tmp_path / "weights")])
-    assert not (tmp_path / "weights" / "models.json").exists()
-    # Its steps on one device only: counted on that device's clock.
-    on_gpu(moved / "log.jsonl")
     release_models.main(["tiny=" + str(moved), "--weights", str(tmp_path / "weights")])
     record = json.loads((tmp_path / "weights" / "models.json").read_text())["tiny"]
-    assert "gpu_hours" in record["cumulative"] and record["cumulative"]["cpu_hours"] == 0
+    stage = record["releases"][-1]
+    assert stage["stage_cpu_hours"] == round(cpu / 3600, 2)
+    assert stage["stage_gpu_hours"] == round(gpu / 3600, 2)
+    assert record["training"]["run"]["cpu_hours"] == timed[-1]["cpu_s"] / 3600
+
+
+def test_split_hours_takes_each_rows_time_on_its_devices_clock(tmp_path, release_models):
+    rows = (
+        {"step": 0, "val_psnr_noisy": 20.0},
+        {"step": 50, "device": "cpu", "wall_s": 1000.0, "cpu_s": 400.0},
+        {"step": 100, "device": "cpu", "wall_s": 2000.0, "cpu_s": 900.0},
+        {"step": 150, "device": "cuda", "wall_s": 2100.0, "cpu_s": 1000.0},
+        {"step": 200, "device": "cuda", "wall_s": 2160.0, "cpu_s": 1090.0},
+        {"step": 250, "device": "cpu", "wall_s": 3160.0, "cpu_s": 1590.0},
+    )
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    hours = release_models.split_hours(tmp_path, since=50)
+    assert hours == pytest.approx({"cpu_hours": 1000.0 / 3600, "gpu_hours": 160.0 / 3600})
+    hours = release_models.split_hours(tmp_path, since=100)
+    assert hours == pytest.approx({"cpu_hours": 500.0 / 3600, "gpu_hours": 160.0 / 3600})
 
 
 def test_the_hours_are_the_logged_cpu_time_of_the_run(tmp_path, release_models):
