@@ -97,6 +97,9 @@ if [ -n "${FORK_DIR:-}" ]; then
   # carry on from what comes back (a fork again, at the CPU's batch).
   LEFT=$(( BUDGET - 45 ))
   fork() {  # name
+    # The device's carry limit (64 MiB with the working tree) fits both checkpoints beside the
+    # data only compressed: `xz -9 -k checkpoint.pt` here, unpacked on the device.
+    [ -f $FORK_DIR/$1/checkpoint.pt.xz ] && xz -d -f $FORK_DIR/$1/checkpoint.pt.xz
     local limit=$($PY -c "print(round(($(spent_of $FORK_DIR/$1) + $LEFT + 10) / 60, 2))")
     timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --fork $FORK_DIR/$1 \
       --out $R/$1 --set data.root=${DATA:-$PWD/gpu/data} --set training.device=$DEVICE \
