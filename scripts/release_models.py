@@ -109,6 +109,20 @@ def split_hours(run_dir: Path, since: int) -> dict[str, float]:
     return hours
 
 
+def device_hours(run_dir: Path) -> dict[str, float]:
+    """A run's hours over all its history on each device's clock: the GPU's wall time of its
+    rows logged on "cuda", and the CPU time of the rest (rows from before the log named the
+    device were CPU steps: every GPU stretch was logged with it)."""
+    gpu = split_hours(run_dir, 0).get("gpu_hours", 0.0)
+    cpu, before = 0.0, 0.0
+    for row in read_log(run_dir / "log.jsonl"):
+        if "cpu_s" in row:
+            if row.get("device") != "cuda":
+                cpu += row["cpu_s"] - before
+            before = row["cpu_s"]
+    return {"cpu_hours": cpu / 3600, "gpu_hours": gpu}
+
+
 def stage_patches(run_dir: Path, since: int, until: int, batch_size: int) -> int:
     """The training patches of the run's steps ``since`` < step <= ``until``, from its log's
     ``patches_per_step`` (a fork may have changed the batch; logs from before it was kept
@@ -208,6 +222,7 @@ def release(
         stage = {clock: run_hours[clock] - (last_run.get(clock, 0.0) if again else 0.0)}
     else:
         stage = split_hours(run_dir, done_steps)
+    shown = run_hours if len(devices) == 1 else device_hours(run_dir)
     before = previous.get("cumulative", {}) if continued else {}
     if continued and not before:  # a record from before cumulative accounting
         before = {
@@ -280,9 +295,11 @@ def release(
             "loss": f"{optim.lambda_nll} * NLL + {optim.lambda_rec} * L1",
             "seed": config.training.seed,
             "hardware": os.environ.get("FDN_TRAINED_ON", "CPU"),
-            # The run's own hours, all of its history, on the clock of each device of this stage.
-            **{clock: round(hours, 2) for clock, hours in run_hours.items()},
-            # What a later release of this same run subtracts (its steps and hours so far).
+            # The run's own hours, all of its history, on each device's clock.
+            **{clock: round(hours, 2) for clock, hours in shown.items()},
+            # What a later release of this same run subtracts (its steps, and its clocks'
+            # totals so far: for a run that moved, the wall clock holds its CPU stretches too,
+            # so only differences of these are hours of one device).
             "run": {"id": run_id, "iterations": steps, **run_hours} if run_id else None,
         },
         "cumulative": cumulative,

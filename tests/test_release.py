@@ -229,6 +229,9 @@ def test_a_run_moved_between_cpu_and_gpu_counts_each_part_on_its_own_clock(
     assert stage["stage_cpu_hours"] == round(cpu / 3600, 2)
     assert stage["stage_gpu_hours"] == round(gpu / 3600, 2)
     assert record["training"]["run"]["cpu_hours"] == timed[-1]["cpu_s"] / 3600
+    # The run's hours as shown: each device's own, not the wall clock of all of it.
+    assert record["training"]["gpu_hours"] == round(gpu / 3600, 2)
+    assert record["training"]["cpu_hours"] == round(cpu / 3600, 2)
 
 
 def test_split_hours_takes_each_rows_time_on_its_devices_clock(tmp_path, release_models):
