@@ -125,9 +125,13 @@ def test_likelihood_map_is_written_and_shows_a_pasted_checkerboard(tmp_path, cap
     assert figure.shape[0] == 250 and figure.shape[1] > 256
     # Viridis runs from dark purple at the lowest bits/dim to bright yellow at the highest.
     brightness = figure[:, :256].astype(float).sum(axis=2)
-    inside = brightness[68:124, 100:156].mean()
-    outside = np.concatenate([brightness[:60].ravel(), brightness[132:].ravel()]).mean()
-    assert inside > outside + 150, (inside, outside)
+    # The pasted region stands apart: its dimmest point is brighter than the brightest of the
+    # photo around it. (A mean gap of 150 held until the colour release at 30.332, whose
+    # checkerboard scores 19,308 bits/dim: the log scale then spends most of its range
+    # above the checkerboard's typical block, and the gap of means fell to 147.)
+    inside = brightness[68:124, 100:156]
+    outside = np.concatenate([brightness[:60].ravel(), brightness[132:].ravel()])
+    assert inside.min() > outside.max(), (inside.min(), outside.max())
 
 
 def test_the_faces_model_flags_noise_far_below_its_sigma():
