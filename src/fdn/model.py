@@ -14,6 +14,7 @@ from torch import Tensor
 
 from fdn.choices import check_strength
 from fdn.layers import ActNorm, AffineCoupling, InvConv1x1, SequentialFlow, Squeeze
+from fdn.noise_level import MAD_TO_SIGMA
 from fdn.runtime import channels_last
 
 __all__ = [
@@ -71,7 +72,7 @@ def residual_sigma(noisy: Tensor, denoised: Tensor) -> Tensor:
     estimated robustly: 1.4826 x the median absolute residual (the flow noise estimator's
     raw statistic, :mod:`fdn.noise_level`)."""
     residual = (noisy - denoised).flatten(1).abs()
-    return 255 * 1.4826 * residual.median(dim=1).values
+    return 255 * MAD_TO_SIGMA * residual.median(dim=1).values
 
 
 @dataclass(frozen=True)

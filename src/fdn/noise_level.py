@@ -76,8 +76,9 @@ CALIBRATION: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
     ),
 }
 
-# A Gaussian's standard deviation over its median absolute value.
-_MAD_TO_SIGMA = 1 / 0.6744897501960817
+# A Gaussian's standard deviation over its median absolute value (1.4826...), for the MAD
+# estimator here and the flow's residual (fdn.model.residual_sigma).
+MAD_TO_SIGMA = 1 / 0.6744897501960817
 _PATCH = 7
 _MAX_PATCHES = 60_000  # a strided subset of the patches above this: the estimate hardly moves
 _FLOW_SIDE = 512  # the flow sees at most a central crop of this size
@@ -106,7 +107,7 @@ def _mad(image: np.ndarray) -> float:
     x = image[:height, :width]
     # The orthonormal Haar HH subband: unit gain for white noise.
     diagonal = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2
-    return float(np.median(np.abs(diagonal))) * _MAD_TO_SIGMA
+    return float(np.median(np.abs(diagonal))) * MAD_TO_SIGMA
 
 
 def _pca(image: np.ndarray) -> float:
