@@ -123,16 +123,32 @@ def device_hours(run_dir: Path) -> dict[str, float]:
     return {"cpu_hours": cpu / 3600, "gpu_hours": gpu}
 
 
-def stage_patches(run_dir: Path, since: int, until: int, batch_size: int) -> int:
-    """The training patches of the run's steps ``since`` < step <= ``until``, from its log's
-    ``patches_per_step`` (a fork may have changed the batch; logs from before it was kept
-    count ``batch_size`` a step)."""
-    patches, last = 0, since
+def step_batches(run_dir: Path, since: int, until: int, batch_size: int) -> list[list[int]]:
+    """The run's steps ``since`` < step <= ``until`` as ``[batch, steps]`` stretches, in order,
+    from its log's ``patches_per_step`` (a fork may have changed the batch: a GPU lending at
+    128 between CPU stretches at 16; logs from before it was kept count ``batch_size``)."""
+    stretches: list[list[int]] = []
+
+    def add(batch: int, steps: int) -> None:
+        if steps <= 0:
+            return
+        if stretches and stretches[-1][0] == batch:
+            stretches[-1][1] += steps
+        else:
+            stretches.append([batch, steps])
+
+    last = since
     for row in read_log(run_dir / "log.jsonl"):
         if "loss" in row and since < row["step"] <= until:
-            patches += (row["step"] - last) * row.get("patches_per_step", batch_size)
+            add(row.get("patches_per_step", batch_size), row["step"] - last)
             last = row["step"]
-    return patches + (until - last) * batch_size
+    add(batch_size, until - last)
+    return stretches
+
+
+def stage_patches(run_dir: Path, since: int, until: int, batch_size: int) -> int:
+    """The training patches of the run's steps ``since`` < step <= ``until`` (step_batches)."""
+    return sum(batch * steps for batch, steps in step_batches(run_dir, since, until, batch_size))
 
 
 def patches_seen(record: dict) -> int:
@@ -288,6 +304,8 @@ def release(
             "augment": data.augment,
             "batch_size": config.training.batch_size,
             "iterations": steps,
+            # The run's steps at each batch, in order (a run carried on by a GPU changes it).
+            "batches": step_batches(run_dir, 0, steps, batch),
             "init": config.training.init or "scratch",
             "optimizer": f"Adam lr {optim.lr}, warm-up {optim.warmup}, {schedule}",
             "ema": config.training.ema,

@@ -75,3 +75,14 @@ def test_info_model_and_paper_exclude_each_other(capsys):
         main(["info", "--paper", "--model", "fdn-grey-blind"])
     assert exited.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_info_says_at_which_batches_a_run_trained():
+    # A run carried on by a GPU lending: most of its steps at the CPU's batch, the last ones
+    # at the GPU's. Its record's batch_size alone (128) would misstate it.
+    from fdn.info import _batches
+
+    moved = {"batch_size": 128, "iterations": 6851, "batches": [[16, 5500], [128, 1351]]}
+    assert _batches(moved) == "5,500 at batch 16, then 1,351 at batch 128"
+    assert _batches({"batch_size": 16, "iterations": 100}) == "batch 16"  # older records
+    assert _batches({**moved, "batches": [[16, 6851]]}) == "batch 16"

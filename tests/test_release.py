@@ -385,6 +385,8 @@ def test_a_stage_counts_the_patches_of_each_steps_batch(tmp_path, release_models
     assert count(tmp_path, 0, 200, 9) == 100 * 16 + 100 * 9
     assert count(tmp_path, 50, 200, 9) == 50 * 16 + 100 * 9  # since a release at step 50
     assert count(tmp_path, 100, 230, 9) == 100 * 9 + 30 * 9  # steps past the last row
+    # The same as stretches, what the record keeps and fdn info shows.
+    assert release_models.step_batches(tmp_path, 0, 230, 9) == [[16, 100], [9, 130]]
     # A log from before patches_per_step was kept: the config's batch for every step.
     old = [{key: value for key, value in row.items() if key != "patches_per_step"} for row in rows]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old))

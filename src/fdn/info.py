@@ -126,6 +126,15 @@ def _brief(name: str) -> dict:
     }
 
 
+def _batches(stage: dict) -> str:
+    """``batch 16``, or for a run whose batch changed (a GPU lending carried it on) ``5,500
+    at batch 16, then 1,351 at batch 128``."""
+    stretches = stage.get("batches") or [[stage["batch_size"], stage["iterations"]]]
+    if len(stretches) == 1:
+        return f"batch {stretches[0][0]}"
+    return ", then ".join(f"{steps:,} at batch {batch}" for batch, steps in stretches)
+
+
 def _scores(psnr: dict[str, float]) -> str:
     """``{"sigma15": 32.89, ...}`` as ``sigma 15/25/50: 32.89 / 30.44 / 27.33 dB``."""
     sigmas = "/".join(key.removeprefix("sigma") for key in psnr)
@@ -159,7 +168,7 @@ def info_lines(info: dict) -> list[str]:
         lines += [
             f"trained          {total['iterations']:,} iterations, "
             f"{total.get('patches', 0):,} patches, {hours}",
-            f"last stage       {stage['iterations']:,} iterations, batch {stage['batch_size']}, "
+            f"last stage       {stage['iterations']:,} iterations, {_batches(stage)}, "
             f"{stage['patch_size']}x{stage['patch_size']} patches of {stage['data']}",
             f"held back        {record['holdout_psnr_db']:.2f} dB mean PSNR at sigma "
             f"{'/'.join(f'{sigma:g}' for sigma in record['holdout_sigmas'])} "
