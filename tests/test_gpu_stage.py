@@ -74,7 +74,18 @@ def gpu_stage(tmp_path, budget, batch=None, **settings):
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_a_second_call_resumes_both_runs_to_the_end_of_their_schedule(tmp_path, monkeypatch):
     runs = stopped_runs(tmp_path, monkeypatch)
-    gpu_stage(tmp_path, 100, RESUME="1", RUNS=str(runs))
+    # With a probe of another network kept for after the runs (here the smoke config's, on
+    # its synthetic data; on the GPU, the paper's network).
+    done = gpu_stage(
+        tmp_path,
+        100,
+        RESUME="1",
+        RUNS=str(runs),
+        PAPER_PROBE_S="35",
+        PAPER_CONFIG=str(ROOT / "configs" / "smoke.toml"),
+    )
+    probe = [line for line in done.stdout.splitlines() if line.startswith("paper network")]
+    assert probe and "images/s" in probe[0] and float(probe[0].split()[-4]) > 0, done.stdout
     for name in ("color", "grey"):
         back = tmp_path / "out" / name
         assert {p.name for p in back.iterdir()} == {"checkpoint.pt", "log.jsonl", "config.toml"}
