@@ -238,7 +238,10 @@ def release(
         stage = {clock: run_hours[clock] - (last_run.get(clock, 0.0) if again else 0.0)}
     else:
         stage = split_hours(run_dir, done_steps)
-    shown = run_hours if len(devices) == 1 else device_hours(run_dir)
+    # Shown: each device's own hours where the run ever moved (its raw CPU clock also counts
+    # the GPU process's CPU time), else the run's clock.
+    moved = len(run_devices(run_dir, config, 0)) > 1
+    shown = device_hours(run_dir) if moved else run_hours
     before = previous.get("cumulative", {}) if continued else {}
     if continued and not before:  # a record from before cumulative accounting
         before = {

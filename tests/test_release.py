@@ -215,7 +215,15 @@ def test_a_run_moved_between_cpu_and_gpu_counts_each_part_on_its_own_clock(
 ):
     # A GPU lending carries a CPU run on (gpu_stage.sh FORK_DIR): its steps since the last
     # release ran on both, and each logged stretch counts on its device's clock (CPU time on
-    # the CPU, wall on the GPU). Once, this was refused.
+    # the CPU, wall on the GPU). Once, this was refused. Clocks that tick 3 minutes a reading
+    # (both), so that the hours show at two decimals.
+    import itertools
+
+    import fdn.training as training
+
+    for clock in ("monotonic", "process_time"):
+        ticks = itertools.count(0, 180)
+        monkeypatch.setattr(training.time, clock, lambda ticks=ticks: float(next(ticks)))
     moved = run(images, tmp_path, "moved")
     on_gpu(moved / "log.jsonl", after=3)
     rows = [json.loads(line) for line in (moved / "log.jsonl").read_text().splitlines()]
@@ -226,12 +234,34 @@ def test_a_run_moved_between_cpu_and_gpu_counts_each_part_on_its_own_clock(
     release_models.main(["tiny=" + str(moved), "--weights", str(tmp_path / "weights")])
     record = json.loads((tmp_path / "weights" / "models.json").read_text())["tiny"]
     stage = record["releases"][-1]
+    assert cpu > 0 and gpu > 0
     assert stage["stage_cpu_hours"] == round(cpu / 3600, 2)
     assert stage["stage_gpu_hours"] == round(gpu / 3600, 2)
     assert record["training"]["run"]["cpu_hours"] == timed[-1]["cpu_s"] / 3600
     # The run's hours as shown: each device's own, not the wall clock of all of it.
     assert record["training"]["gpu_hours"] == round(gpu / 3600, 2)
     assert record["training"]["cpu_hours"] == round(cpu / 3600, 2)
+
+    # The CPU carries the run on from there (as from a GPU lending) and it is released again:
+    # that stage is CPU time since the release only, and the GPU hours stay as they were.
+    import torch
+
+    checkpoint = torch.load(moved / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["training"]["iterations"] = 9
+    torch.save(checkpoint, moved / "checkpoint.pt")
+    train(None, moved, resume=True, progress=False, log=lambda _: None)
+    rows = [json.loads(line) for line in (moved / "log.jsonl").read_text().splitlines()]
+    timed = [row for row in rows if "wall_s" in row]
+    since = timed[-1]["cpu_s"] - [row for row in timed if row["step"] <= 6][-1]["cpu_s"]
+    scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
+    release_models.main(["tiny=" + str(moved), "--weights", str(tmp_path / "weights")])
+    record = json.loads((tmp_path / "weights" / "models.json").read_text())["tiny"]
+    stage = record["releases"][-1]
+    assert since > 0 and stage["stage_cpu_hours"] == round(since / 3600, 2)
+    assert "stage_gpu_hours" not in stage
+    assert record["cumulative"]["gpu_hours"] == round(gpu / 3600, 2)
+    assert record["training"]["batches"] == [[2, 9]]
+    assert record["training"]["cpu_hours"] == round((cpu + since) / 3600, 2)
 
 
 def test_split_hours_takes_each_rows_time_on_its_devices_clock(tmp_path, release_models):
