@@ -66,11 +66,10 @@ bring_back() {  # each run's checkpoint, log and config to OUT, to be released h
   echo "total $(( $(date +%s) - T0 )) s"
 }
 
-spent_of() {  # training seconds (wall) the run in folder $1 has used so far, from its checkpoint
+limit_after() {  # the time limit (minutes) for the run in folder $1 to train $LEFT s more
   $PY -c "import sys, torch; c = torch.load(sys.argv[1], weights_only=True); \
-print(int(c['train_seconds']['wall']))" $1/checkpoint.pt
+print(round((int(c['train_seconds']['wall']) + $LEFT + 10) / 60, 2))" $1/checkpoint.pt
 }
-spent() { spent_of $R/$1; }
 
 paper_probe() {  # the paper's network's images/s here, in PAPER_PROBE_S seconds kept for it
   [ "${PAPER_PROBE_S:-0}" -gt 0 ] || return 0
@@ -94,7 +93,7 @@ if [ "$RESUME" = 1 ]; then
   LEFT=$(( BUDGET - 45 - ${PAPER_PROBE_S:-0} ))
   resume() {  # name: on to the end of its schedule, or of this call's budget
     [ -f $R/$1/checkpoint.pt ] || { echo "$1: no run in $R to resume (a cold machine?)"; return 1; }
-    local limit=$($PY -c "print(round(($(spent $1) + $LEFT + 10) / 60, 2))")
+    local limit=$(limit_after $R/$1)
     timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --resume $R/$1 \
       --set training.time_limit=$limit --set data.root=${DATA:-$PWD/gpu/data} \
       --set training.device=$DEVICE --set data.workers=$WORKERS --no-progress >> $R/$1.out 2>&1
@@ -118,7 +117,7 @@ if [ -n "${FORK_DIR:-}" ]; then
     # The device's carry limit (64 MiB with the working tree) fits both checkpoints beside the
     # data only compressed: `xz -9 -k checkpoint.pt` here, unpacked on the device.
     [ -f $FORK_DIR/$1/checkpoint.pt.xz ] && xz -d -f $FORK_DIR/$1/checkpoint.pt.xz
-    local limit=$($PY -c "print(round(($(spent_of $FORK_DIR/$1) + $LEFT + 10) / 60, 2))")
+    local limit=$(limit_after $FORK_DIR/$1)
     timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --fork $FORK_DIR/$1 \
       --out $R/$1 --set data.root=${DATA:-$PWD/gpu/data} --set training.device=$DEVICE \
       --set data.workers=$WORKERS --set training.threads=2 --set training.batch_size=$BATCH \
