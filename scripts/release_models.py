@@ -91,36 +91,24 @@ def run_devices(run_dir: Path, config: TrainConfig, since: int) -> list[str]:
     return ["cuda" if config.training.device.startswith("cuda") else "cpu"]
 
 
-def split_hours(run_dir: Path, since: int) -> dict[str, float]:
+def split_hours(run_dir: Path, since: int, unnamed: str | None = None) -> dict[str, float]:
     """The hours of the run's steps after ``since`` on each device's clock, from the log's
     row-to-row increments of ``cpu_s`` and ``wall_s``: a stretch that moved between devices
     (a GPU lending carrying a CPU run on, ``scripts/gpu_stage.sh`` with FORK_DIR, and the CPU
-    carrying on from it) counts each row's time on the clock of the device it ran on."""
+    carrying on from it) counts each row's time on the clock of the device it ran on. Rows
+    from before the log named the device count as ``unnamed`` (skipped when None)."""
     hours: dict[str, float] = {}
     before = {"wall_s": 0.0, "cpu_s": 0.0}  # a run's clocks start at 0 (a fork's: its parent's)
     for row in read_log(run_dir / "log.jsonl"):
         if "wall_s" not in row or "cpu_s" not in row:
             continue
-        if row["step"] > since and "device" in row:
-            clock, kind = CLOCKS[row["device"]]
+        device = row.get("device", unnamed)
+        if row["step"] > since and device is not None:
+            clock, kind = CLOCKS[device]
             spent = row[f"{kind}_s"] - before[f"{kind}_s"]
             hours[clock] = hours.get(clock, 0.0) + spent / 3600
         before = row
     return hours
-
-
-def device_hours(run_dir: Path) -> dict[str, float]:
-    """A run's hours over all its history on each device's clock: the GPU's wall time of its
-    rows logged on "cuda", and the CPU time of the rest (rows from before the log named the
-    device were CPU steps: every GPU stretch was logged with it)."""
-    gpu = split_hours(run_dir, 0).get("gpu_hours", 0.0)
-    cpu, before = 0.0, 0.0
-    for row in read_log(run_dir / "log.jsonl"):
-        if "cpu_s" in row:
-            if row.get("device") != "cuda":
-                cpu += row["cpu_s"] - before
-            before = row["cpu_s"]
-    return {"cpu_hours": cpu / 3600, "gpu_hours": gpu}
 
 
 def step_batches(run_dir: Path, since: int, until: int, batch_size: int) -> list[list[int]]:
@@ -239,9 +227,10 @@ def release(
     else:
         stage = split_hours(run_dir, done_steps)
     # Shown: each device's own hours where the run ever moved (its raw CPU clock also counts
-    # the GPU process's CPU time), else the run's clock.
+    # the GPU process's CPU time), else the run's clock. Rows from before the log named the
+    # device were CPU steps: every GPU stretch was logged with it.
     moved = len(run_devices(run_dir, config, 0)) > 1
-    shown = device_hours(run_dir) if moved else run_hours
+    shown = {"cpu_hours": 0.0, **split_hours(run_dir, 0, unnamed="cpu")} if moved else run_hours
     before = previous.get("cumulative", {}) if continued else {}
     if continued and not before:  # a record from before cumulative accounting
         before = {
