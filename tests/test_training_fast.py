@@ -439,3 +439,19 @@ def test_tensorboard_gets_the_numbers_of_a_log_row_and_not_its_device(
     assert quiet(config, tmp_path / "run").step == 6
     assert [step for step, _ in board.scalars["loss"]] == [2, 4, 6]
     assert "val_psnr" in board.scalars and "device" not in board.scalars
+
+
+def test_the_log_gives_the_gradient_norm_before_clipping(images, tmp_path):
+    # A loss spike is read off the log: the window's median and largest gradient norm, as
+    # computed before clipping (with a clip far below them, a norm after clipping would be
+    # the clip itself).
+    config = small_config(
+        images, tmp_path, "training.iterations=4", "training.log_every=2", "optim.grad_clip=1e-6"
+    )
+    quiet(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    logged = [row for row in rows if "loss" in row]
+    assert [row["step"] for row in logged] == [2, 4]
+    for row in logged:
+        assert 1e-3 < row["grad_norm"] <= row["grad_norm_max"] < 1e6
+    assert logged[0]["grad_norm_max"] != logged[1]["grad_norm_max"]  # one window each

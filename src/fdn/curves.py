@@ -40,6 +40,8 @@ _Y_TITLES = {
     "mse": "MSE loss",
     "lr": "learning rate",
     "images_per_s": "training images/s",
+    "grad_norm": "gradient norm (median over the log window)",
+    "grad_norm_max": "gradient norm (largest in the log window)",
 }
 # Okabe-Ito without its yellow (too pale on white): told apart with colour-blindness too.
 _COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]

@@ -409,9 +409,11 @@ def _start(
     )  # fmt: skip
 
 
-def _step(run: _Run, step: int, noisy: Tensor, clean: Tensor) -> tuple[dict[str, Tensor], bool]:
-    """One optimisation step and whether it was skipped: a non-finite loss or gradient on
-    any rank skips it on every rank."""
+def _step(
+    run: _Run, step: int, noisy: Tensor, clean: Tensor
+) -> tuple[dict[str, Tensor], bool, float]:
+    """One optimisation step, whether it was skipped (a non-finite loss or gradient on any
+    rank skips it on every rank) and the gradient's norm before clipping."""
     if run.config.training.precision == "bf16":
         noisy = noisy.contiguous(memory_format=torch.channels_last)
         clean = clean.contiguous(memory_format=torch.channels_last)
@@ -423,7 +425,7 @@ def _step(run: _Run, step: int, noisy: Tensor, clean: Tensor) -> tuple[dict[str,
     finite = bool(torch.isfinite(terms["loss"]) and torch.isfinite(grad_norm))
     if _any_rank(not finite, run.world, run.device):
         run.skipped += 1
-        return terms, True
+        return terms, True, grad_norm.item()
     run.optimizer.step()
     if not finite_weights(run.model):
         # Raised before anything is written: the last checkpoint stays good.
@@ -433,7 +435,7 @@ def _step(run: _Run, step: int, noisy: Tensor, clean: Tensor) -> tuple[dict[str,
         )
     if run.average is not None:
         run.average.update(run.model)
-    return terms, False
+    return terms, False, grad_norm.item()
 
 
 def train(
@@ -493,6 +495,9 @@ def train(
         )
 
     done, streak = run.start, 0
+    # The gradient norms of the log window (before clipping): its largest says whether a loss
+    # spike came from one step's outsized update, and how near it came to optim.grad_clip.
+    norms: list[float] = []
     end = settings.iterations
     if run.start < end and out_of_time():  # a resumed run that had used its time
         run.say(
@@ -503,7 +508,9 @@ def train(
     with signals_caught() as caught:
         for step in range(run.start, end):
             noisy, clean = (t.to(run.device) for t in next(run.batches))
-            terms, skipped = _step(run, step, noisy, clean)
+            terms, skipped, grad_norm = _step(run, step, noisy, clean)
+            if math.isfinite(grad_norm):
+                norms.append(grad_norm)
             streak = streak + 1 if skipped else 0
             if streak >= _MAX_SKIPPED_IN_A_ROW:
                 raise TrainingError(
@@ -531,6 +538,9 @@ def train(
                 if "nll" in record:
                     record["nll_bits_per_dim"] = bits_per_dim(record["nll"], _dequantize(config))
                 record.update(lr=lr, images_per_s=window_images / elapsed, skipped=run.skipped)
+                if norms:
+                    record.update(grad_norm=float(np.median(norms)), grad_norm_max=max(norms))
+                    norms.clear()
                 # A fork may change the batch: the release counts patches from these.
                 record["patches_per_step"] = settings.batch_size * world
                 # What the steps ran on: a resumed run may move (--set training.device), and
