@@ -132,3 +132,33 @@ def test_fdn_train_fork_end_to_end(parent, tmp_path, capsys):
         error = capsys.readouterr().err.strip()
         assert error and "\n" not in error, argv
     assert not (tmp_path / "forkx").exists()
+
+
+def test_a_fork_may_add_steps_of_flow_and_takes_its_parents_steps_on_the_rest(parent, tmp_path):
+    # The added steps start as the identity, so the deeper fork computes its parent's loss
+    # and gradients: after one step, every weight the parent had is where the parent's own
+    # next step puts it (Adam's moments carried by name), and only the added ones are new.
+    one_more = ["training.iterations=5"]
+    quiet(None, tmp_path / "deep", fork=parent,
+          changes=["model.steps_per_block=2", *one_more])  # fmt: skip
+    quiet(None, tmp_path / "same", fork=parent, changes=one_more)
+    same, deep = parameters(tmp_path / "same"), parameters(tmp_path / "deep")
+    assert set(same) < set(deep)
+    for name in same:
+        assert torch.allclose(deep[name], same[name], rtol=0, atol=1e-6), name
+    added = [name for name in deep if name not in same]
+    assert any(name.startswith("layers.0.layers.2.") for name in added)
+    state = torch.load(tmp_path / "deep" / CHECKPOINT, weights_only=True)
+    assert state["config"]["model"]["steps_per_block"] == 2 and state["step"] == 5
+    # The moving average grew too, and the fork resumes as a deeper run of its own.
+    assert set(state["ema"]["model"]) == set(deep)
+    result = quiet(None, tmp_path / "deep", resume=True, changes=[])
+    assert result.step == 5
+
+
+def test_a_fork_may_not_take_steps_of_flow_away(images, tmp_path):
+    config = small_config(images, tmp_path, "model.steps_per_block=2", "training.iterations=2")
+    quiet(config, tmp_path / "two")
+    with pytest.raises(TrainingError, match=r"may add Steps of Flow.*not take them away"):
+        quiet(None, tmp_path / "fork", fork=tmp_path / "two",
+              changes=["model.steps_per_block=1"])  # fmt: skip

@@ -185,3 +185,37 @@ def test_fast_inference_path_equals_the_plain_path(device):
     model.train()
     model.encode(y)[0].sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_grown_network_computes_what_the_shallower_one_did():
+    # Depth is added without starting over: the added Steps of Flow are the identity, so the
+    # deeper network encodes, and decodes, exactly as the one it grew from (float64).
+    shallow = randomize(FDN(hidden_channels=4, steps_per_block=2), seed=3, shape=(2, 3, 8, 8))
+    deep = FDN(hidden_channels=4, steps_per_block=4).double()
+    deep.grow_from(shallow.state_dict(), steps_per_block=2)
+    y = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    z, logdet = shallow.encode(y)
+    z_deep, logdet_deep = deep.encode(y)
+    assert torch.allclose(z_deep, z, rtol=0, atol=1e-12)
+    assert torch.allclose(logdet_deep, logdet, rtol=0, atol=1e-9)
+    assert torch.allclose(deep.decode(z), y, rtol=0, atol=1e-10)
+    # Trained on, the added steps are the first to differ from the identity: nothing of the
+    # shallow network's training is lost, and nothing re-initialises them on a batch.
+    deep.train()
+    z_train, _ = deep.encode(y)
+    assert torch.allclose(z_train, z, rtol=0, atol=1e-12)
+    added = deep.layers[0].layers[3]
+    assert torch.equal(added.layers[1].weight, torch.eye(12, dtype=torch.float64))
+    assert added.layers[0].initialized
+
+
+def test_growing_needs_the_same_network_but_for_depth():
+    shallow = FDN(hidden_channels=4, steps_per_block=2)
+    with pytest.raises(ValueError, match="not from 3"):
+        FDN(hidden_channels=4, steps_per_block=2).grow_from(shallow.state_dict(), 3)
+    with pytest.raises(ValueError, match="has no place"):
+        FDN(hidden_channels=8, steps_per_block=3).grow_from(shallow.state_dict(), 2)
+    state = dict(shallow.state_dict())
+    del state["layers.1.layers.2.layers.0.bias"]
+    with pytest.raises(ValueError, match=r"layers\.1\.layers\.2\.layers\.0\.bias is missing"):
+        FDN(hidden_channels=4, steps_per_block=3).grow_from(state, 2)

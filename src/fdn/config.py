@@ -24,6 +24,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "FORK_GROWS",
     "FORK_KEEPS",
     "RESUMABLE",
     "ConfigError",
@@ -410,6 +411,10 @@ FORK_KEEPS = (
     "optim.warmup",
     "training.init",
 )
+# What a fork may change of the network all the same: its depth, upwards. The added Steps of
+# Flow start as the identity (fdn.model.FDN.grow_from), so the fork computes what its parent
+# did and goes on training with more depth, its parent's hours kept.
+FORK_GROWS = ("model.steps_per_block",)
 
 
 def config_for_fork(config: TrainConfig, overrides: typing.Sequence[str]) -> TrainConfig:
@@ -417,12 +422,23 @@ def config_for_fork(config: TrainConfig, overrides: typing.Sequence[str]) -> Tra
     a key of :data:`FORK_KEEPS` is a :class:`ConfigError` naming it."""
     for override in overrides:
         dotted = override.partition("=")[0].strip()
+        if dotted in FORK_GROWS:
+            continue
         if any(dotted == key or dotted.startswith(key + ".") for key in FORK_KEEPS):
             raise ConfigError(
                 f"--set {dotted}: a fork keeps its parent's network and optimiser "
-                f"({', '.join(FORK_KEEPS)}); start a new run with --init for those"
+                f"({', '.join(FORK_KEEPS)}) but may add depth ({', '.join(FORK_GROWS)}); "
+                f"start a new run with --init for the rest"
             )
-    return config_from_dict(apply_overrides(config.to_dict(), overrides))
+    forked = config_from_dict(apply_overrides(config.to_dict(), overrides))
+    parent, steps = config.model, forked.model.steps_per_block
+    grows = steps > parent.steps_per_block and parent.kind == "fdn"
+    if steps != parent.steps_per_block and not grows:
+        raise ConfigError(
+            f"--set model.steps_per_block={steps}: a fork may add Steps of Flow to an FDN "
+            f"(its parent has {parent.steps_per_block}), not take them away"
+        )
+    return forked
 
 
 def load_config(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -195,6 +196,23 @@ class StepOfFlow(SequentialFlow):
             AffineCoupling(channels, split, hidden_channels, clamp),
         )
 
+    @torch.no_grad()
+    def reset_to_identity(self) -> None:
+        """Makes the step the identity map (log-det 0): ActNorm with scale 1 and bias 0,
+        marked initialised so that no batch re-initialises it, W = I, and the coupling's
+        subnets at 0 (their last convolution zeroed, as a new coupling starts)."""
+        actnorm, conv, coupling = self.layers
+        assert isinstance(actnorm, ActNorm) and isinstance(conv, InvConv1x1)
+        assert isinstance(coupling, AffineCoupling)
+        actnorm.log_scale.zero_()
+        actnorm.bias.zero_()
+        actnorm.initialized.fill_(True)
+        conv.weight.copy_(torch.eye(conv.weight.shape[0], dtype=conv.weight.dtype))
+        for subnet in (coupling.g1, coupling.g2, coupling.g3):
+            subnet.last.weight.zero_()
+            if subnet.last.bias is not None:
+                subnet.last.bias.zero_()
+
 
 class DownscaleFlowBlock(SequentialFlow):
     r"""A checkerboard Squeeze (C -> 4C channels, half the size), then Steps of Flow.
@@ -281,6 +299,38 @@ class FDN(SequentialFlow):
     @classmethod
     def from_config(cls, config: FDNConfig) -> FDN:
         return cls(**config.to_dict())
+
+    def grow_from(self, state: typing.Mapping[str, Tensor], steps_per_block: int) -> None:
+        """Loads the weights of this FDN with fewer Steps of Flow per block (``state``, of
+        ``steps_per_block`` steps) and makes each block's added steps, its last ones, the
+        identity: the deeper network then computes exactly what the shallower one did, and
+        training goes on from there with more depth instead of starting over.
+
+        A state of another width, block count or split is a :class:`ValueError` naming the
+        first weight that does not fit.
+        """
+        if not 0 < steps_per_block <= self.config.steps_per_block:
+            raise ValueError(
+                f"can grow {self.config.steps_per_block} Steps of Flow per block from 1 to "
+                f"{self.config.steps_per_block}, not from {steps_per_block}"
+            )
+        added = []
+        for b, block in enumerate(self.layers):
+            assert isinstance(block, DownscaleFlowBlock)
+            for k, step in enumerate(block.layers):  # layers[0] is the Squeeze
+                if k > steps_per_block:
+                    assert isinstance(step, StepOfFlow)
+                    step.reset_to_identity()
+                    added.append(f"layers.{b}.layers.{k}.")
+        ours = self.state_dict()
+        for name, tensor in state.items():
+            if name not in ours or ours[name].shape != tensor.shape:
+                raise ValueError(f"{name} {tuple(tensor.shape)} has no place in this network")
+        kept = [name for name in ours if not name.startswith(tuple(added))]
+        lacking = [name for name in kept if name not in state]
+        if lacking:
+            raise ValueError(f"{lacking[0]} is missing from the weights to grow from")
+        self.load_state_dict(dict(state), strict=False)
 
     def _check_image(self, y: Tensor) -> None:
         if y.dim() != 4 or y.shape[1] != self.config.in_channels:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -301,6 +302,28 @@ class _Run:
         atomic_torch_save(state, self.run_dir / CHECKPOINT)
 
 
+def parent_steps(checkpoint: dict) -> int:
+    """Steps of Flow per block of a checkpoint's network."""
+    return checkpoint["config"].model.steps_per_block
+
+
+def grow_run(model: FDN, parent: nn.Module, checkpoint: dict, optimizer: Optimizer) -> None:
+    """Loads a checkpoint of ``parent``, an FDN with fewer Steps of Flow per block, into
+    ``model`` and ``optimizer``: the added steps start as the identity (FDN.grow_from), and
+    Adam keeps its moments of every weight the parent had, under the same names; the added
+    weights start with none, as in a new run."""
+    model.grow_from(checkpoint["model"], parent_steps(checkpoint))
+    index = {name: i for i, (name, _) in enumerate(parent.named_parameters())}
+    names = [name for name, _ in model.named_parameters()]
+    state, (group,) = checkpoint["optimizer"]["state"], checkpoint["optimizer"]["param_groups"]
+    optimizer.load_state_dict(
+        {
+            "state": {i: state[index[n]] for i, n in enumerate(names) if index.get(n) in state},
+            "param_groups": [{**group, "params": list(range(len(names)))}],
+        }
+    )
+
+
 def _start(
     config: TrainConfig | None,
     run_dir: Path,
@@ -356,9 +379,18 @@ def _start(
     scheduler = build_scheduler(optimizer, config)
     start, skipped, best, seconds = 0, 0, -math.inf, {"wall": 0.0, "cpu": 0.0}
     run_id = uuid.uuid4().hex
+    grows = False  # a fork that adds Steps of Flow (config.FORK_GROWS) to its parent's
     if checkpoint is not None:
-        load_weights(model, checkpoint["model"], run_dir / CHECKPOINT)
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        grows = fork is not None and config.model.steps_per_block != parent_steps(checkpoint)
+        if grows:
+            parent = build_model(checkpoint["config"])
+            try:
+                grow_run(typing.cast("FDN", model), parent, checkpoint, optimizer)
+            except ValueError as error:
+                raise TrainingError(f"{fork}/{CHECKPOINT}: {error}") from None
+        else:
+            load_weights(model, checkpoint["model"], run_dir / CHECKPOINT)
+            optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, skipped, best = checkpoint["step"], checkpoint["skipped"], checkpoint["best_psnr"]
         if fork is not None:
@@ -386,7 +418,12 @@ def _start(
         average = WeightAverage(model, settings.ema, calibration)
     # A fork that turns the average on starts it from the weights it branches from.
     if average is not None and checkpoint is not None and (fork is None or "ema" in checkpoint):
-        average.load_state_dict(checkpoint["ema"])
+        ema = checkpoint["ema"]
+        if grows:
+            shadow = typing.cast("FDN", copy.deepcopy(model))
+            shadow.grow_from(ema["model"], parent_steps(checkpoint))
+            ema = {"model": shadow.state_dict(), "updates": ema["updates"]}
+        average.load_state_dict(ema)
 
     objective: nn.Module = _Objective(model, config)
     if world > 1:
