@@ -177,6 +177,26 @@ def test_cli_init_trains_on_from_a_model_file(images, tmp_path, capsys):
     assert "init" in (tmp_path / "run" / "config.toml").read_text()
 
 
+def test_init_may_start_a_deeper_network_from_a_shallower_model(images, tmp_path):
+    # The file's Steps of Flow load into the first steps of each block and the rest start as
+    # the identity: the deeper network denoises as the file does, and trains on from there.
+    source = randomize(FDN(hidden_channels=4, steps_per_block=1), seed=3, shape=(2, 3, 8, 8))
+    save_model(source.float(), tmp_path / "start.safetensors")
+    config = small_config(images, tmp_path, "model.steps_per_block=3")
+    config.training.init = str(tmp_path / "start.safetensors")
+    model = build_model(config)
+    init_from(model, config)
+    y = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model.eval().denoise(y), source.float().eval().denoise(y), atol=1e-5)
+    # Fewer steps than the file's would throw trained steps away: the one-line error.
+    save_model(model, tmp_path / "deep.safetensors")
+    config = small_config(images, tmp_path)
+    config.training.init = str(tmp_path / "deep.safetensors")
+    with pytest.raises(ConfigError, match=r"steps_per_block 3 \(config: 1\)"):
+        init_from(build_model(config), config)
+
+
 def test_init_with_another_architecture_is_a_one_line_error(images, tmp_path, capsys):
     small_config(images, tmp_path)  # writes small.toml (hidden_channels 4, 1 step)
     save_model(FDN(hidden_channels=8, steps_per_block=1), tmp_path / "wide.safetensors")

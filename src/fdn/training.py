@@ -127,12 +127,18 @@ def init_from(model: nn.Module, config: TrainConfig) -> None:
         source = resolve_model(spec, config.model.in_channels)
     except ValueError as error:  # ModelFileError included: it names the file
         raise ConfigError(f"training.init: {error}") from None
-    if source.config != model.config:
-        ours, theirs = model.config.to_dict(), source.config.to_dict()
-        differ = ", ".join(
-            f"{k} {theirs[k]} (config: {ours[k]})" for k in ours if ours[k] != theirs[k]
+    ours, theirs = model.config.to_dict(), source.config.to_dict()
+    differ = [k for k in ours if ours[k] != theirs[k]]
+    if differ == ["steps_per_block"] and theirs["steps_per_block"] < ours["steps_per_block"]:
+        # A deeper network than the file's: the added Steps of Flow start as the identity.
+        model.grow_from(source.state_dict(), theirs["steps_per_block"])
+        return
+    if differ:
+        listed = ", ".join(f"{k} {theirs[k]} (config: {ours[k]})" for k in differ)
+        raise ConfigError(
+            f"training.init {spec} has another architecture than [model]: {listed} "
+            f"(only more steps_per_block can start from it)"
         )
-        raise ConfigError(f"training.init {spec} has another architecture than [model]: {differ}")
     model.load_state_dict(source.state_dict())
 
 
