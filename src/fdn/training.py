@@ -308,17 +308,17 @@ class _Run:
         atomic_torch_save(state, self.run_dir / CHECKPOINT)
 
 
-def parent_steps(checkpoint: dict) -> int:
+def _parent_steps(checkpoint: dict) -> int:
     """Steps of Flow per block of a checkpoint's network."""
     return checkpoint["config"].model.steps_per_block
 
 
-def grow_run(model: FDN, parent: nn.Module, checkpoint: dict, optimizer: Optimizer) -> None:
+def _grow_run(model: FDN, parent: nn.Module, checkpoint: dict, optimizer: Optimizer) -> None:
     """Loads a checkpoint of ``parent``, an FDN with fewer Steps of Flow per block, into
     ``model`` and ``optimizer``: the added steps start as the identity (FDN.grow_from), and
     Adam keeps its moments of every weight the parent had, under the same names; the added
     weights start with none, as in a new run."""
-    model.grow_from(checkpoint["model"], parent_steps(checkpoint))
+    model.grow_from(checkpoint["model"], _parent_steps(checkpoint))
     index = {name: i for i, (name, _) in enumerate(parent.named_parameters())}
     names = [name for name, _ in model.named_parameters()]
     state, (group,) = checkpoint["optimizer"]["state"], checkpoint["optimizer"]["param_groups"]
@@ -387,11 +387,11 @@ def _start(
     run_id = uuid.uuid4().hex
     grows = False  # a fork that adds Steps of Flow (config.FORK_GROWS) to its parent's
     if checkpoint is not None:
-        grows = fork is not None and config.model.steps_per_block != parent_steps(checkpoint)
+        grows = fork is not None and config.model.steps_per_block != _parent_steps(checkpoint)
         if grows:
             parent = build_model(checkpoint["config"])
             try:
-                grow_run(typing.cast("FDN", model), parent, checkpoint, optimizer)
+                _grow_run(typing.cast("FDN", model), parent, checkpoint, optimizer)
             except ValueError as error:
                 raise TrainingError(f"{fork}/{CHECKPOINT}: {error}") from None
         else:
@@ -427,7 +427,7 @@ def _start(
         ema = checkpoint["ema"]
         if grows:
             shadow = typing.cast("FDN", copy.deepcopy(model))
-            shadow.grow_from(ema["model"], parent_steps(checkpoint))
+            shadow.grow_from(ema["model"], _parent_steps(checkpoint))
             ema = {"model": shadow.state_dict(), "updates": ema["updates"]}
         average.load_state_dict(ema)
 
