@@ -842,13 +842,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="branch the run in RUN_DIR into --out from its checkpoint (weights, optimiser, "
         "step), with --set changes to anything but [model] and the optimiser's own settings "
-        "(optim.lr, optim.betas, ...), e.g. to compare a patch size from one trained state",
+        "(optim.lr, optim.betas, ...), e.g. to compare a patch size from one trained state; "
+        "model.steps_per_block may grow (the added Steps of Flow start as the identity)",
     )
     train.add_argument(
         "--init",
         metavar="NAME|PATH",
         help="start from a trained model (a bundled name or a .safetensors file) with a fresh "
-        "optimiser, e.g. to fine-tune on your own data; its architecture must match [model]",
+        "optimiser, e.g. to fine-tune on your own data; its architecture must match [model], "
+        "but for more steps_per_block (the added Steps of Flow start as the identity)",
     )
     _add_progress_option(train)
     train.set_defaults(run=_train)
