@@ -464,11 +464,12 @@ def _step(
         terms = run.objective(noisy, clean, step)
     run.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
-    grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), run.config.optim.grad_clip)
-    finite = bool(torch.isfinite(terms["loss"]) and torch.isfinite(grad_norm))
+    # The norm is read once, for the finiteness check and the log alike (one device sync).
+    norm = nn.utils.clip_grad_norm_(run.model.parameters(), run.config.optim.grad_clip).item()
+    finite = bool(torch.isfinite(terms["loss"])) and math.isfinite(norm)
     if _any_rank(not finite, run.world, run.device):
         run.skipped += 1
-        return terms, True, grad_norm.item()
+        return terms, True, norm
     run.optimizer.step()
     if not finite_weights(run.model):
         # Raised before anything is written: the last checkpoint stays good.
@@ -478,7 +479,7 @@ def _step(
         )
     if run.average is not None:
         run.average.update(run.model)
-    return terms, False, grad_norm.item()
+    return terms, False, norm
 
 
 def train(
