@@ -42,6 +42,8 @@ from fdn.serialization import load_model, save_model
 from fdn.training import CHECKPOINT, build_model, validate
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "fdn" / "weights"
+# How models.json names each optim.reconstruction in the loss it was trained with.
+_RECONSTRUCTION_NAMES = {"l1": "L1", "l2": "L2", "psnr": "PSNR loss"}
 
 
 def trained_model(run_dir: Path) -> tuple[FDN, TrainConfig, int, str | None]:
@@ -302,7 +304,8 @@ def release(
             "optimizer": f"Adam lr {optim.lr}, warm-up {optim.warmup}, {schedule}",
             "ema": config.training.ema,
             "precision": config.training.precision,
-            "loss": f"{optim.lambda_nll} * NLL + {optim.lambda_rec} * L1",
+            "loss": f"{optim.lambda_nll} * NLL + {optim.lambda_rec} * "
+            + _RECONSTRUCTION_NAMES[optim.reconstruction],
             "seed": config.training.seed,
             "hardware": os.environ.get("FDN_TRAINED_ON", "CPU"),
             # The run's own hours, all of its history, on each device's clock.

@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from fdn import FDN
-from fdn.losses import bits_per_dim, dequantize, fdn_loss, nll_loss, reconstruction_loss
+from fdn.config import _CHOICES
+from fdn.losses import (
+    PSNR_LOSS_FLOOR,
+    RECONSTRUCTIONS,
+    bits_per_dim,
+    dequantize,
+    fdn_loss,
+    nll_loss,
+    reconstruction_loss,
+)
 
 from helpers import randomize
 
@@ -41,6 +50,45 @@ def test_reconstruction_loss_is_mean_absolute_error():
     assert reconstruction_loss(a, torch.zeros(2, 2)).item() == pytest.approx(1.5)
 
 
+def test_reconstruction_loss_l2_is_mean_squared_error():
+    a = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    assert reconstruction_loss(a, torch.zeros(2, 2), "l2").item() == pytest.approx(3.5)
+
+
+def test_psnr_loss_is_minus_the_mean_psnr_of_the_images():
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.rand(3, 1, 16, 16, generator=generator, dtype=torch.float64)
+    # Three images at three noise levels: the loss averages their PSNRs, not their errors.
+    scales = torch.tensor([0.01, 0.05, 0.2], dtype=torch.float64).view(3, 1, 1, 1)
+    noisy = clean + scales * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+    loss = reconstruction_loss(noisy, clean, "psnr")
+    mse = (noisy - clean).pow(2).flatten(1).mean(1)
+    expected = (
+        -sum(-10 * math.log10(float(((noisy[i] - clean[i]) ** 2).mean())) for i in range(3)) / 3
+    )
+    # The floor moves each term by 10 log10(1 + 1e-4 / MSE_i): here at most ~4.5 dB / 3.
+    floored = float((10 * torch.log10(1 + PSNR_LOSS_FLOOR / mse)).mean())
+    assert loss.item() == pytest.approx(expected + floored, abs=1e-9)
+    assert loss.item() != pytest.approx(10 * math.log10(mse.mean().item()), abs=0.1)
+
+
+def test_psnr_loss_weighs_each_image_by_its_own_error():
+    # d(10 log10(MSE_i + floor)) / d(error) is the squared error's gradient over MSE_i + floor:
+    # an image with a 4x smaller error pulls 4x harder per pixel, as PSNR counts it.
+    error = torch.tensor([0.1, 0.4], dtype=torch.float64).view(2, 1, 1, 1).expand(2, 1, 4, 4)
+    error = error.clone().requires_grad_(True)
+    reconstruction_loss(error, torch.zeros_like(error), "psnr").backward()
+    grad = error.grad.flatten(1)[:, 0]
+    ratio = (grad[0] / grad[1]).item()
+    assert ratio == pytest.approx((0.16 + PSNR_LOSS_FLOOR) / (0.01 + PSNR_LOSS_FLOOR) / 4)
+
+
+def test_reconstructions_are_the_configs_choices():
+    assert _CHOICES[("optim", "reconstruction")] == RECONSTRUCTIONS
+    with pytest.raises(ValueError, match="l1, l2, psnr"):
+        reconstruction_loss(torch.zeros(1, 1), torch.zeros(1, 1), "l3")
+
+
 def test_fdn_loss_combines_terms_and_reaches_every_parameter():
     torch.manual_seed(0)
     model = randomize(FDN(hidden_channels=4, steps_per_block=2), shape=(4, 3, 8, 8)).float()
@@ -55,6 +103,9 @@ def test_fdn_loss_combines_terms_and_reaches_every_parameter():
     assert torch.allclose(loss.reconstruction, (decoded - clean).abs().mean())
     loss.total.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    psnr_loss = fdn_loss(model, noisy, clean, 0.3, 2.0, reconstruction="psnr")
+    assert torch.allclose(psnr_loss.nll, loss.nll)
+    assert torch.allclose(psnr_loss.reconstruction, reconstruction_loss(decoded, clean, "psnr"))
 
 
 def test_fdn_loss_dequantises_only_when_asked():

@@ -253,6 +253,7 @@ def test_holdout_of_everything_is_an_error():
         ("optim.schedule='linear'", "optim.schedule"),
         ("training.ema=1.0", "training.ema"),
         ("data.holdout=-1", "data.holdout"),
+        ("optim.reconstruction='l3'", "optim.reconstruction"),
     ],
 )
 def test_new_keys_are_checked(images, tmp_path, override, message):
@@ -475,3 +476,26 @@ def test_the_log_gives_the_gradient_norm_before_clipping(images, tmp_path):
     for row in logged:
         assert 1e-3 < row["grad_norm"] <= row["grad_norm_max"] < 1e6
     assert logged[0]["grad_norm_max"] != logged[1]["grad_norm_max"]  # one window each
+
+
+def test_a_psnr_run_logs_its_batches_psnr_and_a_fork_may_switch_to_it(images, tmp_path):
+    # optim.reconstruction = "psnr" optimises minus the batches' mean PSNR; the log gives the
+    # PSNR itself. A fork of an L1 run may change the measure: a pilot of it from one state.
+    config = small_config(
+        images, tmp_path, "training.iterations=2", "training.log_every=1", "optim.lambda_nll=0"
+    )
+    quiet(config, tmp_path / "l1")
+    code = main(
+        ["train", "--fork", str(tmp_path / "l1"), "--out", str(tmp_path / "psnr"),
+         "--set", "optim.reconstruction=psnr", "--set", "training.iterations=4", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    rows = [
+        json.loads(line) for line in (tmp_path / "psnr" / "log.jsonl").read_text().splitlines()
+    ]
+    logged = [row for row in rows if "loss" in row]
+    assert [row["step"] for row in logged] == [1, 2, 3, 4]  # the parent's rows come along
+    assert all("l1" in row and "psnr" not in row for row in logged[:2])
+    for row in logged[2:]:
+        assert "l1" not in row and 5 < row["psnr"] < 60
+        assert row["loss"] == pytest.approx(-row["psnr"])  # lambda_nll = 0: the loss is the term

@@ -108,6 +108,8 @@ class OptimConfig:
     ``decay_steps`` steps, so that a run can go on at ``lr`` and branch off a decay to release
     from (``fdn train --fork RUN --set optim.schedule=wsd --set training.iterations=N --set
     optim.decay_steps=D``). Each starts with a linear ``warmup`` of that many steps (0: none).
+    ``reconstruction`` is the measure of the loss's second term: ``"l1"`` (the paper's),
+    ``"l2"`` or ``"psnr"`` (minus the batch's mean PSNR; fdn.losses.reconstruction_loss).
     """
 
     lr: float = 2e-4
@@ -120,6 +122,7 @@ class OptimConfig:
     grad_clip: float = 10.0
     lambda_nll: float = 0.1
     lambda_rec: float = 1.0
+    reconstruction: str = "l1"
     schedule: str = "step"
     warmup: int = 0
     min_lr: float = 0.0
@@ -203,6 +206,8 @@ _CHOICES = {
     ("training", "device"): ("auto", "cpu", "cuda"),
     ("training", "precision"): ("fp32", "bf16"),
     ("optim", "schedule"): ("step", "cosine", "wsd"),
+    # fdn.losses.RECONSTRUCTIONS (tests/test_losses.py keeps them equal).
+    ("optim", "reconstruction"): ("l1", "l2", "psnr"),
     ("training", "time_limit_clock"): ("wall", "cpu"),
 }
 

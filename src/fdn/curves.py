@@ -37,6 +37,8 @@ _Y_TITLES = {
     "nll": "NLL (nats/dim)",
     "nll_bits_per_dim": "NLL (bits/dim)",
     "l1": "L1 reconstruction loss",
+    "l2": "L2 reconstruction loss (MSE)",
+    "psnr": "training batches' PSNR (dB)",
     "mse": "MSE loss",
     "lr": "learning rate",
     "images_per_s": "training images/s",

@@ -158,7 +158,8 @@ def _dncnn_loss(
 def _fdn_loss(
     model: nn.Module, config: TrainConfig, noisy: Tensor, clean: Tensor, step: int
 ) -> dict[str, Tensor]:
-    """FDN's objective (spec 6.4): lambda1 * NLL(noisy) + lambda2 * L1(decode(z_hat), clean);
+    """FDN's objective (spec 6.4): lambda1 * NLL(noisy) + lambda2 * L1(decode(z_hat), clean)
+    (or the config's other reconstruction measure);
     the dequantisation noise is drawn from the run's seed and the step, for exact resumes."""
     generator = torch.Generator(device=noisy.device).manual_seed(
         config.training.seed * 7919 + step
@@ -172,8 +173,12 @@ def _fdn_loss(
         o.lambda_rec,
         _dequantize(config),
         generator,
+        o.reconstruction,
     )
-    return {"loss": terms.total, "nll": terms.nll, "l1": terms.reconstruction}
+    # The "psnr" term is logged as what it measures, the batch's PSNR (its negative).
+    if o.reconstruction == "psnr":
+        return {"loss": terms.total, "nll": terms.nll, "psnr": -terms.reconstruction}
+    return {"loss": terms.total, "nll": terms.nll, o.reconstruction: terms.reconstruction}
 
 
 # One objective per model kind (config.model.kind).
