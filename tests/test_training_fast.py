@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 
+import fdn.runtime as runtime
 import fdn.training as training
 from fdn import FDN, load_model, save_model
 from fdn.cli import main
@@ -499,3 +500,47 @@ def test_a_psnr_run_logs_its_batches_psnr_and_a_fork_may_switch_to_it(images, tm
     for row in logged[2:]:
         assert "l1" not in row and 5 < row["psnr"] < 60
         assert row["loss"] == pytest.approx(-row["psnr"])  # lambda_nll = 0: the loss is the term
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_device_computes_it(
+    images, tmp_path, monkeypatch, native
+):
+    # "auto" is resolved when the run starts and saved so, so that its resume (here, on a
+    # machine that says the opposite) runs the very same steps.
+    monkeypatch.setattr(training, "bf16_is_native", lambda device: native)
+    monkeypatch.setattr(runtime, "bf16_is_native", lambda device: native)
+    lines: list[str] = []
+    config = small_config(images, tmp_path, "training.precision='auto'", "training.iterations=2")
+    train(config, tmp_path / "run", progress=False, log=lines.append)
+    chosen = "bf16" if native else "fp32"
+    assert load_config(tmp_path / "run" / "config.toml").training.precision == chosen
+    assert f"training.precision = 'auto': {chosen} on this cpu" in lines
+    monkeypatch.setattr(runtime, "bf16_is_native", lambda device: not native)
+    resumed = load_config(tmp_path / "run" / "config.toml")
+    resumed.training.iterations = 3
+    quiet(resumed, tmp_path / "run", resume=True)
+    assert load_config(tmp_path / "run" / "config.toml").training.precision == chosen
+
+
+def test_bf16_where_it_is_emulated_warns(images, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "bf16_is_native", lambda device: False)
+    lines: list[str] = []
+    config = small_config(images, tmp_path, "training.precision='bf16'", "training.iterations=1")
+    train(config, tmp_path / "run", progress=False, log=lines.append)
+    assert any(line.startswith("warning: training.precision = 'bf16'") for line in lines)
+    assert load_config(tmp_path / "run" / "config.toml").training.precision == "bf16"
+    monkeypatch.setattr(training, "bf16_is_native", lambda device: True)
+    lines.clear()
+    train(config, tmp_path / "again", progress=False, log=lines.append)
+    assert not any("warning" in line for line in lines)
+
+
+def test_bf16_is_native_asks_the_device():
+    cpu = torch.device("cpu")
+    assert runtime.bf16_is_native(cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert runtime.resolve_precision("fp32", cpu) == "fp32"
+    assert runtime.resolve_precision("bf16", cpu) == "bf16"
+    assert runtime.resolve_precision("auto", cpu) == (
+        "bf16" if runtime.bf16_is_native(cpu) else "fp32"
+    )

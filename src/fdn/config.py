@@ -136,7 +136,10 @@ class TrainingConfig:
     ``init`` starts from a trained model's weights (a bundled name or a ``.safetensors``
     file) with a fresh optimiser; its architecture must equal ``[model]``'s. ``precision =
     "bf16"`` runs the convolutions in bfloat16 (autocast; the flow's own arithmetic and its
-    log-dets stay float32) and keeps model and batches channels-last. ``ema`` is the decay of
+    log-dets stay float32) and keeps model and batches channels-last; ``"auto"`` is bf16 where
+    the device computes it natively (a CUDA GPU that supports it, a CPU with AVX-512 BF16 or
+    AMX) and fp32 elsewhere, where bf16 is emulated and many times slower, resolved when the
+    run starts and saved so in its config. ``ema`` is the decay of
     an exponential moving average of the weights (0: off); when on, validation and the model
     files use the average. ``threads = 0`` leaves PyTorch's default. ``time_limit`` (minutes,
     0: none) ends the run early, validated and saved as at its last step: equal-time
@@ -204,7 +207,7 @@ _CHOICES = {
     ("data", "kind"): ("awgn", "paired", "synthetic"),
     ("data", "augment"): ("none", "flip", "flip_rot"),
     ("training", "device"): ("auto", "cpu", "cuda"),
-    ("training", "precision"): ("fp32", "bf16"),
+    ("training", "precision"): ("fp32", "bf16", "auto"),
     ("optim", "schedule"): ("step", "cosine", "wsd"),
     # fdn.losses.RECONSTRUCTIONS (tests/test_losses.py keeps them equal).
     ("optim", "reconstruction"): ("l1", "l2", "psnr"),

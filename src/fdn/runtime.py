@@ -37,7 +37,14 @@ from torch import Tensor, nn
 
 from fdn.choices import check_device_name
 
-__all__ = ["allocator_tuned", "channels_last", "resolve_device", "tune_allocator"]
+__all__ = [
+    "allocator_tuned",
+    "bf16_is_native",
+    "channels_last",
+    "resolve_device",
+    "resolve_precision",
+    "tune_allocator",
+]
 
 # From glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -76,6 +83,25 @@ def resolve_device(name: str | torch.device, what: str = "--device") -> torch.de
             )
             raise ValueError(f"{what} {name}: there {there}")
     return device
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions in hardware: a CUDA GPU that supports
+    it, or a CPU with AVX-512 BF16 or AMX (oneDNN's test). Elsewhere PyTorch emulates them,
+    far slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` is ``"bf16"`` where :func:`bf16_is_native` holds for ``device``, else
+    ``"fp32"``; ``"fp32"`` and ``"bf16"`` are themselves."""
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_is_native(device) else "fp32"
 
 
 def tune_allocator() -> bool:
