@@ -19,6 +19,7 @@ __all__ = [
     "DEVICE_NAMES",
     "NOISE_ESTIMATORS",
     "PRECISIONS",
+    "RECONSTRUCTIONS",
     "STRENGTHS",
     "WEIGHTS_ENV",
     "check_device_name",
@@ -36,6 +37,10 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 # it does not equal the plain path within 1e-5, and a CPU without bfloat16 instructions runs
 # it slower, not faster.
 PRECISIONS = ("fp32", "bf16")
+
+# optim.reconstruction, the loss between the decode of the masked latent and the clean image
+# (fdn.losses.reconstruction_loss): the paper's L1, the mean squared error, or minus the PSNR.
+RECONSTRUCTIONS = ("l1", "l2", "psnr")
 
 # FDN.denoise's strength: 0 leaves the input, 1 zeroes the noise latent z_N (the model's
 # estimate), and above 1 a sigma hint: the mean of four strength-1 denoises of the input plus

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fdn.choices import RECONSTRUCTIONS
 from fdn.model import FDNConfig
 
 if sys.version_info >= (3, 11):
@@ -209,8 +210,7 @@ _CHOICES = {
     ("training", "device"): ("auto", "cpu", "cuda"),
     ("training", "precision"): ("fp32", "bf16", "auto"),
     ("optim", "schedule"): ("step", "cosine", "wsd"),
-    # fdn.losses.RECONSTRUCTIONS (tests/test_losses.py keeps them equal).
-    ("optim", "reconstruction"): ("l1", "l2", "psnr"),
+    ("optim", "reconstruction"): RECONSTRUCTIONS,
     ("training", "time_limit_clock"): ("wall", "cpu"),
 }
 

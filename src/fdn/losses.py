@@ -8,11 +8,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from fdn.choices import RECONSTRUCTIONS
 from fdn.model import FDN
 
 __all__ = [
     "PSNR_LOSS_FLOOR",
-    "RECONSTRUCTIONS",
     "FDNLoss",
     "bits_per_dim",
     "dequantize",
@@ -63,8 +63,6 @@ def dequantize(y: Tensor, levels: int = 255, generator: torch.Generator | None =
 # image denoised better than that (a nearly noise-free patch) weighs no more than one at 40 dB
 # instead of without bound.
 PSNR_LOSS_FLOOR = 1e-4
-
-RECONSTRUCTIONS = ("l1", "l2", "psnr")
 
 
 def reconstruction_loss(denoised: Tensor, clean: Tensor, kind: str = "l1") -> Tensor:
