@@ -1,0 +1,105 @@
+r"""Scores models on a run's held-back images at strength 1 and at their best strength
+(maintainers: the release decision).
+
+A run's validation scores its moving average at strength 1, but ``fdn denoise`` applies the
+model's strength curve (``scripts/fit_strength.py``), fitted after each release. Two models
+whose strength-1 scores differ can score the same once each has its curve: a PSNR-trained
+branch gained 0.021 dB over its L1 twin at strength 1 and 0.002 at the best strength
+(``docs/training.md``). So a candidate is compared with the release at both: per sigma, the
+mean PSNR at strength 1 and at the best strength of a grid (what a fitted curve can at most
+reach), on the run's held-back images (its ``data.holdout`` or validation folder, fixed-seed
+noise, as its validation drew them; never a test set).
+
+    OMP_NUM_THREADS=1 python scripts/score_heldback.py ~/fdn-runs/grey9-psnr \
+        fdn-grey-blind ~/fdn-runs/grey9-psnr/best.safetensors --data-root ../shared/data
+
+prints a row per model (the best strength in brackets) and the two means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fdn.config import load_config
+from fdn.data import load_validation
+from fdn.serialization import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fit_strength import scores
+
+SIGMAS = (15.0, 25.0, 50.0)
+STRENGTHS = tuple(round(0.6 + 0.05 * k, 2) for k in range(9))  # 0.6, 0.65, ..., 1
+
+
+def score(
+    config_path: Path,
+    models: list[str],
+    data_root: str | None = None,
+    sigmas: tuple = SIGMAS,
+    strengths: tuple = STRENGTHS,
+) -> dict[str, dict]:
+    """Per model: ``{"strength_1": [...], "best": [...], "best_strength": [...]}`` over
+    ``sigmas``, the mean PSNR of the run's held-back images."""
+    if 1.0 not in strengths:
+        raise SystemExit("the strengths must include 1 (the baseline)")
+    config = load_config(config_path)
+    if data_root:
+        config.data.root = data_root
+    config.validation.every = max(config.validation.every, 1)  # 0 would load nothing
+    images_by_sigma = {}
+    for sigma in sigmas:
+        config.validation.sigmas = [sigma]
+        images_by_sigma[sigma] = load_validation(config)
+        if not images_by_sigma[sigma]:
+            raise SystemExit(f"{config_path}: the run has no held-back images to score on")
+    results = {}
+    for spec in models:
+        model = load_model(spec).eval()
+        row: dict[str, list] = {"strength_1": [], "best": [], "best_strength": []}
+        for sigma in sigmas:
+            means, _ = scores(model, images_by_sigma[sigma], strengths)
+            best = int(np.argmax(means))
+            row["strength_1"].append(float(means[strengths.index(1.0)]))
+            row["best"].append(float(means[best]))
+            row["best_strength"].append(strengths[best])
+        results[spec] = row
+    return results
+
+
+def table(results: dict[str, dict], sigmas: tuple = SIGMAS) -> str:
+    """A markdown table: per sigma the strength-1 and best PSNR, then the two means."""
+    head = " | ".join(f"sigma {s:g}: s1 / best" for s in sigmas)
+    lines = [f"| model | {head} | mean s1 | mean best |", "|---" * (len(sigmas) + 3) + "|"]
+    for spec, row in results.items():
+        cells = " | ".join(
+            f"{one:.3f} / {best:.3f} ({strength:g})"
+            for one, best, strength in zip(
+                row["strength_1"], row["best"], row["best_strength"], strict=True
+            )
+        )
+        means = f"{np.mean(row['strength_1']):.4f} | {np.mean(row['best']):.4f}"
+        lines.append(f"| {spec} | {cells} | {means} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a run folder (its config.toml) or a config")
+    parser.add_argument("models", nargs="+", help="bundled names or model files")
+    parser.add_argument("--data-root", help="where the run's data is now (default: as trained)")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    config = args.run / "config.toml" if args.run.is_dir() else args.run
+    sigmas = tuple(args.sigmas)
+    print(table(score(config, args.models, args.data_root, sigmas), sigmas))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""scripts/score_heldback.py: models scored on a run's held-back images, at strength 1 and at
+their best strength."""
+
+import numpy as np
+import pytest
+import torch
+
+from fdn import load_model, save_model
+from fdn.config import load_config
+from fdn.data import load_validation
+from fdn.metrics import psnr
+from fdn.training import build_model
+from test_training import small_config
+
+from helpers import load_script, make_images, randomize
+
+
+@pytest.fixture(scope="module")
+def score_heldback():
+    return load_script("score_heldback")
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run config that holds back 2 of 6 training images, and two small model files."""
+    images = make_images(tmp_path / "data", counts=(("train", 6), ("val", 1)))
+    config = small_config(images, tmp_path, "data.holdout=2", "validation.folder=''")
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(
+        f'[model]\nhidden_channels = 4\nsteps_per_block = 1\n[data]\nroot = "{images}"\n'
+        'train = "train"\nholdout = 2\n[validation]\nfolder = ""\nevery = 1\n'
+    )
+    files = []
+    for seed in (1, 2):
+        model = randomize(build_model(config), seed=seed, shape=(2, 3, 16, 16)).float().eval()
+        files.append(str(tmp_path / f"m{seed}.safetensors"))
+        save_model(model, files[-1])
+    return config_path, files
+
+
+def direct(config_path, model_file, sigma, strength):
+    """The mean PSNR of ``FDN.denoise`` at ``strength`` over the run's held-back images."""
+    config = load_config(config_path)
+    config.validation.sigmas = [sigma]
+    model = load_model(model_file).eval()
+    with torch.no_grad():
+        return np.mean(
+            [
+                psnr(model.denoise(noisy, strength=strength), clean).item()
+                for _, noisy, clean in load_validation(config)
+            ]
+        )
+
+
+def test_each_score_is_what_denoise_gives_at_that_strength(run, score_heldback):
+    config_path, files = run
+    strengths = (0.5, 0.75, 1.0)
+    results = score_heldback.score(config_path, files, None, (10.0, 40.0), strengths)
+    assert list(results) == files
+    for file, row in results.items():
+        for i, sigma in enumerate((10.0, 40.0)):
+            assert row["strength_1"][i] == pytest.approx(direct(config_path, file, sigma, 1.0))
+            best = row["best_strength"][i]
+            assert best in strengths and row["best"][i] >= row["strength_1"][i]
+            assert row["best"][i] == pytest.approx(direct(config_path, file, sigma, best))
+    # Two different models score differently: the scores come from the models.
+    assert results[files[0]]["strength_1"] != results[files[1]]["strength_1"]
+
+
+def test_the_command_prints_a_row_per_model_with_both_means(run, score_heldback, capsys):
+    config_path, files = run
+    assert score_heldback.main([str(config_path), *files, "--sigmas", "25"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| model | sigma 25: s1 / best | mean s1 | mean best |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {file}" for file in files]
+    for line in lines[2:]:
+        mean_s1, mean_best = (float(cell) for cell in line.strip(" |").split(" | ")[-2:])
+        assert mean_best >= mean_s1
+
+
+def test_a_run_without_held_back_images_is_an_error(run, score_heldback, tmp_path):
+    config_path, files = run
+    plain = tmp_path / "plain.toml"
+    plain.write_text(config_path.read_text().replace("holdout = 2", "holdout = 0"))
+    with pytest.raises(SystemExit, match="no held-back images"):
+        score_heldback.score(plain, files[:1], None, (25.0,))
