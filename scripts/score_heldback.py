@@ -19,14 +19,16 @@ prints a row per model (the best strength in brackets) and the two means.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fdn.config import load_config
+from fdn.config import TrainConfig, load_config
 from fdn.data import load_validation
+from fdn.model import FDN
 from fdn.serialization import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,6 +38,38 @@ SIGMAS = (15.0, 25.0, 50.0)
 STRENGTHS = tuple(round(0.6 + 0.05 * k, 2) for k in range(9))  # 0.6, 0.65, ..., 1
 
 
+def best_strength_scores(
+    models: dict[str, FDN],
+    config: TrainConfig,
+    sigmas: tuple = SIGMAS,
+    strengths: tuple = STRENGTHS,
+) -> dict[str, dict]:
+    """Per model: ``{"strength_1": [...], "best": [...], "best_strength": [...]}`` over
+    ``sigmas``, the mean PSNR of ``config``'s held-back images (its validation's, with the
+    sigma set to each in turn; ``config`` is left as it was)."""
+    if 1.0 not in strengths:
+        raise SystemExit("the strengths must include 1 (the baseline)")
+    config = copy.deepcopy(config)
+    config.validation.every = max(config.validation.every, 1)  # 0 would load nothing
+    images_by_sigma = {}
+    for sigma in sigmas:
+        config.validation.sigmas = [sigma]
+        images_by_sigma[sigma] = load_validation(config)
+        if not images_by_sigma[sigma]:
+            raise SystemExit("the run has no held-back images to score on")
+    results = {}
+    for key, model in models.items():
+        row: dict[str, list] = {"strength_1": [], "best": [], "best_strength": []}
+        for sigma in sigmas:
+            means, _ = scores(model.eval(), images_by_sigma[sigma], strengths)
+            best = int(np.argmax(means))
+            row["strength_1"].append(float(means[strengths.index(1.0)]))
+            row["best"].append(float(means[best]))
+            row["best_strength"].append(strengths[best])
+        results[key] = row
+    return results
+
+
 def score(
     config_path: Path,
     models: list[str],
@@ -43,32 +77,17 @@ def score(
     sigmas: tuple = SIGMAS,
     strengths: tuple = STRENGTHS,
 ) -> dict[str, dict]:
-    """Per model: ``{"strength_1": [...], "best": [...], "best_strength": [...]}`` over
-    ``sigmas``, the mean PSNR of the run's held-back images."""
-    if 1.0 not in strengths:
-        raise SystemExit("the strengths must include 1 (the baseline)")
+    """:func:`best_strength_scores` of bundled names or model files, on the held-back images
+    of the run config at ``config_path``."""
     config = load_config(config_path)
     if data_root:
         config.data.root = data_root
-    config.validation.every = max(config.validation.every, 1)  # 0 would load nothing
-    images_by_sigma = {}
-    for sigma in sigmas:
-        config.validation.sigmas = [sigma]
-        images_by_sigma[sigma] = load_validation(config)
-        if not images_by_sigma[sigma]:
-            raise SystemExit(f"{config_path}: the run has no held-back images to score on")
-    results = {}
-    for spec in models:
-        model = load_model(spec).eval()
-        row: dict[str, list] = {"strength_1": [], "best": [], "best_strength": []}
-        for sigma in sigmas:
-            means, _ = scores(model, images_by_sigma[sigma], strengths)
-            best = int(np.argmax(means))
-            row["strength_1"].append(float(means[strengths.index(1.0)]))
-            row["best"].append(float(means[best]))
-            row["best_strength"].append(strengths[best])
-        results[spec] = row
-    return results
+    try:
+        return best_strength_scores(
+            {spec: load_model(spec) for spec in models}, config, sigmas, strengths
+        )
+    except SystemExit as error:
+        raise SystemExit(f"{config_path}: {error}") from None
 
 
 def table(results: dict[str, dict], sigmas: tuple = SIGMAS) -> str:

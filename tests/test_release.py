@@ -64,6 +64,53 @@ def test_release_then_refuse_then_continue(images, tmp_path, monkeypatch, releas
     assert record["training"]["init"] == str(stored)
 
 
+def test_a_run_or_release_off_l1_must_also_win_at_the_best_strength(
+    images, tmp_path, monkeypatch, release_models
+):
+    # Strength 1 flatters the PSNR loss; each release between L1 models is judged there alone.
+    weights = tmp_path / "weights"
+    stored = weights / "tiny.safetensors"
+    compared, best = [], {}
+
+    def best_strength_scores(models, config):
+        compared.append(sorted(models))
+        return {key: {"best": [best[key], best[key]]} for key in models}
+
+    monkeypatch.setattr(release_models, "best_strength_scores", best_strength_scores)
+
+    def releases():
+        return len(json.loads((weights / "models.json").read_text())["tiny"]["releases"])
+
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    release_models.main(["tiny=" + str(run(images, tmp_path, "first")), "--weights", str(weights)])
+    l1 = run(images, tmp_path, "l1", f"training.init='{stored}'")
+    scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
+    release_models.main(["tiny=" + str(l1), "--weights", str(weights)])
+    assert releases() == 2 and compared == []
+
+    psnr = run(
+        images, tmp_path, "psnr", f"training.init='{stored}'", "optim.reconstruction='psnr'"
+    )
+    # Better at strength 1, worse at the best strength: refused.
+    scores(monkeypatch, release_models, [21.9, 21.5])
+    best.update(run=22.0, release=22.1)
+    release_models.main(["tiny=" + str(psnr), "--weights", str(weights)])
+    assert releases() == 2 and compared == [["release", "run"]]
+    # Better at both: released.
+    scores(monkeypatch, release_models, [21.9, 21.5, 21.9])
+    best.update(run=22.2)
+    release_models.main(["tiny=" + str(psnr), "--weights", str(weights)])
+    assert releases() == 3 and len(compared) == 2
+    # Now the release was trained with the PSNR loss: an L1 run is judged at both too.
+    l1_again = run(images, tmp_path, "l1-again", f"training.init='{stored}'")
+    scores(monkeypatch, release_models, [22.0, 21.9])
+    best.update(run=22.1, release=22.2)
+    release_models.main(["tiny=" + str(l1_again), "--weights", str(weights)])
+    assert releases() == 3 and len(compared) == 3
+    # Records from before optim.reconstruction existed were trained with L1.
+    assert release_models.stage_reconstruction({"stage_config": {"optim": {}}}) == "l1"
+
+
 def test_a_release_says_what_to_measure_again_for_its_file(
     images, tmp_path, monkeypatch, capsys, release_models
 ):
