@@ -224,7 +224,8 @@ def release(
         # (docs/training.md). Where either model was, it must win at the best strength too.
         losses = {config.optim.reconstruction, stage_reconstruction(previous)}
         if losses != {"l1"}:
-            sigmas = tuple(config.validation.sigmas)  # those strength 1 was scored at
+            # The sigmas strength 1 was scored at (fdn.noise.validation_noises).
+            sigmas = tuple(config.validation.sigmas or [config.validation.sigma])
             rows = best_strength_scores({"run": model, "release": current}, config, sigmas)
             best, best_baseline = (float(np.mean(rows[key]["best"])) for key in ("run", "release"))
             print(

@@ -73,7 +73,7 @@ def test_a_run_or_release_off_l1_must_also_win_at_the_best_strength(
     compared, best = [], {}
 
     def best_strength_scores(models, config, sigmas):
-        assert sigmas == tuple(config.validation.sigmas)
+        assert sigmas == tuple(config.validation.sigmas or [config.validation.sigma])
         compared.append(sorted(models))
         return {key: {"best": [best[key], best[key]]} for key in models}
 
