@@ -44,6 +44,12 @@ SIGMAS = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0)
 STRENGTHS = tuple(round(0.05 * k, 2) for k in range(21))  # 0, 0.05, ..., 1
 
 
+def check_strengths(strengths: tuple) -> None:
+    """A grid of strengths must hold 1: every gain is measured against it."""
+    if 1.0 not in strengths:
+        raise SystemExit("the strengths must include 1 (the baseline)")
+
+
 @torch.no_grad()
 def scores(
     model: FDN, images: list[tuple[str, torch.Tensor, torch.Tensor]], strengths: tuple
@@ -81,8 +87,7 @@ def fit(
         config.data.root = data_root
     if not config.data.holdout or config.validation.folder:
         raise SystemExit(f"{name}: its stage had no held-back images (data.holdout) to fit on")
-    if 1.0 not in strengths:
-        raise SystemExit("the strengths must include 1 (the baseline)")
+    check_strengths(strengths)
     model = load_model(weights / record["file"]).eval()
     rows = []
     for sigma in sigmas:

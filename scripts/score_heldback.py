@@ -32,7 +32,7 @@ from fdn.model import FDN
 from fdn.serialization import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fit_strength import scores
+from fit_strength import check_strengths, scores
 
 SIGMAS = (15.0, 25.0, 50.0)
 STRENGTHS = tuple(round(0.6 + 0.05 * k, 2) for k in range(9))  # 0.6, 0.65, ..., 1
@@ -47,8 +47,7 @@ def best_strength_scores(
     """Per model: ``{"strength_1": [...], "best": [...], "best_strength": [...]}`` over
     ``sigmas``, the mean PSNR of ``config``'s held-back images (its validation's, with the
     sigma set to each in turn; ``config`` is left as it was)."""
-    if 1.0 not in strengths:
-        raise SystemExit("the strengths must include 1 (the baseline)")
+    check_strengths(strengths)
     config = copy.deepcopy(config)
     config.validation.every = max(config.validation.every, 1)  # 0 would load nothing
     images_by_sigma = {}

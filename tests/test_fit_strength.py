@@ -18,11 +18,16 @@ def fit_strength():
     return load_script("fit_strength")
 
 
+def held_back_config(tmp_path):
+    """A small run's config that holds back 2 of its 6 training images to score models on."""
+    images = make_images(tmp_path / "data", counts=(("train", 6), ("val", 1)))
+    return small_config(images, tmp_path, "data.holdout=2", "validation.folder=''")
+
+
 @pytest.fixture
 def released(tmp_path):
     """A weights folder with one small model whose stage held back 2 training images."""
-    images = make_images(tmp_path / "data", counts=(("train", 6), ("val", 1)))
-    config = small_config(images, tmp_path, "data.holdout=2", "validation.folder=''")
+    config = held_back_config(tmp_path)
     model = build_model(config).eval()
     weights = tmp_path / "weights"
     weights.mkdir()

@@ -9,10 +9,11 @@ from fdn import load_model, save_model
 from fdn.config import load_config
 from fdn.data import load_validation
 from fdn.metrics import psnr
+from fdn.runstate import to_toml
 from fdn.training import build_model
-from test_training import small_config
+from test_fit_strength import held_back_config
 
-from helpers import load_script, make_images, randomize
+from helpers import load_script, randomize
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +24,9 @@ def score_heldback():
 @pytest.fixture
 def run(tmp_path):
     """A run config that holds back 2 of 6 training images, and two small model files."""
-    images = make_images(tmp_path / "data", counts=(("train", 6), ("val", 1)))
-    config = small_config(images, tmp_path, "data.holdout=2", "validation.folder=''")
+    config = held_back_config(tmp_path)
     config_path = tmp_path / "config.toml"
-    config_path.write_text(
-        f'[model]\nhidden_channels = 4\nsteps_per_block = 1\n[data]\nroot = "{images}"\n'
-        'train = "train"\nholdout = 2\n[validation]\nfolder = ""\nevery = 1\n'
-    )
+    config_path.write_text(to_toml(config.to_dict()))  # as fdn train writes it
     files = []
     for seed in (1, 2):
         model = randomize(build_model(config), seed=seed, shape=(2, 3, 16, 16)).float().eval()
