@@ -5,12 +5,13 @@ seeds, :meth:`fdn.noise.AWGN.seed_for`) goes through each estimator; the table g
 absolute error and the mean signed error (bias), on the 0-255 scale. ``flow-raw`` is the flow
 estimator without its calibration.
 
-``--fit`` instead fits the flow estimator's calibration (``fdn.noise_level.CALIBRATION``) on
-training images: the mean raw estimate at each sigma of a grid, per bundled model, printed as
-the Python literal to paste (with the SHA-256 of the weights it was fitted for). Fit on
-training folders only, never on a test set.
+``--fit`` instead fits the flow estimator's calibration on training images: the mean raw
+estimate at each sigma of a grid, per bundled model, printed as JSON (each model's
+``noise_calibration``); ``--write`` stores it in the model's record in ``models.json``
+(``--models-json``, the package's by default), where the estimator reads it. A release drops
+it: fit again after each. Fit on training folders only, never on a test set.
 
-    OMP_NUM_THREADS=1 nice python benchmarks/noise_estimation.py --fit --limit 24 \
+    OMP_NUM_THREADS=1 nice python benchmarks/noise_estimation.py --fit --write --limit 24 \
         --data ../shared/data/train/CBSD432 ../shared/data/train/Train400
     OMP_NUM_THREADS=1 nice python benchmarks/noise_estimation.py \
         --data ../shared/data/test/CBSD68 ../shared/data/test/BSD68
@@ -32,8 +33,9 @@ from fdn.evaluation import find_dataset
 from fdn.images import read_array
 from fdn.noise import AWGN
 from fdn.noise_level import METHODS, _calibrated, estimate_noise, flow_model_name
-from fdn.pretrained import model_record
+from fdn.pretrained import MODELS_JSON, data_name, model_record, store_calibration
 
+FIT_SEED = 1  # the noise seed of the fit: not the base seed 0 of the measurements
 FIT_SIGMAS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 55.0)
 
 
@@ -46,34 +48,32 @@ def noisy_images(folder: str, sigma: float, limit: int | None, seed: int):  # no
         yield item.name, noise.sample(clean, noise.seed_for(item.name, seed))
 
 
-def fit(folders: list[str], limit: int | None) -> dict[str, tuple[str, list[float], list[float]]]:
+def fit(folders: list[str], limit: int | None) -> dict[str, dict]:
+    """Each bundled model's ``noise_calibration``: its mean raw estimate at each sigma of
+    :data:`FIT_SIGMAS` on the images of ``folders`` (each folder's images go to the model for
+    their channel count)."""
     raws: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    data: dict[str, list[str]] = defaultdict(list)
     for folder in folders:
         for sigma in FIT_SIGMAS:
-            for _, noisy in noisy_images(folder, sigma, limit, seed=1):
+            for _, noisy in noisy_images(folder, sigma, limit, seed=FIT_SEED):
                 model = flow_model_name(noisy.shape[2])
                 raws[model][sigma].append(estimate_noise(noisy, "flow", calibrate=False))
+                if folder not in data[model]:
+                    data[model].append(folder)
     table = {}
     for model, by_sigma in raws.items():
         means = [float(np.mean(by_sigma[s])) for s in FIT_SIGMAS]
         if any(b <= a for a, b in itertools.pairwise(means)):
             raise SystemExit(f"{model}: the raw estimate is not increasing in sigma: {means}")
-        table[model] = (
-            model_record(model)["sha256"],
-            list(FIT_SIGMAS),
-            [round(m, 3) for m in means],
-        )
+        table[model] = {
+            "sigmas": list(FIT_SIGMAS),
+            "raw": [round(m, 3) for m in means],
+            "images": len(by_sigma[FIT_SIGMAS[0]]),
+            "seed": FIT_SEED,
+            "data": ", ".join(data_name(model, folder) for folder in data[model]),
+        }
     return table
-
-
-def literal(table: dict[str, tuple[str, list[float], list[float]]]) -> str:
-    """``table`` as the entries of ``fdn.noise_level.CALIBRATION`` to paste."""
-    lines = []
-    for model, (sha, _, raws) in table.items():
-        values = ", ".join(f"{r:g}" for r in raws)
-        lines += [f'    "{model}": (', f'        "{sha}",', "        _FIT_SIGMAS,"]
-        lines += [f"        ({values}),", "    ),"]
-    return "\n".join(lines)
 
 
 def measure(
@@ -141,7 +141,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR", help="image folders")
     parser.add_argument(
@@ -152,17 +152,38 @@ def main() -> None:
         "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="estimators to run"
     )
     parser.add_argument("--fit", action="store_true", help="fit the flow's calibration instead")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="with --fit: store each noise_calibration in models.json (else print)",
+    )
+    parser.add_argument(
+        "--models-json",
+        type=Path,
+        default=MODELS_JSON,
+        metavar="PATH",
+        help="the table --write stores into (default: the package's)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.write and not args.fit:
+        parser.error("--write stores what --fit fits: give both")
     torch.set_num_threads(1)
     if args.fit:
-        print(literal(fit(args.data, args.limit)))
-        return
+        calibrations = fit(args.data, args.limit)
+        if args.write:
+            measured_for = {model: model_record(model)["sha256"] for model in calibrations}
+            store_calibration(args.models_json, "noise_calibration", calibrations, measured_for)
+            print(f"noise_calibration of {', '.join(calibrations)} written to {args.models_json}")
+        else:
+            print(json.dumps(calibrations, indent=2))
+        return 0
     rows = measure(args.data, args.sigmas, args.limit, args.methods)
     print(markdown(rows), end="")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-r"""Calibrates the likelihood guard of ``fdn denoise`` (``fdn.likelihood.OOD_THRESHOLDS``).
+r"""Calibrates the likelihood guard of ``fdn denoise``: each bundled model's ``ood_guard``.
 
 For each bundled model, random patches of its TRAINING folder (CBSD432 for colour, Train400
 for grey; the faces of faces/celeba/train for fdn-faces-sigma50) as its last training stage
@@ -7,14 +7,18 @@ its patch size, flips and rotations, noise and held-back images: the blind model
 with a random flip or rotation and AWGN of sigma uniform in [0, 55]; the faces model 64 x 64,
 no augmentation, sigma 50) are scored in bits/dim, each both in float (as in training) and
 rounded and clipped to 8 bits (as image files arrive). The threshold is the 99.9th percentile
-of those scores plus a margin; the script prints it as the Python literal to paste. Calibrate
-on training folders only, never on a test set.
+of those scores plus a margin. The script prints each model's ``ood_guard`` (the threshold,
+the scores' median, 99.9th percentile and maximum, a checkerboard's score, and what was
+measured on) as JSON; ``--write`` stores it in the model's record in ``models.json``
+(``--models-json``, the package's by default), which ``fdn.likelihood.ood_threshold`` reads.
+A release drops it: calibrate again after each. Calibrate on training folders only, never on
+a test set.
 
 ``--measure`` then reports, for other folders (held-out test sets, to REPORT only), the
 fraction of whole images at each sigma (noised as ``fdn eval`` does, then stored in 8 bits)
 that the guard would warn about, as ``fdn denoise`` scores them (the same pass).
 
-    OMP_NUM_THREADS=1 nice python benchmarks/ood_calibration.py \
+    OMP_NUM_THREADS=1 nice python benchmarks/ood_calibration.py --write \
         --data ../shared/data/train/CBSD432 ../shared/data/train/Train400 \
         --measure ../shared/data/test/CBSD68 ../shared/data/test/BSD68
 
@@ -26,6 +30,7 @@ model (``--data fdn-faces-sigma50=../shared/data/faces/celeba/train``, and so in
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -36,9 +41,16 @@ from fdn.config import config_from_dict
 from fdn.data import TrainingPatches, list_images
 from fdn.denoising import denoise_image
 from fdn.images import read_array
-from fdn.likelihood import OOD_THRESHOLDS, Likelihood, bits_per_dim_map
+from fdn.likelihood import Likelihood, bits_per_dim_map, ood_threshold
 from fdn.noise import AWGN
-from fdn.pretrained import DEFAULT_MODELS, load_pretrained, model_record
+from fdn.pretrained import (
+    DEFAULT_MODELS,
+    MODELS_JSON,
+    data_name,
+    load_pretrained,
+    model_record,
+    store_calibration,
+)
 
 PERCENTILE = 99.9
 MARGIN = 2.0  # bits/dim above the percentile
@@ -119,38 +131,71 @@ def measure(folder: str, model_name: str, threshold: float | None) -> None:
         )
 
 
-def main() -> None:
+def calibrate(name: str, folder: str, patches: int, seed: int) -> dict:
+    """Model ``name``'s ``ood_guard``, measured on ``patches`` patches of ``folder``."""
+    started = time.perf_counter()
+    scores = training_scores(folder, name, patches, seed)
+    cut = float(np.percentile(scores, PERCENTILE))
+    board_score, board_mean = checkerboard(name)
+    guard = {
+        "threshold_bits_per_dim": round(cut + MARGIN, 2),
+        "median": round(float(np.median(scores)), 2),
+        "percentile_99_9": round(cut, 2),
+        "max": round(float(scores.max()), 2),
+        "patches": patches,  # each scored twice: in float and stored in 8 bits
+        "margin": MARGIN,
+        "seed": seed,
+        "data": data_name(name, folder),
+        "checkerboard_bits_per_dim": round(board_score, 1),
+        "checkerboard_denoised_mean": round(board_mean, 1),
+    }
+    print(
+        f"{name} on {folder}: {scores.size} scores in {time.perf_counter() - started:.0f} s; "
+        f"bits/dim median {guard['median']}, 99th {np.percentile(scores, 99):.2f}, "
+        f"{PERCENTILE}th {guard['percentile_99_9']}, max {guard['max']}; "
+        f"threshold {guard['threshold_bits_per_dim']}; checkerboard {board_score:.1f} "
+        f"bits/dim, denoised mean {board_mean:.0f}"
+    )
+    return guard
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", required=True, help="[NAME=]training folders")
     parser.add_argument("--patches", type=int, default=4000, help="patches per model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measure", nargs="*", default=[], help="[NAME=]folders to report on")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--write", action="store_true", help="store each ood_guard in models.json (else print)"
+    )
+    parser.add_argument(
+        "--models-json",
+        type=Path,
+        default=MODELS_JSON,
+        metavar="PATH",
+        help="the table --write stores into (default: the package's)",
+    )
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    thresholds = {}
+    guards = {}
     for spec in args.data:
         name, folder = _model_and_folder(spec)
-        started = time.perf_counter()
-        scores = training_scores(folder, name, args.patches, args.seed)
-        cut = float(np.percentile(scores, PERCENTILE))
-        thresholds[name] = round(cut + MARGIN, 2)
-        board_score, board_mean = checkerboard(name)
-        print(
-            f"{name} on {folder}: {scores.size} scores in {time.perf_counter() - started:.0f} s; "
-            f"bits/dim median {np.median(scores):.2f}, 99th {np.percentile(scores, 99):.2f}, "
-            f"{PERCENTILE}th {cut:.2f}, max {scores.max():.2f}; threshold {thresholds[name]}; "
-            f"checkerboard {board_score:.1f} bits/dim, denoised mean {board_mean:.0f}"
-        )
-    print("OOD_THRESHOLDS: dict[str, tuple[str, float]] = {")
-    for name, threshold in sorted(thresholds.items()):
-        sha256 = model_record(name)["sha256"]
-        print(f'    "{name}": (\n        "{sha256}",\n        {threshold},\n    ),')
-    print("}")
+        guards[name] = calibrate(name, folder, args.patches, args.seed)
+    if args.write:
+        measured_for = {name: model_record(name)["sha256"] for name in guards}
+        store_calibration(args.models_json, "ood_guard", guards, measured_for)
+        print(f"ood_guard of {', '.join(guards)} written to {args.models_json}")
+    else:
+        print(json.dumps(guards, indent=2))
     for spec in args.measure:
         name, folder = _model_and_folder(spec)
-        threshold = thresholds.get(name, OOD_THRESHOLDS.get(name, ("", None))[1])
+        guard = guards.get(name)
+        threshold = (
+            guard["threshold_bits_per_dim"] if guard else ood_threshold(load_pretrained(name))
+        )
         measure(folder, name, threshold)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

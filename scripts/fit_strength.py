@@ -17,8 +17,9 @@ images: what the model measures at run time, so the curve needs no noise estimat
 writes ``strength_curve`` into ``models.json`` (with what it was fitted on and the gain per
 sigma) and prints the table. A release replaces the record and so drops its curve: fit again
 after each release. ``--dry-run`` prints without writing. The curve goes into ``models.json``
-as it is when the fit ends (``fdn.atomic.update_json``), so what was written meanwhile stays;
-a model released again meanwhile gets no curve (fit again).
+as it is when the fit ends (``fdn.pretrained.store_calibration``, as the other calibrations
+do), so what was written meanwhile stays; a model released again meanwhile gets no curve
+(fit again).
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fdn.atomic import update_json
 from fdn.config import config_from_dict
 from fdn.data import load_validation
 from fdn.metrics import psnr
 from fdn.model import FDN, residual_sigma
+from fdn.pretrained import store_calibration
 from fdn.serialization import load_model
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "fdn" / "weights"
@@ -142,20 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         curves[name] = curve
     if args.dry_run:
         return 0
+    # Into models.json as it is now (a release's --psnr may have written it meanwhile); a
+    # model released again meanwhile gets no stale curve (ValueError).
     fitted = {name: table[name].get("sha256") for name in curves}
-
-    def keep(current: dict) -> None:
-        # models.json as it is now: what others wrote while this fitted stays (a release
-        # run through --psnr, say); a model released again meanwhile gets no stale curve.
-        for name, curve in curves.items():
-            if current[name].get("sha256") != fitted[name]:
-                raise SystemExit(f"{name}: released again while its curve was fitted; fit again")
-            if curve is None:
-                current[name].pop("strength_curve", None)
-            else:
-                current[name]["strength_curve"] = curve
-
-    update_json(table_path, keep)
+    store_calibration(table_path, "strength_curve", curves, fitted)
     return 0
 
 

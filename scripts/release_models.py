@@ -18,8 +18,13 @@ Run: ``python scripts/release_models.py NAME=RUN_DIR [...] [--data-root DIR]``. 
 test-set PSNRs are added afterwards with ``--psnr NAME=results.json`` (an ``fdn eval --out``
 results file with NAME as a method); they go to the record and its latest release line.
 Only the records of the models it changed are written, into ``models.json`` as it is then and
-under a lock (``fdn.atomic.update_json``): two releases, or a release and
-``scripts/fit_strength.py``, may run at once.
+under a lock (``fdn.atomic.update_json``): two releases, or a release and a calibration
+(``scripts/fit_strength.py``, ``benchmarks/ood_calibration.py --write``,
+``benchmarks/noise_estimation.py --fit --write``), may run at once.
+
+A released model's record is new: what was calibrated for the weights it replaces (its
+``strength_curve``, ``ood_guard`` and ``noise_calibration``) is dropped, and the script prints
+the command that measures each again into ``models.json``.
 """
 
 from __future__ import annotations
@@ -40,9 +45,7 @@ from fdn.atomic import update_json
 from fdn.config import TrainConfig, config_from_dict
 from fdn.curves import Curve, plot_curves, read_log
 from fdn.data import load_validation
-from fdn.likelihood import OOD_THRESHOLDS
 from fdn.model import FDN
-from fdn.noise_level import CALIBRATION
 from fdn.serialization import load_model, save_model
 from fdn.training import CHECKPOINT, build_model, validate
 
@@ -50,6 +53,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_heldback import best_strength_scores
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "fdn" / "weights"
+# What is calibrated for a release's weights after it (a key of its record), and the command
+# that measures it again into models.json (docs/training.md, "Releases").
+RECALIBRATIONS = {
+    "strength_curve": "python scripts/fit_strength.py {name}",
+    "ood_guard": "python benchmarks/ood_calibration.py --write --data {name}=TRAIN_FOLDER",
+    "noise_calibration": (
+        "python benchmarks/noise_estimation.py --fit --write --limit 24 --data TRAIN_FOLDER"
+    ),
+}
 # How models.json names each optim.reconstruction in the loss it was trained with.
 _RECONSTRUCTION_NAMES = {"l1": "L1", "l2": "L2", "psnr": "PSNR loss"}
 
@@ -354,21 +366,11 @@ def release(
         "recipe": previous.get("recipe") if previous else None,
     }
     print(f"{name}: released ({storage}, float16 change {half - score:+.4f} dB)")
-    if previous and previous.get("strength_curve"):  # fitted to the old weights: dropped
-        print(f"{name}: now fit its strength curve again: python scripts/fit_strength.py {name}")
-    # The guard's threshold is tied to the weights' SHA-256 (tests/test_likelihood.py fails
-    # until it is measured again for the new file); a model without a threshold has no guard.
-    if name in OOD_THRESHOLDS:
-        print(
-            f"{name}: now recalibrate the out-of-distribution guard (fdn.likelihood."
-            "OOD_THRESHOLDS): python benchmarks/ood_calibration.py --data TRAIN_FOLDERS"
-        )
-    # So is the flow noise estimator's calibration (tests/test_noise_level.py).
-    if name in CALIBRATION:
-        print(
-            f"{name}: now fit the flow noise estimator's calibration again (fdn.noise_level."
-            "CALIBRATION): python benchmarks/noise_estimation.py --fit --limit 24 --data TRAIN"
-        )
+    # The new record keeps none of what was calibrated for the old weights: each is measured
+    # again for the new file (until then the model has no curve, no guard, a raw estimate).
+    for key, command in RECALIBRATIONS.items():
+        if previous and previous.get(key):
+            print(f"{name}: now measure its {key} again: {command.format(name=name)}")
     return True
 
 

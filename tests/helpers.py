@@ -85,10 +85,18 @@ def mild_model(channels: int = 3, seed: int = 0):
     )
 
 
-def load_script(name: str):
-    """The module of ``scripts/NAME.py`` (the maintainers' scripts are not in the package)."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+def load_script(name: str, folder: str = "scripts"):
+    """The module of ``scripts/NAME.py``, or of ``FOLDER/NAME.py`` (``benchmarks``): the
+    maintainers' scripts are not in the package."""
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def records_from(monkeypatch, table: dict) -> None:
+    """Makes the bundled models' records those of ``table`` (a models.json as a dict)."""
+    from fdn import pretrained
+
+    monkeypatch.setattr(pretrained, "model_record", lambda name: table[name])

@@ -86,3 +86,28 @@ def test_info_says_at_which_batches_a_run_trained():
     assert _batches(moved) == "5,500 at batch 16, then 1,351 at batch 128"
     assert _batches({"batch_size": 16, "iterations": 100}) == "batch 16"  # older records
     assert _batches({**moved, "batches": [[16, 6851]]}) == "batch 16"
+
+
+def test_info_says_whether_the_guard_and_the_noise_estimator_are_calibrated(monkeypatch):
+    # A release drops both from the record until they are measured again.
+    from fdn import info
+
+    record = model_record("fdn-grey-blind")
+    guard, curve = record["ood_guard"], record["noise_calibration"]
+    lines = info.info_lines(info.describe("fdn-grey-blind"))
+    threshold = guard["threshold_bits_per_dim"]
+    assert (
+        f"ood guard        warns above {threshold} bits/dim (calibrated on {guard['data']})"
+        in (lines)
+    )
+    assert f"noise estimate   flow calibrated on {curve['images']} images of {curve['data']}" in (
+        lines
+    )
+    released = {k: v for k, v in record.items() if k not in ("ood_guard", "noise_calibration")}
+    monkeypatch.setattr(info, "model_record", lambda name: released)
+    lines = info.info_lines(info.describe("fdn-grey-blind"))
+    assert "ood guard        none (not calibrated for these weights: no warning)" in lines
+    assert "noise estimate   flow uncalibrated for these weights (its raw residual)" in lines
+    # The faces model is not one the noise estimator runs: no line about it.
+    faces = info.info_lines(info.describe("fdn-faces-sigma50"))
+    assert not any(line.startswith("noise estimate") for line in faces)

@@ -112,20 +112,33 @@ def test_a_run_or_release_off_l1_must_also_win_at_the_best_strength(
     assert release_models.stage_reconstruction({"stage_config": {"optim": {}}}) == "l1"
 
 
-def test_a_release_says_what_to_measure_again_for_its_file(
+def test_a_release_drops_what_was_calibrated_for_the_old_file_and_says_how_to_measure_it(
     images, tmp_path, monkeypatch, capsys, release_models
 ):
-    # The OOD threshold and the noise estimator's curve are tied to the released file's SHA-256.
-    monkeypatch.setitem(release_models.OOD_THRESHOLDS, "tiny", ("0" * 64, 10.0))
-    monkeypatch.setitem(release_models.CALIBRATION, "tiny", ("0" * 64, (0.0, 1.0), (0.0, 1.0)))
-    scores(monkeypatch, release_models, [21.0, 21.0])
+    # The strength curve, the OOD guard and the noise estimator's curve hold for the weights
+    # they were measured on: the new record has none until each is measured again.
     weights = tmp_path / "weights"
-    assert (
-        release_models.main([f"tiny={run(images, tmp_path, 'run')}", "--weights", str(weights)])
-        == 0
-    )
+    first = run(images, tmp_path, "first")
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    assert release_models.main([f"tiny={first}", "--weights", str(weights)]) == 0
+    assert "measure its" not in capsys.readouterr().out  # nothing was calibrated yet
+    calibrated = {
+        "strength_curve": {"sigmas": [5.0], "strengths": [0.5]},
+        "ood_guard": {"threshold_bits_per_dim": 10.0},
+        "noise_calibration": {"sigmas": [0.0, 50.0], "raw": [1.0, 49.0]},
+    }
+    table = json.loads((weights / "models.json").read_text())
+    table["tiny"].update(calibrated)
+    (weights / "models.json").write_text(json.dumps(table))
+    second = run(images, tmp_path, "second", f"training.init='{weights / 'tiny.safetensors'}'")
+    scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
+    assert release_models.main([f"tiny={second}", "--weights", str(weights)]) == 0
+    record = json.loads((weights / "models.json").read_text())["tiny"]
+    assert len(record["releases"]) == 2 and not set(calibrated) & set(record)
     out = capsys.readouterr().out
-    assert "benchmarks/ood_calibration.py" in out and "benchmarks/noise_estimation.py --fit" in out
+    assert "scripts/fit_strength.py tiny" in out
+    assert "benchmarks/ood_calibration.py --write --data tiny=" in out
+    assert "benchmarks/noise_estimation.py --fit --write" in out
 
 
 def test_a_release_keeps_what_others_wrote_while_it_scored(

@@ -85,6 +85,10 @@ def model_info(model: FDN, height: int = 256, width: int = 256) -> dict:
 def training_record(name: str) -> dict:
     """How bundled model ``name`` was trained and how well it does (from ``models.json``)."""
     record = model_record(name)
+    # What was calibrated for these weights since their release (None: not yet, or never).
+    calibrations = {"ood_guard": record.get("ood_guard")}
+    if name in DEFAULT_MODELS.values():  # the models the flow noise estimator runs
+        calibrations["noise_calibration"] = record.get("noise_calibration")
     return {
         "cumulative": record["cumulative"],  # iterations, patches, CPU and GPU hours
         "last_stage": record["training"],
@@ -95,6 +99,7 @@ def training_record(name: str) -> dict:
         # At the default strength, for a model with a strength curve (scripts/fit_strength.py).
         "test_psnr_db_default": record.get("psnr_db_default", {}),
         "strength_curve": record.get("strength_curve"),
+        **calibrations,
         # The config each stage is trained with (relative to the source tree, not installed).
         "recipe": record.get("recipe"),
     }
@@ -141,6 +146,26 @@ def _scores(psnr: dict[str, float]) -> str:
     return f"sigma {sigmas}: {' / '.join(f'{value:.2f}' for value in psnr.values())} dB"
 
 
+def _calibration_lines(record: dict) -> list[str]:
+    """Whether the likelihood guard and (for a model the flow estimator runs) the noise
+    estimator are calibrated for the weights: a release drops both until measured again."""
+    guard = record["ood_guard"]
+    lines = [
+        f"ood guard        warns above {guard['threshold_bits_per_dim']} bits/dim "
+        f"(calibrated on {guard['data']})"
+        if guard
+        else "ood guard        none (not calibrated for these weights: no warning)"
+    ]
+    if "noise_calibration" in record:
+        curve = record["noise_calibration"]
+        lines.append(
+            f"noise estimate   flow calibrated on {curve['images']} images of {curve['data']}"
+            if curve
+            else "noise estimate   flow uncalibrated for these weights (its raw residual)"
+        )
+    return lines
+
+
 def info_lines(info: dict) -> list[str]:
     """:func:`describe`'s report as the lines ``fdn info`` prints."""
     config = info["config"]
@@ -183,6 +208,7 @@ def info_lines(info: dict) -> list[str]:
                 f"  by default     {name} {_scores(psnr)} (strength curve: docs/model-card.md)"
                 for name, psnr in record["test_psnr_db_default"].items()
             ]
+        lines += _calibration_lines(record)
         if record["recipe"]:
             lines.append(
                 f"recipe           {record['recipe']} (each stage's exact config: "

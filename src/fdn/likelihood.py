@@ -13,8 +13,9 @@ cannot be attributed to positions (the 1x1 convolutions' share is uniform, the c
 is not recorded per position), so it is spread evenly over the blocks. The mean of the map is
 the image's bits/dim exactly.
 
-The out-of-distribution guard compares an image's bits/dim with :data:`OOD_THRESHOLDS`,
-calibrated per bundled model on training patches (``benchmarks/ood_calibration.py``).
+The out-of-distribution guard compares an image's bits/dim with a threshold calibrated per
+bundled model on its training patches and kept in its record in ``models.json``
+(``ood_guard``, written by ``benchmarks/ood_calibration.py --write``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from fdn.losses import _LOG_2PI  # the training NLL's constant, so the two agree
 from fdn.model import FDN
 
 __all__ = [
-    "OOD_THRESHOLDS",
     "Likelihood",
     "bits_per_dim_map",
     "encode_for_likelihood",
@@ -38,38 +38,6 @@ __all__ = [
 ]
 
 _LOG2_255 = math.log2(255)
-
-# The guard's threshold per bundled model, in bits/dim, with the SHA-256 of the weights it was
-# calibrated for (a re-released model is not guarded until it is recalibrated). Measured by
-#   OMP_NUM_THREADS=1 nice python benchmarks/ood_calibration.py \
-#       --data ../shared/data/train/CBSD432 ../shared/data/train/Train400
-# on 4,000 random training patches per model, drawn as its last stage drew them (96 x 96,
-# flips and rotations, AWGN of sigma uniform in [0, 55]; each patch both in float as in
-# training and rounded and clipped to 8 bits as files are; seed 0): the 99.9th percentile of
-# the patches' bits/dim plus a margin of 2 bits/dim. Colour (release of 2026-11-26 at
-# held-back 30.332): median 6.99, 99.9th percentile 8.08, max 8.37; grey (28.265): 7.14,
-# 8.25, 8.41. A 1-pixel checkerboard scores 19308.2 (colour; 609.0, 19.2, 20.5, 303.8, 469.4
-# and 803.7 under earlier releases) and 19334.3 (grey; 20548.8, 30343.7, 24990.1, 22044.8,
-# 10603.9, 6501.0 and 2113.3 under the releases at 28.248, 28.224, 28.204, 28.179, 28.123,
-# 28.069 and 27.976).
-OOD_THRESHOLDS: dict[str, tuple[str, float]] = {
-    "fdn-color-blind": (
-        "34beb20f70f5fadd6b774b108381df0991d7332b11d8ab5ba890c779db4a15a7",
-        10.08,
-    ),
-    "fdn-grey-blind": (
-        "1095a1b8c9fd562ffa6cad76550db196152100420d42f25ea4588d3067cdbad1",
-        10.25,
-    ),
-    # 4,000 patches of faces/celeba/train as it trained (64 x 64, no augmentation, sigma 50):
-    # median 7.76, 99.9th percentile 7.95, max 8.09; checkerboard 27.0. A model of sigma-50
-    # faces finds a clean face improbable: it warns on 990 of the 1,000 test faces at sigma 0,
-    # 175 at 15, 18 at 25, 2 at 50, which is the warning a user of this model needs.
-    "fdn-faces-sigma50": (
-        "2ac9fd615db73df8b018753126a0f66f6b7775b484888c5ce22465eb79f1d703",
-        9.95,
-    ),
-}
 
 
 def bits_per_dim_map(z: Tensor, logdet: Tensor) -> Tensor:
@@ -124,15 +92,14 @@ class Likelihood:
 
 
 def ood_threshold(model: FDN) -> float | None:
-    """The guard's bits/dim threshold for ``model``: calibrated for the bundled models as
-    released (:data:`OOD_THRESHOLDS`); None for any other model (no guard)."""
+    """The guard's bits/dim threshold for ``model``: a bundled model's, as calibrated for its
+    weights (``ood_guard`` in its record); None for a bundled model not calibrated since its
+    release and for any other model file (no guard: nothing says what is usual for it)."""
     from fdn.pretrained import model_record, pretrained_name
 
     name = pretrained_name(model)
-    if name is None or name not in OOD_THRESHOLDS:
-        return None
-    sha256, threshold = OOD_THRESHOLDS[name]
-    return threshold if model_record(name)["sha256"] == sha256 else None
+    guard = model_record(name).get("ood_guard") if name is not None else None
+    return guard["threshold_bits_per_dim"] if guard else None
 
 
 @torch.no_grad()

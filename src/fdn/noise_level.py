@@ -11,7 +11,9 @@ Three estimators, by name (:data:`fdn.choices.NOISE_ESTIMATORS`):
   few large eigenvalues, so it is ignored.
 - ``"flow"``: the bundled blind FDN for the image's channels: the residual ``y - denoise(y)``,
   its robust standard deviation (1.4826 x its median absolute value), mapped through a
-  calibration curve fitted on training images (``benchmarks/noise_estimation.py --fit``).
+  calibration curve fitted on training images for the model's weights and kept in its
+  record in ``models.json`` (``noise_calibration``, written by
+  ``benchmarks/noise_estimation.py --fit --write``).
 
 ``docs/noise-estimation.md`` measures them on CBSD68 and BSD68. The classical ones need only
 numpy; ``"flow"`` imports torch when it runs. Every estimator sees the colour channels only
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
     from fdn.model import FDN
 
 __all__ = [
-    "CALIBRATION",
     "METHODS",
     "estimate_files",
     "estimate_noise",
@@ -52,32 +53,6 @@ __all__ = [
 ]
 
 METHODS = NOISE_ESTIMATORS
-
-# The flow estimator's calibration, per bundled model: the SHA-256 of the weights it was fitted
-# for, and its raw estimate (the residual's robust standard deviation) at each true sigma,
-# averaged over training images (CBSD432, Train400). Fitted by benchmarks/noise_estimation.py
-# --fit after each release (tests/test_noise_level.py checks the SHA-256 against models.json);
-# an estimate is read off by interpolation. (24 images each, seed 1, sigma 0-55: the models'
-# training range. Refitted for the releases at held-back 30.185 and 28.123, the curve moved
-# by at most 0.06 (colour) and 0.29 (grey) from the one fitted for the first releases; for
-# the colour releases at 30.222, 30.255 and 30.283, by at most 0.04, 0.02 and 0.01 more; for
-# the releases at 30.332 and 28.179, by at most 0.05 (colour) and 0.09 (grey) from the last;
-# for the grey releases at 28.204 and 28.224, by at most 0.03 each; for the grey release at
-# 28.248, trained its last 500 steps on the PSNR loss, by 0.04-0.31, lower at every sigma;
-# for the grey release at 28.265, by at most 0.08.)
-_FIT_SIGMAS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 55.0)
-CALIBRATION: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
-    "fdn-color-blind": (
-        "34beb20f70f5fadd6b774b108381df0991d7332b11d8ab5ba890c779db4a15a7",
-        _FIT_SIGMAS,
-        (0.549, 4.300, 9.054, 13.939, 18.849, 23.822, 28.815, 38.851, 48.892, 53.873),
-    ),
-    "fdn-grey-blind": (
-        "1095a1b8c9fd562ffa6cad76550db196152100420d42f25ea4588d3067cdbad1",
-        _FIT_SIGMAS,
-        (1.207, 4.252, 8.544, 13.343, 18.295, 23.546, 28.68, 38.727, 48.506, 53.303),
-    ),
-}
 
 # A Gaussian's standard deviation over its median absolute value (1.4826...), for the MAD
 # estimator here and the flow's residual (fdn.model.residual_sigma).
@@ -160,9 +135,14 @@ def flow_model_name(channels: int) -> str:
 
 
 def _calibrated(raw: float, model: str) -> float:
-    if model not in CALIBRATION:
+    """``raw`` read off bundled ``model``'s calibration curve: the mean raw estimate at each
+    true sigma on training images. A model not calibrated since its release keeps ``raw``."""
+    from fdn.pretrained import model_record
+
+    calibration = model_record(model).get("noise_calibration")
+    if not calibration:
         return raw
-    _, sigmas, raws = CALIBRATION[model]
+    sigmas, raws = calibration["sigmas"], calibration["raw"]
     if raw <= raws[-1]:
         return float(np.interp(raw, raws, sigmas))
     # Beyond the fitted range (sigma > 55), extrapolate along the last segment.
