@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -33,7 +34,10 @@ from fdn.evaluation import find_dataset
 from fdn.images import read_array
 from fdn.noise import AWGN
 from fdn.noise_level import METHODS, _calibrated, estimate_noise, flow_model_name
-from fdn.pretrained import MODELS_JSON, data_name, model_record, store_calibration
+from fdn.pretrained import data_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration_table import add_options, write_or_print
 
 FIT_SEED = 1  # the noise seed of the fit: not the base seed 0 of the measurements
 FIT_SIGMAS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 55.0)
@@ -152,31 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="estimators to run"
     )
     parser.add_argument("--fit", action="store_true", help="fit the flow's calibration instead")
-    parser.add_argument(
-        "--write",
-        action="store_true",
-        help="with --fit: store each noise_calibration in models.json (else print)",
-    )
-    parser.add_argument(
-        "--models-json",
-        type=Path,
-        default=MODELS_JSON,
-        metavar="PATH",
-        help="the table --write stores into (default: the package's)",
-    )
+    add_options(parser, "noise_calibration")  # with --fit
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if args.write and not args.fit:
         parser.error("--write stores what --fit fits: give both")
     torch.set_num_threads(1)
     if args.fit:
-        calibrations = fit(args.data, args.limit)
-        if args.write:
-            measured_for = {model: model_record(model)["sha256"] for model in calibrations}
-            store_calibration(args.models_json, "noise_calibration", calibrations, measured_for)
-            print(f"noise_calibration of {', '.join(calibrations)} written to {args.models_json}")
-        else:
-            print(json.dumps(calibrations, indent=2))
+        write_or_print(args, "noise_calibration", fit(args.data, args.limit))
         return 0
     rows = measure(args.data, args.sigmas, args.limit, args.methods)
     print(markdown(rows), end="")

@@ -30,7 +30,7 @@ model (``--data fdn-faces-sigma50=../shared/data/faces/celeba/train``, and so in
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -45,12 +45,13 @@ from fdn.likelihood import Likelihood, bits_per_dim_map, ood_threshold
 from fdn.noise import AWGN
 from fdn.pretrained import (
     DEFAULT_MODELS,
-    MODELS_JSON,
     data_name,
     load_pretrained,
     model_record,
-    store_calibration,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration_table import add_options, write_or_print
 
 PERCENTILE = 99.9
 MARGIN = 2.0  # bits/dim above the percentile
@@ -165,28 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patches", type=int, default=4000, help="patches per model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measure", nargs="*", default=[], help="[NAME=]folders to report on")
-    parser.add_argument(
-        "--write", action="store_true", help="store each ood_guard in models.json (else print)"
-    )
-    parser.add_argument(
-        "--models-json",
-        type=Path,
-        default=MODELS_JSON,
-        metavar="PATH",
-        help="the table --write stores into (default: the package's)",
-    )
+    add_options(parser, "ood_guard")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     guards = {}
     for spec in args.data:
         name, folder = _model_and_folder(spec)
         guards[name] = calibrate(name, folder, args.patches, args.seed)
-    if args.write:
-        measured_for = {name: model_record(name)["sha256"] for name in guards}
-        store_calibration(args.models_json, "ood_guard", guards, measured_for)
-        print(f"ood_guard of {', '.join(guards)} written to {args.models_json}")
-    else:
-        print(json.dumps(guards, indent=2))
+    write_or_print(args, "ood_guard", guards)
     for spec in args.measure:
         name, folder = _model_and_folder(spec)
         guard = guards.get(name)
