@@ -1,0 +1,152 @@
+r"""Measures a bundled model after its release (maintainers only): what
+``scripts/release_models.py`` dropped with the old weights, and the test-set scores.
+
+A release writes a new record without the old weights' calibrations; this runs every
+measurement that follows it, in two lanes side by side (one thread each, for a two-core
+machine), each step's output in ``OUT/lane1.log`` and ``OUT/lane2.log``:
+
+- lane 1: the strength curve (``scripts/fit_strength.py``); ``fdn eval`` on the model's test
+  sets at strength 1, the protocol releases are compared by, and where a curve was kept at the
+  default strength too; both added to the record (``release_models.py --psnr``,
+  ``--psnr-default``);
+- lane 2: the out-of-distribution guard (``benchmarks/ood_calibration.py --write``) and, for
+  the models the flow noise estimator uses, its curve (``benchmarks/noise_estimation.py
+  --fit --write``), both on the model's training folder.
+
+    OMP_NUM_THREADS=1 nice python scripts/measure_release.py fdn-grey-blind \
+        --data-root ../shared/data --out ~/fdn-runs/measure-grey
+
+The folders come from the record: its training data (``training.data``) and the test sets it
+was scored on (``psnr_db``, under ``DATA_ROOT/test``), or ``--test-sets``. About an hour for
+the grey model on an AVX2 CPU. ``--dry-run`` prints the steps. Then the model card's numbers:
+``release_models.py --table NAME`` prints its row (``docs/training.md``, "Releases").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_JSON = ROOT / "src" / "fdn" / "weights" / "models.json"
+SIGMAS = ("15", "25", "50")
+
+
+def _record(name: str, table_path: Path) -> dict:
+    table = json.loads(table_path.read_text())
+    if name not in table:
+        raise SystemExit(f"{table_path}: no bundled model {name!r} ({', '.join(table)})")
+    return table[name]
+
+
+def folders(
+    name: str, data_root: Path, test_sets: list[str], table_path: Path
+) -> tuple[Path, list[Path]]:
+    """``(training folder, test-set folders)`` of bundled model ``name``."""
+    record = _record(name, table_path)
+    train = data_root / record["training"]["data"]
+    tests = [Path(t) for t in test_sets] or [
+        data_root / "test" / key for key in record.get("psnr_db", {})
+    ]
+    for folder in [train, *tests]:
+        if not folder.is_dir():
+            raise SystemExit(f"{folder}: no such folder (give --data-root or --test-sets)")
+    if not tests:
+        raise SystemExit(f"{name}: its record names no test set: give --test-sets")
+    return train, tests
+
+
+def _python(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(ROOT / script), *args]
+
+
+def _eval(name: str, tests: list[Path], out: Path, *extra: str) -> list[str]:
+    data = [str(t) for t in tests]
+    return [sys.executable, "-m", "fdn", "eval", "--model", name, "--data", *data,
+            "--sigma", *SIGMAS, "--no-progress", "--out", str(out), *extra]  # fmt: skip
+
+
+def lanes(
+    name: str, data_root: Path, train: Path, tests: list[Path], out: Path, noise: bool
+) -> dict:
+    """The steps of each lane: lists of ``(command, condition)``, where a condition (or None)
+    is the key the record must hold by then for the step to run."""
+    release = "scripts/release_models.py"
+    lane1 = [
+        (_python("scripts/fit_strength.py", name, "--data-root", str(data_root)), None),
+        (_eval(name, tests, out / "strength1", "--strength", "1"), None),
+        (_python(release, "--psnr", f"{name}={out / 'strength1' / 'results.json'}"), None),
+        (_eval(name, tests, out / "default"), "strength_curve"),
+        (
+            _python(release, "--psnr-default", f"{name}={out / 'default' / 'results.json'}"),
+            "strength_curve",
+        ),
+    ]
+    guard = ("--write", "--data", f"{name}={train}")
+    lane2 = [(_python("benchmarks/ood_calibration.py", *guard), None)]
+    if noise:
+        fit = ("--fit", "--write", "--limit", "24", "--data", str(train))
+        lane2.append((_python("benchmarks/noise_estimation.py", *fit), None))
+    return {"lane1": lane1, "lane2": lane2}
+
+
+def run_lane(steps: list, name: str, log: Path, table_path: Path, failures: list) -> None:
+    """Runs ``steps`` in order, output to ``log``; the first failure ends the lane."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with log.open("a") as stream:
+        for command, condition in steps:
+            if condition and not _record(name, table_path).get(condition):
+                print(f"skipped (no {condition}): {shlex.join(command)}", file=stream, flush=True)
+                continue
+            print(f"$ {shlex.join(command)}", file=stream, flush=True)
+            code = subprocess.run(command, stdout=stream, stderr=stream, env=env, cwd=ROOT)
+            if code.returncode != 0:
+                failures.append(f"{shlex.join(command)} exited {code.returncode} (see {log})")
+                return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", metavar="NAME", help="a bundled model just released")
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--test-sets", nargs="+", default=[], metavar="DIR")
+    parser.add_argument("--out", type=Path, required=True, help="folder for results and logs")
+    parser.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
+    parser.add_argument("--models-json", type=Path, default=MODELS_JSON, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    train, tests = folders(args.name, args.data_root, args.test_sets, args.models_json)
+    from fdn.pretrained import DEFAULT_MODELS  # the models the flow noise estimator uses
+
+    noise = args.name in DEFAULT_MODELS.values()
+    planned = lanes(args.name, args.data_root, train, tests, args.out, noise)
+    if args.dry_run:
+        for lane, steps in planned.items():
+            for command, condition in steps:
+                print(f"{lane}: {shlex.join(command)}" + (f"  (if {condition})" * bool(condition)))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    threads = [
+        threading.Thread(
+            target=run_lane,
+            args=(steps, args.name, args.out / f"{lane}.log", args.models_json, failures),
+        )
+        for lane, steps in planned.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for failure in failures:
+        print(f"measure_release: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+import json
+import sys
+
+import pytest
+
+from helpers import load_script
+
+
+@pytest.fixture(scope="module")
+def measure_release():
+    return load_script("measure_release")
+
+
+def fake_table(tmp_path, name="fdn-grey-blind", tests=("BSD68", "Set12")):
+    """A models.json with one record and a data root holding its folders."""
+    root = tmp_path / "data"
+    (root / "train" / "Train400").mkdir(parents=True)
+    for test in tests:
+        (root / "test" / test).mkdir(parents=True)
+    record = {"training": {"data": "train/Train400"}, "psnr_db": {t: {} for t in tests}}
+    table = tmp_path / "models.json"
+    table.write_text(json.dumps({name: record}))
+    return root, table
+
+
+def dry_run(measure_release, capsys, name, root, table, out):
+    argv = [name, "--data-root", str(root), "--out", str(out), "--models-json", str(table)]
+    assert measure_release.main([*argv, "--dry-run"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_the_steps_follow_the_record(tmp_path, capsys, measure_release):
+    root, table = fake_table(tmp_path)
+    lines = dry_run(measure_release, capsys, "fdn-grey-blind", root, table, tmp_path / "out")
+    lane1 = [line for line in lines if line.startswith("lane1: ")]
+    lane2 = [line for line in lines if line.startswith("lane2: ")]
+    assert len(lane1) == 5 and len(lane2) == 2
+    assert f"fit_strength.py fdn-grey-blind --data-root {root}" in lane1[0]
+    # Strength 1 on every test set the record was scored on, then into the record.
+    assert f"--data {root / 'test' / 'BSD68'} {root / 'test' / 'Set12'}" in lane1[1]
+    assert lane1[1].endswith("--strength 1") and "--psnr fdn-grey-blind=" in lane1[2]
+    # The default strength only where a strength curve was kept.
+    assert all(line.endswith("(if strength_curve)") for line in lane1[3:])
+    assert (
+        f"ood_calibration.py --write --data fdn-grey-blind={root / 'train' / 'Train400'}"
+        in (lane2[0])
+    )
+    assert "noise_estimation.py --fit --write" in lane2[1]
+
+
+def test_only_the_noise_estimators_models_get_a_noise_fit(tmp_path, capsys, measure_release):
+    root, table = fake_table(tmp_path, name="my-faces", tests=("faces",))
+    lines = dry_run(measure_release, capsys, "my-faces", root, table, tmp_path / "out")
+    assert not any("noise_estimation" in line for line in lines)
+    assert sum(line.startswith("lane2: ") for line in lines) == 1
+
+
+def test_a_missing_folder_is_named(tmp_path, capsys, measure_release):
+    root, table = fake_table(tmp_path)
+    (root / "test" / "Set12").rmdir()
+    with pytest.raises(SystemExit, match="Set12: no such folder"):
+        dry_run(measure_release, capsys, "fdn-grey-blind", root, table, tmp_path / "out")
+    with pytest.raises(SystemExit, match="no bundled model 'nope'"):
+        dry_run(measure_release, capsys, "nope", root, table, tmp_path / "out")
+
+
+def test_a_lane_skips_what_the_record_lacks_and_stops_at_a_failure(tmp_path, measure_release):
+    _, table = fake_table(tmp_path)
+
+    def writes(name):
+        return [sys.executable, "-c", f"open({str(tmp_path / name)!r}, 'w')"]
+
+    steps = [
+        (writes("first"), None),
+        (writes("curve"), "strength_curve"),  # the fake record has none: skipped
+        ([sys.executable, "-c", "raise SystemExit(3)"], None),
+        (writes("after"), None),
+    ]
+    failures = []
+    log = tmp_path / "lane.log"
+    measure_release.run_lane(steps, "fdn-grey-blind", log, table, failures)
+    assert (tmp_path / "first").exists()
+    assert not (tmp_path / "curve").exists() and not (tmp_path / "after").exists()
+    assert len(failures) == 1 and "exited 3" in failures[0]
+    assert "skipped (no strength_curve)" in log.read_text()
