@@ -9,9 +9,10 @@ machine), each step's output in ``OUT/lane1.log`` and ``OUT/lane2.log``:
   sets at strength 1, the protocol releases are compared by, and where a curve was kept at the
   default strength too; both added to the record (``release_models.py --psnr``,
   ``--psnr-default``);
-- lane 2: the out-of-distribution guard (``benchmarks/ood_calibration.py --write``) and, for
-  the models the flow noise estimator uses, its curve (``benchmarks/noise_estimation.py
-  --fit --write``), both on the model's training folder.
+- lane 2: the out-of-distribution guard (``benchmarks/ood_calibration.py --write``, then
+  how often it warns on the test sets, ``--measure``) and, for the models the flow noise
+  estimator uses, its curve (``benchmarks/noise_estimation.py --fit --write``), both fitted
+  on the model's training folder.
 
     OMP_NUM_THREADS=1 nice python scripts/measure_release.py fdn-grey-blind \
         --data-root ../shared/data --out ~/fdn-runs/measure-grey
@@ -88,7 +89,9 @@ def lanes(
             "strength_curve",
         ),
     ]
-    guard = ("--write", "--data", f"{name}={train}")
+    # The guard is set on the training folder; the test sets are only reported on (--measure:
+    # how many of their images it warns about, the README's table).
+    guard = ("--write", "--data", f"{name}={train}", "--measure", *(f"{name}={t}" for t in tests))
     lane2 = [(_python("benchmarks/ood_calibration.py", *guard), None)]
     if noise:
         fit = ("--fit", "--write", "--limit", "24", "--data", str(train))

@@ -45,6 +45,7 @@ def test_the_steps_follow_the_record(tmp_path, capsys, measure_release):
         f"ood_calibration.py --write --data fdn-grey-blind={root / 'train' / 'Train400'}"
         in (lane2[0])
     )
+    assert f"--measure fdn-grey-blind={root / 'test' / 'BSD68'}" in lane2[0]  # reported only
     assert "noise_estimation.py --fit --write" in lane2[1]
 
 
