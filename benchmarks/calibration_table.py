@@ -35,5 +35,8 @@ def write_or_print(args: argparse.Namespace, key: str, calibrations: dict[str, d
         print(json.dumps(calibrations, indent=2))
         return
     measured_for = {name: model_record(name)["sha256"] for name in calibrations}
-    store_calibration(args.models_json, key, calibrations, measured_for)
+    try:
+        store_calibration(args.models_json, key, calibrations, measured_for)
+    except ValueError as error:  # released again meanwhile: one line, not a traceback
+        raise SystemExit(str(error)) from None
     print(f"{key} of {', '.join(calibrations)} written to {args.models_json}")

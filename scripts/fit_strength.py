@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     # Into models.json as it is now (a release's --psnr may have written it meanwhile); a
     # model released again meanwhile gets no stale curve (ValueError).
     fitted = {name: table[name].get("sha256") for name in curves}
-    store_calibration(table_path, "strength_curve", curves, fitted)
+    try:
+        store_calibration(table_path, "strength_curve", curves, fitted)
+    except ValueError as error:  # released again meanwhile: one line, not a traceback
+        raise SystemExit(f"fit_strength.py: {error}") from None
     return 0
 
 

@@ -111,7 +111,7 @@ def test_a_model_released_again_while_it_fits_gets_no_stale_curve(
         return np.array([20 - abs(s - 0.5) for s in fit_strength.STRENGTHS]), 4.0
 
     monkeypatch.setattr(fit_strength, "scores", scores_and_a_release_meanwhile)
-    with pytest.raises(ValueError, match="released again"):
+    with pytest.raises(SystemExit, match="released again"):
         fit_strength.main(["tiny", "--weights", str(released), "--sigmas", "5"])
     assert "strength_curve" not in json.loads(path.read_text())["tiny"]
 

@@ -123,6 +123,23 @@ def test_the_calibration_prints_or_writes_the_guard_that_denoise_reads(
     assert ood_threshold(load_pretrained("fdn-grey-blind")) == 11.0
 
 
+def test_a_guard_measured_for_weights_since_replaced_is_not_stored(
+    tmp_path, monkeypatch, ood_calibration
+):
+    # Released again while the guard was measured: the table now names other weights.
+    table = json.loads(pretrained.MODELS_JSON.read_text())
+    table["fdn-grey-blind"]["sha256"] = "0" * 64
+    table["fdn-grey-blind"].pop("ood_guard")
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setattr(ood_calibration, "training_scores", lambda *_: np.linspace(6, 9, 11))
+    monkeypatch.setattr(ood_calibration, "checkerboard", lambda name: (20000.0, 150.0))
+    argv = ["--data", f"fdn-grey-blind={tmp_path}", "--write", "--models-json", str(path)]
+    with pytest.raises(SystemExit, match="fdn-grey-blind: released again"):
+        ood_calibration.main(argv)
+    assert "ood_guard" not in json.loads(path.read_text())["fdn-grey-blind"]
+
+
 @pytest.mark.parametrize("channels", [3, 1])
 def test_natural_photos_pass_and_a_checkerboard_is_flagged(channels):
     # The bundled model for the channels, as fdn denoise picks it: the guard's own decision.
