@@ -43,12 +43,7 @@ from fdn.denoising import denoise_image
 from fdn.images import read_array
 from fdn.likelihood import Likelihood, bits_per_dim_map, ood_threshold
 from fdn.noise import AWGN
-from fdn.pretrained import (
-    DEFAULT_MODELS,
-    data_name,
-    load_pretrained,
-    model_record,
-)
+from fdn.pretrained import DEFAULT_MODELS, data_name, load_pretrained, model_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration_table import add_options, write_or_print

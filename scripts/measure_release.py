@@ -34,8 +34,10 @@ import sys
 import threading
 from pathlib import Path
 
+# DEFAULT_MODELS: the models the flow noise estimator runs (fdn.noise_level.flow_model_name).
+from fdn.pretrained import DEFAULT_MODELS, MODELS_JSON
+
 ROOT = Path(__file__).resolve().parents[1]
-MODELS_JSON = ROOT / "src" / "fdn" / "weights" / "models.json"
 SIGMAS = ("15", "25", "50")
 
 
@@ -124,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-json", type=Path, default=MODELS_JSON, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     train, tests = folders(args.name, args.data_root, args.test_sets, args.models_json)
-    from fdn.pretrained import DEFAULT_MODELS  # the models the flow noise estimator uses
-
     noise = args.name in DEFAULT_MODELS.values()
     planned = lanes(args.name, args.data_root, train, tests, args.out, noise)
     if args.dry_run:
