@@ -47,7 +47,7 @@ from fdn.curves import Curve, plot_curves, read_log
 from fdn.data import load_validation
 from fdn.model import FDN
 from fdn.serialization import load_model, save_model
-from fdn.training import CHECKPOINT, build_model, validate
+from fdn.training import CHECKPOINT, average_key, build_model, validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_heldback import best_strength_scores
@@ -66,15 +66,27 @@ RECALIBRATIONS = {
 _RECONSTRUCTION_NAMES = {"l1": "L1", "l2": "L2", "psnr": "PSNR loss"}
 
 
-def trained_model(run_dir: Path) -> tuple[FDN, TrainConfig, int, str | None]:
-    """The run's model (its moving average when it has one), config, iterations, and the id
+def trained_model(
+    run_dir: Path, average: float | None = None
+) -> tuple[FDN, TrainConfig, int, str | None]:
+    """The run's model (its moving average when it has one, or with ``average``, the one of
+    that decay it keeps beside it: ``training.ema_extra``), config, iterations, and the id
     that names the run across resumes (None for a checkpoint from before ids)."""
     checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
     config = config_from_dict(checkpoint["config"])
     model = build_model(config)
-    model.load_state_dict(
-        checkpoint["ema"]["model"] if "ema" in checkpoint else checkpoint["model"]
-    )
+    if average is not None:
+        kept = checkpoint.get("ema_extra", {})
+        if average_key(average) not in kept:
+            raise SystemExit(
+                f"{run_dir}: no moving average of decay {average:g} beside the run's own "
+                f"(training.ema_extra: {', '.join(kept) or 'none'})"
+            )
+        state = kept[average_key(average)]["model"]
+        config.training.ema = average  # what the released model is, in its record
+    else:
+        state = checkpoint["ema"]["model"] if "ema" in checkpoint else checkpoint["model"]
+    model.load_state_dict(state)
     return model.eval(), config, checkpoint["step"], checkpoint.get("run_id")
 
 
@@ -200,13 +212,15 @@ def release(
     weights: Path,
     data_root: str | None,
     continues: bool = False,
+    average: float | None = None,
 ) -> bool:
     """Releases ``run_dir`` as ``name`` into ``weights`` and ``table`` when it beats the current
     release on the run's held-back images; returns whether it did.
 
     ``continues`` says the run started from the current release although its ``init`` names
-    a file that is not here (a copy of the release on the GPU machine that trained it)."""
-    model, config, steps, run_id = trained_model(run_dir)
+    a file that is not here (a copy of the release on the GPU machine that trained it);
+    ``average`` picks one of the run's moving averages beside its own (trained_model)."""
+    model, config, steps, run_id = trained_model(run_dir, average)
     if data_root:
         config.data.root = data_root
     # The same run released again (it went on training after its release): only what it did
@@ -491,13 +505,21 @@ def main(argv: list[str] | None = None) -> int:
         help="the runs started from the current release through a file that is not here "
         "(a copy on the machine that trained them): add to its record",
     )
+    parser.add_argument(
+        "--average",
+        type=float,
+        metavar="DECAY",
+        help="release the runs' moving average of this decay, one they keep beside their own "
+        "(training.ema_extra), instead of their own",
+    )
     args = parser.parse_args(argv)
     table_path = args.weights / "models.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
     changed = []
     for entry in args.runs:
         name, run_dir = entry.split("=", 1)
-        if release(name, Path(run_dir), table, args.weights, args.data_root, args.continues):
+        run = Path(run_dir)
+        if release(name, run, table, args.weights, args.data_root, args.continues, args.average):
             changed.append(name)
     for entry in args.psnr:
         name, results = entry.split("=", 1)

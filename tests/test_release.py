@@ -4,6 +4,7 @@ images, and the record sums the iterations and hours of every stage."""
 import json
 
 import pytest
+import torch
 
 from fdn import load_model
 from fdn.training import train
@@ -482,3 +483,29 @@ def test_a_stage_counts_the_patches_of_each_steps_batch(tmp_path, release_models
     old = [{key: value for key, value in row.items() if key != "patches_per_step"} for row in rows]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old))
     assert count(tmp_path, 0, 200, 16) == 200 * 16
+
+
+def test_release_of_an_average_kept_beside_the_runs_own(
+    images, tmp_path, monkeypatch, release_models
+):
+    # A run that compared averaging horizons (training.ema_extra) releases the one that
+    # scored best on the held-back images; the record says which decay the model is.
+    weights = tmp_path / "weights"
+    beside = run(images, tmp_path, "beside", "training.ema_extra=[0.1]", "optim.lr=1e-2")
+    with pytest.raises(SystemExit, match=r"decay 0\.5 .*training\.ema_extra: 0\.1"):
+        release_models.main(["tiny=" + str(beside), "--weights", str(weights), "--average", "0.5"])
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    release_models.main(["tiny=" + str(beside), "--weights", str(weights), "--average", "0.1"])
+    record = json.loads((weights / "models.json").read_text())["tiny"]
+    assert record["training"]["ema"] == 0.1
+    released = load_model(weights / "tiny.safetensors").state_dict()
+    kept = load_model(beside / "ema0.1.safetensors").state_dict()  # its last validation's
+    weights_of = {n: v for n, v in kept.items() if v.is_floating_point()}
+    for name, value in weights_of.items():
+        assert torch.allclose(released[name].float(), value, atol=1e-3), name  # float16
+    own = load_model(beside / "model.safetensors").state_dict()  # the run's own, 0.9
+
+    def distance(state):
+        return sum((released[n].float() - state[n]).abs().sum().item() for n in weights_of)
+
+    assert distance(kept) < 0.1 * distance(own)

@@ -59,9 +59,10 @@ sigma = 25
     return load_config(path, list(overrides))
 
 
-def straight_and_resumed(images, tmp_path, monkeypatch, settings, stop_at):
+def straight_and_resumed(images, tmp_path, monkeypatch, settings, stop_at, changes=()):
     """Trains ``settings`` once straight through, and once stopped by SIGTERM in step
-    ``stop_at`` (0-based) and resumed, as a real interruption is; returns both run folders."""
+    ``stop_at`` (0-based) and resumed (with ``changes``, ``--set`` overrides), as a real
+    interruption is; returns both run folders."""
     quiet = {"progress": False, "log": lambda _: None}
     train(small_config(images, tmp_path, *settings), tmp_path / "straight", **quiet)
     real = training.step_loss
@@ -76,7 +77,7 @@ def straight_and_resumed(images, tmp_path, monkeypatch, settings, stop_at):
         with pytest.raises(TrainingStopped):
             train(small_config(images, tmp_path, *settings), tmp_path / "resumed", **quiet)
     assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["step"] == stop_at + 1
-    train(None, tmp_path / "resumed", resume=True, **quiet)
+    train(None, tmp_path / "resumed", resume=True, changes=changes, **quiet)
     return tmp_path / "straight", tmp_path / "resumed"
 
 

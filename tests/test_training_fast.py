@@ -86,6 +86,74 @@ def test_the_model_files_hold_the_moving_average(images, tmp_path):
     assert moved > 0  # the average lags the raw weights
 
 
+def _checkpoint(run_dir):
+    return torch.load(run_dir / CHECKPOINT, weights_only=True)
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_an_average_beside_the_runs_own_is_what_a_run_with_that_decay_ships(images, tmp_path):
+    # The averages only watch the steps: the run that keeps a second one takes the same steps
+    # as the run whose own average has that decay, and its second average, scores and file
+    # are that run's.
+    # (Over 6 updates the ramp, min(decay, (1 + n) / (10 + n)), holds 0.9 at 0.18-0.44, so
+    # 0.1 is what differs from it.)
+    settings = ("training.ema=0.9", "training.ema_extra=[0.1]")
+    quiet(small_config(images, tmp_path, *settings), tmp_path / "beside")
+    alone = quiet(small_config(images, tmp_path, "training.ema=0.1"), tmp_path / "alone")
+    both, single = _checkpoint(tmp_path / "beside"), _checkpoint(tmp_path / "alone")
+    for name, value in single["model"].items():
+        assert torch.equal(both["model"][name], value), name
+    extra = both["ema_extra"]["0.1"]
+    assert extra["updates"] == single["ema"]["updates"] == 6
+    moved = 0
+    for name, value in single["ema"]["model"].items():
+        assert torch.equal(extra["model"][name], value), name
+        moved += not torch.equal(both["ema"]["model"][name], value)
+    assert moved > 0  # the run's own average (0.9) is another
+    shipped = load_model(alone.model_file).state_dict()
+    saved = load_model(tmp_path / "beside" / "ema0.1.safetensors").state_dict()
+    for name, value in shipped.items():
+        assert torch.equal(saved[name], value), name
+    scores = [row["val_psnr_ema0.1"] for row in _rows(tmp_path / "beside") if "val_psnr" in row]
+    assert scores == [row["val_psnr"] for row in _rows(tmp_path / "alone") if "val_psnr" in row]
+    assert len(scores) == 2  # steps 3 and 6
+
+
+def test_an_average_added_to_a_resumed_run_starts_from_the_runs_own(images, tmp_path, monkeypatch):
+    # Stopped after step 3 and resumed with a second average. Over updates 4-6 the ramp
+    # min(decay, (1 + n) / (10 + n)) is below both decays (0.36-0.44), so two averages that
+    # start alike stay alike: the added one equals the run's own only if it started from it,
+    # with its count of updates (from the raw weights, or from update 0, it would not).
+    straight, resumed = straight_and_resumed(
+        images, tmp_path, monkeypatch, ("training.ema=0.9",), 2,
+        changes=["training.ema_extra=[0.8]"],
+    )  # fmt: skip
+    plain, added = _checkpoint(straight), _checkpoint(resumed)
+    assert added["config"]["training"]["ema_extra"] == [0.8]
+    assert added["ema_extra"]["0.8"]["updates"] == added["ema"]["updates"] == 6
+    for name, value in plain["model"].items():
+        assert torch.equal(added["model"][name], value), name  # the same steps
+        assert torch.equal(added["ema"]["model"][name], plain["ema"]["model"][name]), name
+        assert torch.equal(added["ema_extra"]["0.8"]["model"][name], added["ema"]["model"][name])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("training.ema_extra=[0.99]",),  # nothing to be beside
+        ("training.ema=0.9", "training.ema_extra=[0.9]"),
+        ("training.ema=0.9", "training.ema_extra=[0.99, 0.99]"),
+        ("training.ema=0.9", "training.ema_extra=[1.0]"),
+    ],
+)
+def test_averages_beside_are_checked(images, tmp_path, overrides):
+    with pytest.raises(ConfigError, match=r"training\.ema_extra"):
+        small_config(images, tmp_path, *overrides)
+
+
 def test_the_average_is_the_ramped_exponential_mean(images, tmp_path):
     model = torch.nn.Linear(2, 1, bias=False)
     average = WeightAverage(model, decay=0.99)

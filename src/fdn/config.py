@@ -142,7 +142,12 @@ class TrainingConfig:
     AMX) and fp32 elsewhere, where bf16 is emulated and many times slower, resolved when the
     run starts and saved so in its config. ``ema`` is the decay of
     an exponential moving average of the weights (0: off); when on, validation and the model
-    files use the average. ``threads = 0`` leaves PyTorch's default. ``time_limit`` (minutes,
+    files use the average. ``ema_extra`` keeps more averages beside it, one per decay listed:
+    each is validated with the run (the log's ``val_psnr_ema<decay>``) and saved as
+    ``ema<decay>.safetensors`` at each validation, but the run's model stays ``ema``'s. The
+    averages do not change the steps, so one run compares averaging horizons for a validation
+    each, where forks would train the same weights again; they may be added to a resumed run,
+    starting from its average. ``threads = 0`` leaves PyTorch's default. ``time_limit`` (minutes,
     0: none) ends the run early, validated and saved as at its last step: equal-time
     comparisons, and runs that fit a working session. It counts wall time, or with
     ``time_limit_clock = "cpu"`` the CPU time of the training process (its threads, not
@@ -161,6 +166,7 @@ class TrainingConfig:
     init: str = ""
     precision: str = "fp32"
     ema: float = 0.0
+    ema_extra: list[float] = field(default_factory=list)
     time_limit: float = 0.0
     time_limit_clock: str = "wall"
 
@@ -351,6 +357,14 @@ def _validate(config: TrainConfig) -> None:
             )
     if not 0 <= t.ema < 1:
         raise ConfigError(f"training.ema: must be in [0, 1), got {t.ema!r}")
+    if t.ema_extra and not t.ema:
+        raise ConfigError("training.ema_extra: averages beside the run's own need training.ema")
+    for decay in t.ema_extra:
+        if not 0 < decay < 1 or decay == t.ema or t.ema_extra.count(decay) > 1:
+            raise ConfigError(
+                f"training.ema_extra: each decay must be in (0, 1), once, and not "
+                f"training.ema ({t.ema:g}); got {t.ema_extra!r}"
+            )
 
 
 def _set_nested(values: dict, dotted: str, value: Any) -> None:
@@ -376,9 +390,10 @@ def apply_overrides(values: dict, overrides: typing.Sequence[str]) -> dict:
 
 
 # What a resumed run may change: where its data is and what it runs on, how fast and for how
-# long, none of which changes the steps it takes. It is how a run moves between machines (a
-# CPU run continued on a GPU, or back; data found under another root). Everything else would
-# make the resumed run a different run than the one its checkpoint began.
+# long, and what it watches (more moving averages), none of which changes the steps it takes.
+# It is how a run moves between machines (a CPU run continued on a GPU, or back; data found
+# under another root). Everything else would make the resumed run a different run than the
+# one its checkpoint began.
 RESUMABLE = (
     "data.root",
     "data.workers",
@@ -388,6 +403,8 @@ RESUMABLE = (
     "training.time_limit_clock",
     "training.log_every",
     "training.checkpoint_every",
+    # More moving averages only watch the steps (a longer horizon tried on a run as it goes).
+    "training.ema_extra",
 )
 
 
@@ -399,7 +416,7 @@ def config_for_resume(config: TrainConfig, overrides: typing.Sequence[str]) -> T
         if dotted not in RESUMABLE:
             raise ConfigError(
                 f"--set {dotted}: a resumed run keeps its config; only where and how fast it "
-                f"runs may change ({', '.join(RESUMABLE)})"
+                f"runs, and what it watches, may change ({', '.join(RESUMABLE)})"
             )
     return config_from_dict(apply_overrides(config.to_dict(), overrides))
 

@@ -75,6 +75,7 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "TrainingStopped",
+    "average_key",
     "build_model",
     "init_from",
     "step_loss",
@@ -222,6 +223,12 @@ def validate(
     return float(np.mean(scores))
 
 
+def average_key(decay: float) -> str:
+    """How a run names its moving average of ``decay`` beside its own (``training.ema_extra``):
+    in the checkpoint, the log's ``val_psnr_ema<key>`` and ``ema<key>.safetensors``."""
+    return f"{decay:g}"
+
+
 def _save_model_file(model: nn.Module, path: Path) -> None:
     if isinstance(model, DnCNN):
         save_dncnn(model, path)
@@ -284,6 +291,8 @@ class _Run:
     # Names the run across its resumes, so that a release of it a second time adds only the
     # steps since the first (scripts/release_models.py); a checkpoint from before it gets one.
     run_id: str = ""
+    # The averages beside the shipped one (training.ema_extra), by average_key.
+    extra: dict[str, WeightAverage] = field(default_factory=dict)
 
     @property
     def main(self) -> bool:
@@ -311,6 +320,8 @@ class _Run:
         }
         if self.average is not None:
             state["ema"] = self.average.state_dict()
+        if self.extra:
+            state["ema_extra"] = {key: average.state_dict() for key, average in self.extra.items()}
         atomic_torch_save(state, self.run_dir / CHECKPOINT)
 
 
@@ -431,7 +442,7 @@ def _start(
         model.train()
         with torch.no_grad():
             model.encode(first_samples(patches, settings.batch_size * world).to(device))
-    average = None
+    average, extra = None, {}
     if settings.ema:
         # A fixed set of training inputs (no RNG drawn), to recompute the average's batch norm
         # statistics before it is scored or saved (WeightAverage.calibrated).
@@ -440,14 +451,31 @@ def _start(
             inputs = first_samples(patches, BN_CALIBRATION_SAMPLES).to(device)
             calibration = list(inputs.split(settings.batch_size))
         average = WeightAverage(model, settings.ema, calibration)
+        extra = {
+            average_key(decay): WeightAverage(model, decay, calibration)
+            for decay in settings.ema_extra
+        }
+
+    def saved_average(state: dict, checkpoint: dict) -> dict:
+        """A checkpoint's average, grown as the model was for a fork that adds depth."""
+        if not grows:
+            return state
+        shadow = typing.cast("FDN", copy.deepcopy(model))
+        shadow.grow_from(state["model"], _parent_steps(checkpoint))
+        return {"model": shadow.state_dict(), "updates": state["updates"]}
+
     # A fork that turns the average on starts it from the weights it branches from.
     if average is not None and checkpoint is not None and (fork is None or "ema" in checkpoint):
-        ema = checkpoint["ema"]
-        if grows:
-            shadow = typing.cast("FDN", copy.deepcopy(model))
-            shadow.grow_from(ema["model"], _parent_steps(checkpoint))
-            ema = {"model": shadow.state_dict(), "updates": ema["updates"]}
-        average.load_state_dict(ema)
+        average.load_state_dict(saved_average(checkpoint["ema"], checkpoint))
+    if average is not None and checkpoint is not None:
+        saved_extra = checkpoint.get("ema_extra", {})
+        for key, beside in extra.items():
+            # An average added to a resumed run, or a fork, starts from the run's own.
+            beside.load_state_dict(
+                saved_average(saved_extra[key], checkpoint)
+                if key in saved_extra
+                else average.state_dict()
+            )
 
     objective: nn.Module = _Objective(model, config)
     if world > 1:
@@ -466,7 +494,7 @@ def _start(
         say(f"validation: {len(validation)} images, noisy input PSNR {noisy_psnr:.2f} dB")
     return _Run(
         config, run_dir, rank, world, device, model, objective, optimizer, scheduler, average,
-        iter(loader), validation, say, start, skipped, best, seconds, run_id,
+        iter(loader), validation, say, start, skipped, best, seconds, run_id, extra,
     )  # fmt: skip
 
 
@@ -497,6 +525,8 @@ def _step(
         )
     if run.average is not None:
         run.average.update(run.model)
+    for beside in run.extra.values():
+        beside.update(run.model)
     return terms, False, norm
 
 
@@ -615,9 +645,17 @@ def train(
                 if record["val_psnr"] > run.best:
                     run.best = record["val_psnr"]
                     _save_model_file(run.shipped, run.run_dir / "best.safetensors")
+                beside = ""
+                for key, average in run.extra.items():
+                    shadow = average.calibrated()
+                    score = record[f"val_psnr_ema{key}"] = validate(
+                        shadow, run.validation, run.device
+                    )
+                    _save_model_file(shadow, run.run_dir / f"ema{key}.safetensors")
+                    beside += f"; average {key}: {score:.3f}"
                 run.say(
                     f"step {done}: validation PSNR {record['val_psnr']:.2f} dB "
-                    f"(best {run.best:.2f})"
+                    f"(best {run.best:.2f}{beside})"
                 )
             if record and run.main:
                 record.update({f"{name}_s": value for name, value in spent().items()})
