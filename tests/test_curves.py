@@ -179,3 +179,23 @@ def test_parse_line_rejects_what_is_not_a_number():
     for text in ("27.5", "=27.5", "BM3D=fast", "BM3D=nan"):
         with pytest.raises(CurveError, match="NAME=VALUE"):
             parse_line(text)
+
+
+def test_a_run_keeping_averages_beside_its_own_draws_a_line_for_each(tmp_path, capsys):
+    # training.ema_extra logs val_psnr_ema<decay> at each validation beside val_psnr.
+    rows = [{"step": 0, "val_psnr_noisy": 20.07}]
+    for step in (1000, 2000):
+        averages = {"val_psnr_ema0.9995": 28.1, "val_psnr_ema0.9998": 28.05}
+        rows.append({"step": step, "val_psnr": 28.0 + step / 1e4, "loss": -0.1, **averages})
+    run = write_log(tmp_path / "grey", rows)
+    plain = fdn_run(tmp_path / "plain")
+    out = tmp_path / "averages.svg"
+    assert main(["curves", f"grey={run}", str(plain), "--out", str(out)]) == 0
+    texts = [element.text for element in ET.parse(out).getroot().iter(f"{SVG}text")]
+    assert {"grey", "grey, average 0.9995", "grey, average 0.9998", "plain"} <= set(texts)
+    assert not any("average" in (t or "") and "noisy" in (t or "") for t in texts)
+    assert "grey, average 0.9998: 2 points" in capsys.readouterr().out
+    # Other keys draw the runs alone.
+    assert main(["curves", f"grey={run}", "--y", "loss", "--out", str(out)]) == 0
+    texts = [element.text for element in ET.parse(out).getroot().iter(f"{SVG}text")]
+    assert "grey, average 0.9995" not in texts

@@ -385,10 +385,14 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _curves(args: argparse.Namespace) -> int:
-    from fdn.curves import parse_line, parse_run, plot_curves, read_curve
+    from fdn.curves import average_curves, parse_line, parse_run, plot_curves, read_curve
 
     runs = [parse_run(text) for text in args.runs]
-    curves = [read_curve(path, args.y, args.x, label) for label, path in runs]
+    curves = []
+    for label, path in runs:
+        curves.append(read_curve(path, args.y, args.x, label))
+        if args.y == "val_psnr":  # and those of the averages it keeps beside its own
+            curves += average_curves(path, args.x, label)
     for curve in curves:
         print(
             f"{curve.label}: {len(curve.points)} points, last {args.y} {curve.points[-1][1]:.4g}"
@@ -950,7 +954,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Draw a logged value of each run (from RUN_DIR/log.jsonl) against training steps, "
             "wall-clock hours or CPU hours as an SVG line plot: one line per run, a legend, and "
-            "for val_psnr the noisy input's PSNR as a dashed line when the log has it."
+            "for val_psnr the noisy input's PSNR as a dashed line when the log has it, and "
+            "the PSNR of each moving average a run keeps beside its own (training.ema_extra)."
         ),
     )
     curves.add_argument(

@@ -8,7 +8,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -18,6 +18,7 @@ __all__ = [
     "X_AXES",
     "Curve",
     "CurveError",
+    "average_curves",
     "parse_line",
     "parse_run",
     "plot_curves",
@@ -168,6 +169,30 @@ def read_curve(
     points = tuple((row[key] / unit, float(row[y])) for row in timed)
     name = label if label is not None else parse_run(str(path))[0]
     return Curve(name, log, points, noisy)
+
+
+# The log key prefix of the moving averages a run keeps beside its own (training.ema_extra).
+_AVERAGE_PREFIX = "val_psnr_ema"
+
+
+def average_curves(
+    path: str | os.PathLike, x: str = "step", label: str | None = None
+) -> list[Curve]:
+    """The validation PSNR of each moving average a run keeps beside its own
+    (``training.ema_extra``: the log's ``val_psnr_ema<decay>``), a curve each, labelled
+    ``LABEL, average DECAY``; none for a run without them."""
+    name = label if label is not None else parse_run(str(path))[0]
+    keys = sorted(
+        {k for row in read_log(_log_of(Path(path))) for k in row if k.startswith(_AVERAGE_PREFIX)}
+    )
+    # The noisy input's line is the run's own curve's to draw.
+    return [
+        replace(
+            read_curve(path, key, x, f"{name}, average {key.removeprefix(_AVERAGE_PREFIX)}"),
+            noisy_psnr=None,
+        )
+        for key in keys
+    ]
 
 
 def plot_curves(
