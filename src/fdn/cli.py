@@ -384,6 +384,14 @@ def _ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from fdn.status import format_status, run_status
+
+    statuses = [run_status(path) for path in args.runs]  # every folder checked before printing
+    print("\n".join(format_status(status) for status in statuses))
+    return 0
+
+
 def _curves(args: argparse.Namespace) -> int:
     from fdn.curves import average_curves, parse_line, parse_run, plot_curves, read_curve
 
@@ -990,6 +998,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-noisy", action="store_true", help="leave out the noisy input's PSNR line"
     )
     curves.set_defaults(run=_curves)
+
+    status = commands.add_parser(
+        "status",
+        help="where training runs stand: step, pace, validations, next validation",
+        description=(
+            "Read run folders of fdn train (their config.toml and log.jsonl; no checkpoint is "
+            "loaded) and print each run's step, steps per hour of training time, its "
+            "validations (and those of the moving averages kept beside its own), and when its "
+            "next validation and checkpoint come at that pace."
+        ),
+    )
+    status.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    status.set_defaults(run=_status)
     return parser
 
 

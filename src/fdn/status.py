@@ -1,0 +1,190 @@
+r"""Where a training run stands, from its folder: its step, pace, validations and what comes next.
+
+A run trained in the background (``nohup fdn train ... --no-progress``) shows nothing until its
+next validation, hours away on a CPU. :func:`run_status` reads what the run folder already
+holds (``config.toml``, ``log.jsonl``, the files' times) and says how far it is, how fast it
+goes, what its validations scored (the moving averages kept beside its own too:
+``training.ema_extra``) and when its next validation and checkpoint come. It reads no
+checkpoint and imports no torch, so it is cheap to run while the run trains.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fdn.curves import read_log
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["RunStatus", "StatusError", "format_status", "run_status"]
+
+# The training time a pace is measured over: the last hour of it, so that a run resumed on
+# other hardware (a GPU stage, another CPU) is timed as it runs now.
+PACE_WINDOW_S = 3600.0
+_AVERAGE_PREFIX = "val_psnr_ema"
+
+
+class StatusError(ValueError):
+    """A folder that is not a run of ``fdn train`` (the message names it)."""
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What a run folder says of its run (see :func:`run_status`).
+
+    ``steps_per_hour`` is over the last hour of training time (the log's ``wall_s``, which
+    leaves out the time a run was stopped), None when the log cannot tell. ``validations``
+    are ``(step, PSNR)`` of the run's own average (or weights), ``averages`` the last scores
+    of the averages kept beside it (decay -> PSNR; None where none was scored yet).
+    """
+
+    run_dir: Path
+    step: int
+    iterations: int
+    steps_per_hour: float | None
+    validations: tuple[tuple[int, float], ...]
+    averages: dict[str, float | None]
+    validate_every: int
+    checkpoint_every: int
+    last_row: dict
+    logged_s_ago: float
+    checkpoint_s_ago: float | None
+    finished: bool
+
+    @property
+    def best(self) -> tuple[int, float] | None:
+        """The best validation ``(step, PSNR)``, None before the first."""
+        return max(self.validations, key=lambda v: v[1]) if self.validations else None
+
+    def hours_to(self, step: int) -> float | None:
+        """Training hours until ``step`` at the current pace (None when unknown)."""
+        if not self.steps_per_hour:
+            return None
+        return max(0, step - self.step) / self.steps_per_hour
+
+
+def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatus:
+    """The status of the run in ``run_dir`` (a folder ``fdn train`` writes); ``now`` (a
+    ``time.time()``) is for tests. Raises :class:`StatusError` naming the folder when it has
+    no readable ``config.toml`` or ``log.jsonl`` rows with a step."""
+    folder = Path(run_dir).expanduser()
+    config_path, log_path = folder / "config.toml", folder / "log.jsonl"
+    for path in (config_path, log_path):
+        if not path.is_file():
+            raise StatusError(f"{path}: missing (is {folder} a run folder of fdn train?)")
+    try:
+        config = tomllib.loads(config_path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise StatusError(f"{config_path}: not a TOML config ({error})") from None
+    rows = [row for row in read_log(log_path) if isinstance(row.get("step"), int)]
+    trained = [row for row in rows if "loss" in row or "val_psnr" in row]
+    if not trained:
+        raise StatusError(f"{log_path}: no training steps logged yet")
+    training = config.get("training", {})
+    now = time.time() if now is None else now
+    last = trained[-1]
+    validations = tuple((row["step"], float(row["val_psnr"])) for row in rows if "val_psnr" in row)
+    scored = [row for row in rows if "val_psnr" in row]
+    averages: dict[str, float | None] = {
+        f"{decay:g}": None for decay in training.get("ema_extra", [])
+    }
+    if scored:
+        for key, value in scored[-1].items():
+            if key.startswith(_AVERAGE_PREFIX):
+                averages[key.removeprefix(_AVERAGE_PREFIX)] = float(value)
+    checkpoint = folder / "checkpoint.pt"
+    iterations = int(training.get("iterations", 0))
+    return RunStatus(
+        run_dir=folder,
+        step=last["step"],
+        iterations=iterations,
+        steps_per_hour=_pace(trained),
+        validations=validations,
+        averages=averages,
+        validate_every=int(config.get("validation", {}).get("every", 0)),
+        checkpoint_every=int(training.get("checkpoint_every", 0)),
+        last_row=last,
+        logged_s_ago=now - log_path.stat().st_mtime,
+        checkpoint_s_ago=now - checkpoint.stat().st_mtime if checkpoint.is_file() else None,
+        finished=(folder / "model.safetensors").is_file() or last["step"] >= iterations > 0,
+    )
+
+
+def _pace(rows: list[dict]) -> float | None:
+    """Steps per hour of training time over the last :data:`PACE_WINDOW_S` of it."""
+    timed = [row for row in rows if isinstance(row.get("wall_s"), int | float)]
+    if len(timed) < 2:
+        return None
+    last = timed[-1]
+    first = next(r for r in timed if r["wall_s"] >= last["wall_s"] - PACE_WINDOW_S)
+    if first is last:  # one row in the window: the row before it
+        first = timed[-2]
+    seconds, steps = last["wall_s"] - first["wall_s"], last["step"] - first["step"]
+    return steps / seconds * 3600 if seconds > 0 and steps > 0 else None
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _next(status: RunStatus, every: int) -> str:
+    """``step N, in about H h`` for the next multiple of ``every`` within the run."""
+    step = (status.step // every + 1) * every
+    if status.iterations and step > status.iterations:
+        step = status.iterations
+    hours = status.hours_to(step)
+    return f"step {step:,}" + (
+        f", in about {hours:.1f} h of training" if hours is not None else ""
+    )
+
+
+# The last log row's values shown, and their names.
+_SHOWN = (("loss", "loss"), ("lr", "lr"), ("grad_norm", "grad norm"), ("grad_norm_max", "largest"))
+
+
+def format_status(status: RunStatus) -> str:
+    """A few lines for a person: progress and pace, validations, the last log row, files."""
+    s = status
+    share = f" ({100 * s.step / s.iterations:.1f}%)" if s.iterations else ""
+    pace = f", {s.steps_per_hour:,.0f} steps/hour" if s.steps_per_hour else ""
+    state = "finished" if s.finished else f"last logged {_ago(s.logged_s_ago)}"
+    lines = [f"{s.run_dir}: step {s.step:,} of {s.iterations:,}{share}{pace}; {state}"]
+    if s.validations:
+        step, score = s.validations[-1]
+        best_step, best = s.best or (step, score)
+        lines.append(
+            f"  validation: {score:.3f} dB at step {step:,} (best {best:.3f} at {best_step:,})"
+        )
+    else:
+        lines.append("  validation: none yet")
+    if s.averages:
+        scores = ", ".join(
+            f"{key} {'-' if value is None else f'{value:.3f}'}"
+            for key, value in s.averages.items()
+        )
+        lines.append(f"  averages beside the run's own (last validation): {scores}")
+    if not s.finished and s.validate_every:
+        lines.append(f"  next validation: {_next(s, s.validate_every)}")
+    if not s.finished and s.checkpoint_every:
+        written = (
+            "none yet" if s.checkpoint_s_ago is None else f"written {_ago(s.checkpoint_s_ago)}"
+        )
+        lines.append(f"  checkpoint: {written}; next at {_next(s, s.checkpoint_every)}")
+    row = s.last_row
+    numbers = [f"{name} {row[key]:.3g}" for key, name in _SHOWN if key in row]
+    if row.get("skipped"):
+        numbers.append(f"{row['skipped']} steps skipped")
+    if numbers:
+        lines.append(f"  at step {row['step']:,}: " + ", ".join(numbers))
+    return "\n".join(lines)

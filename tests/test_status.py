@@ -1,0 +1,107 @@
+"""``fdn status``: a run folder read for its step, pace, validations and what comes next."""
+
+import json
+import os
+
+import pytest
+
+from fdn.cli import main
+from fdn.status import StatusError, format_status, run_status
+from fdn.training import train
+from test_training import small_config
+
+from helpers import make_images
+
+CONFIG = """
+[training]
+iterations = 40000
+checkpoint_every = 250
+ema_extra = [0.9995, 0.9998]
+
+[validation]
+every = 1000
+"""
+
+
+def run_folder(tmp_path, rows, config=CONFIG):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.toml").write_text(config)
+    (folder / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def background_run(tmp_path):
+    """A grey run on a CPU: 50 steps every 900 s of training, validated at 1,000 and 2,000
+    (the second time with the averages kept beside it), stopped and resumed in between."""
+    rows = [{"step": 0, "val_psnr_noisy": 20.1}]
+    for step in range(50, 2301, 50):
+        row = {"step": step, "loss": -0.14, "lr": 2e-4, "grad_norm": 0.05, "wall_s": step * 18.0}
+        if step == 1000:
+            row["val_psnr"] = 28.25
+        if step == 2000:
+            row.update(val_psnr=28.265, **{"val_psnr_ema0.9995": 28.27})
+        rows.append(row)
+    return run_folder(tmp_path, rows)
+
+
+def test_the_status_of_a_run_in_the_background(tmp_path):
+    folder = background_run(tmp_path)
+    (folder / "checkpoint.pt").write_bytes(b"")
+    now = os.path.getmtime(folder / "log.jsonl") + 600
+    status = run_status(folder, now=now)
+    assert (status.step, status.iterations) == (2300, 40000)
+    assert status.steps_per_hour == pytest.approx(200)  # 50 steps per 900 s
+    assert status.validations == ((1000, 28.25), (2000, 28.265))
+    assert status.best == (2000, 28.265)
+    assert status.averages == {"0.9995": 28.27, "0.9998": None}  # 0.9998 added after 2,000
+    assert status.hours_to(3000) == pytest.approx(3.5) and not status.finished
+    text = format_status(status)
+    assert "step 2,300 of 40,000 (5.8%), 200 steps/hour; last logged 10 min ago" in text
+    assert "validation: 28.265 dB at step 2,000 (best 28.265 at 2,000)" in text
+    assert "0.9995 28.270, 0.9998 -" in text
+    assert "next validation: step 3,000, in about 3.5 h of training" in text
+    assert "next at step 2,500, in about 1.0 h of training" in text
+
+
+def test_the_pace_is_the_last_hour_of_training_time(tmp_path):
+    # The run moved to a machine twice as fast at step 1,000: the pace is the new one.
+    rows = [{"step": s, "loss": 0.1, "wall_s": 36.0 * s} for s in range(100, 1001, 100)]
+    faster = range(1100, 2001, 100)
+    rows += [{"step": s, "loss": 0.1, "wall_s": 36000 + 18.0 * (s - 1000)} for s in faster]
+    assert run_status(run_folder(tmp_path, rows)).steps_per_hour == pytest.approx(200)
+
+
+def test_a_run_without_times_or_validations_still_says_where_it_is(tmp_path):
+    status = run_status(run_folder(tmp_path, [{"step": 50, "loss": 0.1}], "[training]\n"))
+    assert status.steps_per_hour is None and status.hours_to(100) is None
+    text = format_status(status)
+    assert "step 50 of 0" in text and "validation: none yet" in text
+
+
+def test_a_real_run_folder_end_to_end(tmp_path, capsys):
+    images = make_images(tmp_path / "data", counts=(("train", 6), ("val", 1)))
+    settings = ("training.ema=0.9", "training.ema_extra=[0.5]")
+    train(small_config(images, tmp_path, *settings), tmp_path / "run", progress=False, log=print)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "step 6 of 6 (100.0%)" in out and "finished" in out
+    assert "averages beside the run's own (last validation): 0.5 " in out
+    assert "next validation" not in out  # a finished run has none
+
+
+@pytest.mark.parametrize("missing", ["config.toml", "log.jsonl"])
+def test_a_folder_that_is_not_a_run_is_one_line_naming_it(tmp_path, capsys, missing):
+    folder = background_run(tmp_path)
+    (folder / missing).unlink()
+    with pytest.raises(StatusError, match=missing):
+        run_status(folder)
+    assert main(["status", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and missing in err and "fdn: error:" in err
+
+
+def test_a_log_without_steps_is_an_error(tmp_path):
+    with pytest.raises(StatusError, match="no training steps logged yet"):
+        run_status(run_folder(tmp_path, [{"step": 0, "val_psnr_noisy": 20.0}]))
