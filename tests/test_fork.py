@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from fdn import load_model
 from fdn.cli import main
 from fdn.config import load_config
 from fdn.training import CHECKPOINT, TrainingError, train
@@ -106,12 +107,33 @@ def test_a_fork_may_turn_the_moving_average_on_or_off(images, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change", ["model.hidden_channels=8", "optim.lr=1e-3", "optim.betas=[0.8, 0.9]"]
+    "change", ["model.hidden_channels=8", "optim.warmup=3", "optim.betas=[0.8, 0.9]"]
 )
 def test_a_fork_keeps_the_network_and_the_optimiser(parent, tmp_path, change):
     with pytest.raises(TrainingError, match=change.partition("=")[0]):
         quiet(None, tmp_path / "fork", fork=parent, changes=[change])
     assert not (tmp_path / "fork" / CHECKPOINT).exists()
+
+
+def test_a_fork_may_raise_the_learning_rate(parent, tmp_path):
+    # A fork at twice the parent's base rate steps at twice its rate, on its schedule.
+    same = quiet(None, tmp_path / "same", fork=parent)
+    lr = torch.load(parent / CHECKPOINT, weights_only=True)["config"]["optim"]["lr"]
+    quiet(None, tmp_path / "double", fork=parent, changes=[f"optim.lr={2 * lr}"])
+    rates = {}
+    for run in ("same", "double"):
+        rows = [
+            json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()
+        ]
+        rates[run] = [row["lr"] for row in rows if "lr" in row and row["step"] > 4]
+    assert len(rates["same"]) == 2  # steps 5 and 6
+    assert rates["double"] == pytest.approx([2 * r for r in rates["same"]], rel=1e-12)
+    checkpoint = torch.load(tmp_path / "double" / CHECKPOINT, weights_only=True)
+    assert checkpoint["scheduler"]["base_lrs"] == [2 * lr]
+    assert checkpoint["config"]["optim"]["lr"] == 2 * lr
+    moved = load_model(same.model_file).state_dict()
+    doubled = load_model(tmp_path / "double" / "model.safetensors").state_dict()
+    assert any(not torch.equal(moved[n], v) for n, v in doubled.items())
 
 
 def test_fdn_train_fork_end_to_end(parent, tmp_path, capsys):

@@ -854,7 +854,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="branch the run in RUN_DIR into --out from its checkpoint (weights, optimiser, "
         "step), with --set changes to anything but [model] and the optimiser's own settings "
-        "(optim.lr, optim.betas, ...), e.g. to compare a patch size from one trained state; "
+        "(optim.betas, optim.warmup, ...), e.g. to compare a patch size or a learning rate "
+        "from one trained state; "
         "model.steps_per_block may grow (the added Steps of Flow start as the identity)",
     )
     train.add_argument(

@@ -422,15 +422,15 @@ def config_for_resume(config: TrainConfig, overrides: typing.Sequence[str]) -> T
 
 
 # What a fork keeps from the run it branches from: the network, whose weights it continues,
-# and the optimiser's settings, which its saved state holds (the base learning rate Adam and
-# the scheduler were built with, the betas, the warm-up the run is past). Everything else (the
-# data, the patch and batch size, the loss weights, validation, the schedule's shape and
-# length: a decay branched off a run, `schedule = "wsd"`) is the fork's choice: a fork is how
+# and the optimiser's settings, which its saved state holds (the betas its moments were
+# averaged with, the warm-up the run is past). Everything else (the data, the patch and batch
+# size, the loss weights, validation, the schedule's shape, length and peak rate: a decay
+# branched off a run, `schedule = "wsd"`, or a higher `optim.lr`, which the fork's scheduler
+# takes as its base rate) is the fork's choice: a fork is how
 # two variants are compared from one trained state, optimiser and average included, rather
 # than from a release with a fresh optimiser.
 FORK_KEEPS = (
     "model",
-    "optim.lr",
     "optim.betas",
     "optim.weight_decay",
     "optim.warmup",

@@ -430,9 +430,12 @@ def _start(
         start, skipped, best = checkpoint["step"], checkpoint["skipped"], checkpoint["best_psnr"]
         if fork is not None:
             best = -math.inf  # its own best.safetensors, on what may be other validation
-            # The saved rate is the parent's schedule's; the fork's own takes over at once.
-            for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-                group["lr"] = base * lr_factor(config, start)
+            # The saved rate is the parent's schedule's; the fork's own, from its own base rate
+            # (optim.lr may change), takes over at once.
+            scheduler.base_lrs = [config.optim.lr for _ in scheduler.base_lrs]
+            for group in optimizer.param_groups:
+                group["initial_lr"] = config.optim.lr
+                group["lr"] = config.optim.lr * lr_factor(config, start)
         seconds = dict(checkpoint.get("train_seconds", seconds))  # older checkpoints: from 0
         run_id = checkpoint.get("run_id", run_id)  # older checkpoints: a new one
         set_rng_state(checkpoint["rng"])
