@@ -102,6 +102,15 @@ def test_a_folder_that_is_not_a_run_is_one_line_naming_it(tmp_path, capsys, miss
     assert err.count("\n") == 1 and missing in err and "fdn: error:" in err
 
 
+def test_the_runs_among_other_folders_are_shown_and_the_others_named(tmp_path, capsys):
+    run = background_run(tmp_path)
+    (tmp_path / "scripts").mkdir()
+    assert main(["status", str(tmp_path / "scripts"), str(run)]) == 1
+    captured = capsys.readouterr()
+    assert "step 2,300 of 40,000" in captured.out
+    assert captured.err.count("\n") == 1 and "scripts/config.toml: missing" in captured.err
+
+
 def test_a_log_without_steps_is_an_error(tmp_path):
     with pytest.raises(StatusError, match="no training steps logged yet"):
         run_status(run_folder(tmp_path, [{"step": 0, "val_psnr_noisy": 20.0}]))

@@ -385,11 +385,16 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fdn.status import format_status, run_status
+    from fdn.status import StatusError, format_status, run_status
 
-    statuses = [run_status(path) for path in args.runs]  # every folder checked before printing
-    print("\n".join(format_status(status) for status in statuses))
-    return 0
+    failed = 0
+    for path in args.runs:  # `fdn status runs/*/`: the runs among the folders, the rest named
+        try:
+            print(format_status(run_status(path)))
+        except StatusError as error:
+            print(f"fdn: error: {error}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def _curves(args: argparse.Namespace) -> int:
