@@ -36,18 +36,19 @@ import json
 import os
 import sys
 import tempfile
+import typing
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fdn.atomic import update_json
-from fdn.config import TrainConfig, config_from_dict
+from fdn.config import TrainConfig
 from fdn.curves import Curve, plot_curves, read_log
 from fdn.data import load_validation
 from fdn.model import FDN
 from fdn.serialization import load_model, save_model
-from fdn.training import CHECKPOINT, average_key, build_model, validate
+from fdn.training import CHECKPOINT, TrainingError, checkpoint_model, validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_heldback import best_strength_scores
@@ -72,22 +73,14 @@ def trained_model(
     """The run's model (its moving average when it has one, or with ``average``, the one of
     that decay it keeps beside it: ``training.ema_extra``), config, iterations, and the id
     that names the run across resumes (None for a checkpoint from before ids)."""
-    checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-    config = config_from_dict(checkpoint["config"])
-    model = build_model(config)
+    try:
+        model, checkpoint = checkpoint_model(run_dir / CHECKPOINT, average)
+    except TrainingError as error:
+        raise SystemExit(str(error)) from None
+    config = checkpoint["config"]
     if average is not None:
-        kept = checkpoint.get("ema_extra", {})
-        if average_key(average) not in kept:
-            raise SystemExit(
-                f"{run_dir}: no moving average of decay {average:g} beside the run's own "
-                f"(training.ema_extra: {', '.join(kept) or 'none'})"
-            )
-        state = kept[average_key(average)]["model"]
         config.training.ema = average  # what the released model is, in its record
-    else:
-        state = checkpoint["ema"]["model"] if "ema" in checkpoint else checkpoint["model"]
-    model.load_state_dict(state)
-    return model.eval(), config, checkpoint["step"], checkpoint.get("run_id")
+    return typing.cast("FDN", model), config, checkpoint["step"], checkpoint.get("run_id")
 
 
 def training_seconds(run_dir: Path, batch_size: int, clock: str = "cpu") -> float:

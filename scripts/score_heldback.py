@@ -13,7 +13,10 @@ noise, as its validation drew them; never a test set).
     OMP_NUM_THREADS=1 python scripts/score_heldback.py ~/fdn-runs/grey9-psnr \
         fdn-grey-blind ~/fdn-runs/grey9-psnr/best.safetensors --data-root ../shared/data
 
-prints a row per model (the best strength in brackets) and the two means.
+prints a row per model (the best strength in brackets) and the two means. A model may also be
+a run's checkpoint, ``RUN/checkpoint.pt`` (its moving average, as a release takes it, at any
+step, not only at a validation) or ``RUN/checkpoint.pt@0.9995`` (the average of that decay it
+keeps beside its own, ``training.ema_extra``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from fdn.config import TrainConfig, load_config
 from fdn.data import load_validation
 from fdn.model import FDN
 from fdn.serialization import load_model
+from fdn.training import TrainingError, checkpoint_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_strength import check_strengths, scores
@@ -69,6 +73,21 @@ def best_strength_scores(
     return results
 
 
+def model_of(spec: str) -> FDN:
+    """A bundled name, a model file, or a checkpoint ``PATH.pt[@DECAY]`` (its moving average,
+    or the one of that decay kept beside it)."""
+    path, _, decay = spec.partition("@") if ".pt@" in spec else (spec, "", "")
+    if not path.endswith(".pt"):
+        return load_model(spec)
+    try:
+        model, _ = checkpoint_model(path, float(decay) if decay else None)
+    except (TrainingError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"{spec}: {error}") from None
+    if not isinstance(model, FDN):
+        raise SystemExit(f"{spec}: not an FDN run")
+    return model
+
+
 def score(
     config_path: Path,
     models: list[str],
@@ -83,7 +102,7 @@ def score(
         config.data.root = data_root
     try:
         return best_strength_scores(
-            {spec: load_model(spec) for spec in models}, config, sigmas, strengths
+            {spec: model_of(spec) for spec in models}, config, sigmas, strengths
         )
     except SystemExit as error:
         raise SystemExit(f"{config_path}: {error}") from None
@@ -108,7 +127,11 @@ def table(results: dict[str, dict], sigmas: tuple = SIGMAS) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a run folder (its config.toml) or a config")
-    parser.add_argument("models", nargs="+", help="bundled names or model files")
+    parser.add_argument(
+        "models",
+        nargs="+",
+        help="bundled names, model files, or checkpoints (RUN/checkpoint.pt[@DECAY])",
+    )
     parser.add_argument("--data-root", help="where the run's data is now (default: as trained)")
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS))
     args = parser.parse_args(argv)

@@ -86,3 +86,27 @@ def test_a_run_without_held_back_images_is_an_error(run, score_heldback, tmp_pat
     plain.write_text(config_path.read_text().replace("holdout = 2", "holdout = 0"))
     with pytest.raises(SystemExit, match="no held-back images"):
         score_heldback.score(plain, files[:1], None, (25.0,))
+
+
+def test_a_checkpoint_scores_as_the_model_files_of_its_averages(tmp_path, score_heldback):
+    # RUN/checkpoint.pt is the run's own average (what model.safetensors holds) and
+    # RUN/checkpoint.pt@DECAY the one kept beside it (ema<DECAY>.safetensors at its last
+    # validation, here the last step): a run scored between validations, as releases are.
+    from fdn.training import train
+    from test_training import small_config
+
+    from helpers import make_images
+
+    images = make_images(tmp_path / "data", counts=(("train", 8), ("val", 1)))
+    settings = ("data.holdout=2", "validation.folder=''", "training.ema=0.9")
+    config = small_config(images, tmp_path, *settings, "training.ema_extra=[0.1]", "optim.lr=1e-2")
+    run = tmp_path / "run"
+    train(config, run, progress=False, log=lambda _: None)
+    specs = [f"{run}/checkpoint.pt", f"{run}/checkpoint.pt@0.1"]
+    files = [str(run / "model.safetensors"), str(run / "ema0.1.safetensors")]
+    results = score_heldback.score(run / "config.toml", specs + files, None, (25.0,), (0.8, 1.0))
+    for spec, file in zip(specs, files, strict=True):
+        assert results[spec] == results[file]
+    assert results[specs[0]] != results[specs[1]]
+    with pytest.raises(SystemExit, match=r"checkpoint\.pt@0\.5: .*training\.ema_extra: 0\.1"):
+        score_heldback.model_of(f"{run}/checkpoint.pt@0.5")

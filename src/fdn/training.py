@@ -77,6 +77,7 @@ __all__ = [
     "TrainingStopped",
     "average_key",
     "build_model",
+    "checkpoint_model",
     "init_from",
     "step_loss",
     "train",
@@ -112,6 +113,30 @@ def build_model(config: TrainConfig) -> nn.Module:
     if m.kind == "dncnn":
         return DnCNN(m.in_channels, m.dncnn_depth, m.dncnn_features, batch_norm=True)
     return FDN.from_config(m.fdn_config())
+
+
+def checkpoint_model(
+    path: str | os.PathLike, average: float | None = None
+) -> tuple[nn.Module, dict]:
+    """The model a run's checkpoint holds, in eval mode, and the checkpoint (its config a
+    :class:`TrainConfig`): the run's moving average when it keeps one (what its model files
+    hold), or with ``average``, the one of that decay kept beside it (``training.ema_extra``).
+    A checkpoint without that average is a :class:`TrainingError` naming the ones it has."""
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    model = build_model(checkpoint["config"])
+    if average is None:
+        state = checkpoint["ema"]["model"] if "ema" in checkpoint else checkpoint["model"]
+    else:
+        kept = checkpoint.get("ema_extra", {})
+        if average_key(average) not in kept:
+            raise TrainingError(
+                f"{path}: no moving average of decay {average:g} beside the run's own "
+                f"(training.ema_extra: {', '.join(kept) or 'none'})"
+            )
+        state = kept[average_key(average)]["model"]
+    load_weights(model, state, path)
+    return model.eval(), checkpoint
 
 
 def init_from(model: nn.Module, config: TrainConfig) -> None:
