@@ -93,7 +93,9 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
     validations = tuple((row["step"], float(row["val_psnr"])) for row in rows if "val_psnr" in row)
     scored = [row for row in rows if "val_psnr" in row]
     averages: dict[str, float | None] = {
-        f"{decay:g}": None for decay in training.get("ema_extra", [])
+        # Named as fdn.training.average_key names them (not imported: it would import torch).
+        repr(float(decay)): None
+        for decay in training.get("ema_extra", [])
     }
     if scored:
         for key, value in scored[-1].items():

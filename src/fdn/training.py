@@ -250,8 +250,15 @@ def validate(
 
 def average_key(decay: float) -> str:
     """How a run names its moving average of ``decay`` beside its own (``training.ema_extra``):
-    in the checkpoint, the log's ``val_psnr_ema<key>`` and ``ema<key>.safetensors``."""
-    return f"{decay:g}"
+    in the checkpoint, the log's ``val_psnr_ema<key>`` and ``ema<key>.safetensors``. The
+    shortest text that reads back as the same float, so no two decays share a name
+    (``:g`` would name 0.9999999 "1").
+
+    Example:
+        >>> average_key(0.9995), average_key(0.9999999)
+        ('0.9995', '0.9999999')
+    """
+    return repr(float(decay))
 
 
 def _save_model_file(model: nn.Module, path: Path) -> None:
