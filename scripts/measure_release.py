@@ -18,7 +18,8 @@ machine), each step's output in ``OUT/lane1.log`` and ``OUT/lane2.log``:
         --data-root ../shared/data --out ~/fdn-runs/measure-grey
 
 The folders come from the record: its training data (``training.data``) and the test sets it
-was scored on (``psnr_db``, under ``DATA_ROOT/test``), or ``--test-sets``. About an hour for
+was scored on (``psnr_db``, under ``DATA_ROOT/test``; right after a release, those of the last
+release scored), or ``--test-sets``. About an hour for
 the grey model on an AVX2 CPU. ``--dry-run`` prints the steps. Then the model card's numbers:
 ``release_models.py --table NAME`` prints its row (``docs/training.md``, "Releases").
 """
@@ -54,9 +55,11 @@ def folders(
     """``(training folder, test-set folders)`` of bundled model ``name``."""
     record = _record(name, table_path)
     train = data_root / record["training"]["data"]
-    tests = [Path(t) for t in test_sets] or [
-        data_root / "test" / key for key in record.get("psnr_db", {})
-    ]
+    # A record just released has no scores yet: its test sets are those of the last release
+    # that was scored (the releases table keeps each one's).
+    scored = [record, *reversed(record.get("releases", []))]
+    keys = next((entry["psnr_db"] for entry in scored if entry.get("psnr_db")), {})
+    tests = [Path(t) for t in test_sets] or [data_root / "test" / key for key in keys]
     for folder in [train, *tests]:
         if not folder.is_dir():
             raise SystemExit(f"{folder}: no such folder (give --data-root or --test-sets)")

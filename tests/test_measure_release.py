@@ -49,6 +49,28 @@ def test_the_steps_follow_the_record(tmp_path, capsys, measure_release):
     assert "noise_estimation.py --fit --write" in lane2[1]
 
 
+def test_a_record_just_released_takes_the_test_sets_of_the_last_release_scored(
+    tmp_path, capsys, measure_release
+):
+    # release_models.py writes a new record without scores: the next command, this one, must
+    # find its test sets all the same (it stopped with "names no test set" before).
+    root, table = fake_table(tmp_path)
+    records = json.loads(table.read_text())
+    record = records["fdn-grey-blind"]
+    record["releases"] = [
+        {"holdout_psnr_db": 28.2, "psnr_db": {"BSD68": {}, "Set12": {}}},
+        {"holdout_psnr_db": 28.3},  # the release just made
+    ]
+    del record["psnr_db"]
+    table.write_text(json.dumps(records))
+    lines = dry_run(measure_release, capsys, "fdn-grey-blind", root, table, tmp_path / "out")
+    assert any(f"--data {root / 'test' / 'BSD68'} {root / 'test' / 'Set12'}" in x for x in lines)
+    record["releases"] = record["releases"][1:]
+    table.write_text(json.dumps(records))
+    with pytest.raises(SystemExit, match="names no test set"):
+        dry_run(measure_release, capsys, "fdn-grey-blind", root, table, tmp_path / "out")
+
+
 def test_only_the_noise_estimators_models_get_a_noise_fit(tmp_path, capsys, measure_release):
     root, table = fake_table(tmp_path, name="my-faces", tests=("faces",))
     lines = dry_run(measure_release, capsys, "my-faces", root, table, tmp_path / "out")
