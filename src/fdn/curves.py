@@ -15,10 +15,12 @@ from xml.sax.saxutils import escape, quoteattr
 from fdn.atomic import atomic_write
 
 __all__ = [
+    "AVERAGE_PREFIX",
     "X_AXES",
     "Curve",
     "CurveError",
     "average_curves",
+    "average_key",
     "parse_line",
     "parse_run",
     "plot_curves",
@@ -149,11 +151,16 @@ def read_curve(
     ``y`` is null (non-finite when logged). Raises :class:`CurveError` when the log is
     missing, has no ``y`` values, or has no times for ``x="wall"``/``"cpu"``.
     """
+    log = _log_of(Path(path))
+    name = label if label is not None else parse_run(str(path))[0]
+    return _curve(read_log(log), log, y, x, name)
+
+
+def _curve(rows: list[dict], log: Path, y: str, x: str, name: str) -> Curve:
+    """:func:`read_curve` of a log's rows, already read."""
     if x not in X_AXES:
         raise CurveError(f"unknown x axis {x!r}; known: {', '.join(X_AXES)}")
     key, unit, _ = X_AXES[x]
-    log = _log_of(Path(path))
-    rows = read_log(log)
     noisy = next((v for r in rows if (v := _number(r.get("val_psnr_noisy"))) is not None), None)
     valued = [row for row in rows if _number(row.get(y)) is not None]
     if not valued:
@@ -167,12 +174,25 @@ def read_curve(
             f"{log}: no {key} in its rows: the log predates time logging; plot it against steps"
         )
     points = tuple((row[key] / unit, float(row[y])) for row in timed)
-    name = label if label is not None else parse_run(str(path))[0]
     return Curve(name, log, points, noisy)
 
 
-# The log key prefix of the moving averages a run keeps beside its own (training.ema_extra).
-_AVERAGE_PREFIX = "val_psnr_ema"
+# The log key of a moving average a run keeps beside its own (training.ema_extra) is this
+# prefix and its average_key: `val_psnr_ema0.9995`. Here, where logs are read without torch.
+AVERAGE_PREFIX = "val_psnr_ema"
+
+
+def average_key(decay: float) -> str:
+    """How a run names its moving average of ``decay`` beside its own (``training.ema_extra``):
+    in the checkpoint, the log's ``val_psnr_ema<key>`` and ``ema<key>.safetensors``. The
+    shortest text that reads back as the same float, so no two decays share a name
+    (``:g`` would name 0.9999999 "1").
+
+    Example:
+        >>> average_key(0.9995), average_key(0.9999999)
+        ('0.9995', '0.9999999')
+    """
+    return repr(float(decay))
 
 
 def average_curves(
@@ -182,13 +202,13 @@ def average_curves(
     (``training.ema_extra``: the log's ``val_psnr_ema<decay>``), a curve each, labelled
     ``LABEL, average DECAY``; none for a run without them."""
     name = label if label is not None else parse_run(str(path))[0]
-    keys = sorted(
-        {k for row in read_log(_log_of(Path(path))) for k in row if k.startswith(_AVERAGE_PREFIX)}
-    )
+    log = _log_of(Path(path))
+    rows = read_log(log)
+    keys = sorted({k for row in rows for k in row if k.startswith(AVERAGE_PREFIX)})
     # The noisy input's line is the run's own curve's to draw.
     return [
         replace(
-            read_curve(path, key, x, f"{name}, average {key.removeprefix(_AVERAGE_PREFIX)}"),
+            _curve(rows, log, key, x, f"{name}, average {key.removeprefix(AVERAGE_PREFIX)}"),
             noisy_psnr=None,
         )
         for key in keys

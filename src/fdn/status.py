@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdn.curves import read_log
+from fdn.curves import AVERAGE_PREFIX, average_key, read_log
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +28,6 @@ __all__ = ["RunStatus", "StatusError", "format_status", "run_status"]
 # The training time a pace is measured over: the last hour of it, so that a run resumed on
 # other hardware (a GPU stage, another CPU) is timed as it runs now.
 PACE_WINDOW_S = 3600.0
-_AVERAGE_PREFIX = "val_psnr_ema"
 
 
 class StatusError(ValueError):
@@ -90,17 +89,15 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
     training = config.get("training", {})
     now = time.time() if now is None else now
     last = trained[-1]
-    validations = tuple((row["step"], float(row["val_psnr"])) for row in rows if "val_psnr" in row)
     scored = [row for row in rows if "val_psnr" in row]
+    validations = tuple((row["step"], float(row["val_psnr"])) for row in scored)
     averages: dict[str, float | None] = {
-        # Named as fdn.training.average_key names them (not imported: it would import torch).
-        repr(float(decay)): None
-        for decay in training.get("ema_extra", [])
+        average_key(decay): None for decay in training.get("ema_extra", [])
     }
     if scored:
         for key, value in scored[-1].items():
-            if key.startswith(_AVERAGE_PREFIX):
-                averages[key.removeprefix(_AVERAGE_PREFIX)] = float(value)
+            if key.startswith(AVERAGE_PREFIX):
+                averages[key.removeprefix(AVERAGE_PREFIX)] = float(value)
     checkpoint = folder / "checkpoint.pt"
     iterations = int(training.get("iterations", 0))
     return RunStatus(

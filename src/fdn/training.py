@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from fdn.baselines.dncnn import DnCNN, save_dncnn
 from fdn.config import ConfigError, TrainConfig, config_for_fork, config_for_resume
+from fdn.curves import AVERAGE_PREFIX, average_key
 from fdn.data import StepSampler, TrainingPatches, load_validation
 from fdn.denoising import precision_context
 from fdn.losses import bits_per_dim, fdn_loss
@@ -75,7 +76,6 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "TrainingStopped",
-    "average_key",
     "build_model",
     "checkpoint_model",
     "init_from",
@@ -246,19 +246,6 @@ def validate(
         psnr(denoiser.denoise(noisy.to(device)).cpu(), clean).item() for _, noisy, clean in images
     ]
     return float(np.mean(scores))
-
-
-def average_key(decay: float) -> str:
-    """How a run names its moving average of ``decay`` beside its own (``training.ema_extra``):
-    in the checkpoint, the log's ``val_psnr_ema<key>`` and ``ema<key>.safetensors``. The
-    shortest text that reads back as the same float, so no two decays share a name
-    (``:g`` would name 0.9999999 "1").
-
-    Example:
-        >>> average_key(0.9995), average_key(0.9999999)
-        ('0.9995', '0.9999999')
-    """
-    return repr(float(decay))
 
 
 def _save_model_file(model: nn.Module, path: Path) -> None:
@@ -683,7 +670,7 @@ def train(
                 beside = ""
                 for key, average in run.extra.items():
                     shadow = average.calibrated()
-                    score = record[f"val_psnr_ema{key}"] = validate(
+                    score = record[f"{AVERAGE_PREFIX}{key}"] = validate(
                         shadow, run.validation, run.device
                     )
                     _save_model_file(shadow, run.run_dir / f"ema{key}.safetensors")
