@@ -65,7 +65,7 @@ def best_strength_scores(
         row: dict[str, list] = {"strength_1": [], "best": [], "best_strength": []}
         for sigma in sigmas:
             means, _ = scores(model.eval(), images_by_sigma[sigma], strengths)
-            best = int(np.argmax(means))
+            best = int(np.nanargmax(means))  # the strengths the walk skipped are NaN
             row["strength_1"].append(float(means[strengths.index(1.0)]))
             row["best"].append(float(means[best]))
             row["best_strength"].append(strengths[best])

@@ -49,7 +49,7 @@ def test_the_best_strength_per_sigma_is_kept_where_it_gains_enough(
     ]
     calls = []
 
-    def scores(model, images, strengths_):
+    def scores(model, images, strengths_, patience):
         calls.append(len(images))
         return results[len(calls) - 1]
 
@@ -129,12 +129,56 @@ def test_the_scores_are_those_of_fdn_denoise_at_each_strength(fit_strength):
     clean = torch.rand(2, 1, 3, 18, 22, generator=generator, dtype=torch.float64)
     noisy = clean + 0.1 * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
     images = [("a", noisy[0], clean[0]), ("b", noisy[1], clean[1])]
-    means, residual = fit_strength.scores(model, images, (0.3, 1.0))
+    means, residual = fit_strength.scores(model, images, (0.3, 1.0), patience=0)
     for k, strength in enumerate((0.3, 1.0)):
         expected = np.mean([psnr(model.denoise(y, strength), x).item() for _, y, x in images])
         assert means[k] == pytest.approx(expected, abs=1e-9)
     expected = np.mean([residual_sigma(y, model.denoise(y, 1.0)).item() for _, y, _ in images])
     assert residual == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_walk_down_the_grid_stops_patience_strengths_past_the_best(fit_strength):
+    import torch
+
+    from helpers import mild_model
+
+    model = mild_model().double().eval()
+    # Noise strong enough for this model's PSNR to peak inside the grid (at 0.35).
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.rand(2, 1, 3, 18, 22, generator=generator, dtype=torch.float64)
+    noisy = clean + 0.4 * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+    images = [("a", noisy[0], clean[0]), ("b", noisy[1], clean[1])]
+    grid = fit_strength.STRENGTHS
+    full, residual_full = fit_strength.scores(model, images, grid, patience=0)
+    assert not np.isnan(full).any()
+    # The walk in the order it goes (1 first), on the whole grid's scores: where it must stop.
+    walk = full[::-1]
+    best_at = [int(np.argmax(walk[: k + 1])) for k in range(len(walk))]
+    for patience in (1, 2, 3):
+        stop = next((k for k in range(len(walk)) if k - best_at[k] >= patience), len(walk) - 1)
+        means, residual = fit_strength.scores(model, images, grid, patience=patience)
+        scored = ~np.isnan(means[::-1])
+        assert scored.tolist() == [k <= stop for k in range(len(walk))]
+        assert stop < len(walk) - 1  # it stopped before the grid's end
+        assert np.nanargmax(means) == np.argmax(full)  # and found the whole grid's best
+        np.testing.assert_allclose(means[::-1][scored], walk[scored], atol=1e-12)
+        assert residual == pytest.approx(residual_full, abs=1e-12)
+
+
+def test_what_the_walk_skipped_is_never_chosen(released, fit_strength, monkeypatch):
+    # Scores as the walk leaves them: 1 and 0.95 and 0.9 scored, the rest skipped (NaN).
+    means = np.full(len(fit_strength.STRENGTHS), np.nan)
+    means[-3:] = [30.2, 30.5, 30.0]
+    monkeypatch.setattr(fit_strength, "scores", lambda *_: (means, 4.0))
+    table = json.loads((released / "models.json").read_text())
+    curve = fit_strength.fit(table, "tiny", released, None, (5.0,))
+    assert curve["strengths"] == [0.95] and curve["gain_db"] == [pytest.approx(0.5)]
+
+
+def test_a_negative_patience_is_refused(released, fit_strength, capsys):
+    with pytest.raises(SystemExit):
+        fit_strength.main(["tiny", "--weights", str(released), "--patience", "-1"])
+    assert "--patience must be 0 or more" in capsys.readouterr().err
 
 
 def test_a_residual_that_does_not_grow_with_sigma_is_refused(released, fit_strength, monkeypatch):

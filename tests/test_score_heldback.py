@@ -110,3 +110,14 @@ def test_a_checkpoint_scores_as_the_model_files_of_its_averages(tmp_path, score_
     assert results[specs[0]] != results[specs[1]]
     with pytest.raises(SystemExit, match=r"checkpoint\.pt@0\.5: .*training\.ema_extra: 0\.1"):
         score_heldback.model_of(f"{run}/checkpoint.pt@0.5")
+
+
+def test_the_best_is_the_best_the_walk_scored(run, score_heldback, monkeypatch):
+    # fit_strength.scores walks from strength 1 down and leaves what it skipped NaN: the best
+    # is among what it scored (np.argmax would take the first NaN's strength).
+    config_path, files = run
+    strengths = (0.6, 0.7, 0.8, 0.9, 1.0)
+    walked = np.array([np.nan, np.nan, 29.9, 30.3, 30.1])
+    monkeypatch.setattr(score_heldback, "scores", lambda *_: (walked, 20.0))
+    row = score_heldback.score(config_path, files[:1], None, (25.0,), strengths)[files[0]]
+    assert row == {"strength_1": [30.1], "best": [30.3], "best_strength": [0.9]}
