@@ -39,8 +39,10 @@ def test_the_steps_follow_the_record(tmp_path, capsys, measure_release):
     # Strength 1 on every test set the record was scored on, then into the record.
     assert f"--data {root / 'test' / 'BSD68'} {root / 'test' / 'Set12'}" in lane1[1]
     assert lane1[1].endswith("--strength 1") and "--psnr fdn-grey-blind=" in lane1[2]
-    # The default strength only where a strength curve was kept.
-    assert all(line.endswith("(if strength_curve)") for line in lane1[3:])
+    # The default strength only where the curve can change the scores.
+    assert all(
+        line.endswith("(if a strength curve below 1 at the test sigmas)") for line in lane1[3:]
+    )
     assert (
         f"ood_calibration.py --write --data fdn-grey-blind={root / 'train' / 'Train400'}"
         in (lane2[0])
@@ -95,7 +97,7 @@ def test_a_lane_skips_what_the_record_lacks_and_stops_at_a_failure(tmp_path, mea
 
     steps = [
         (writes("first"), None),
-        (writes("curve"), "strength_curve"),  # the fake record has none: skipped
+        (writes("curve"), measure_release.DEFAULT_DIFFERS),  # the record has no curve: skipped
         ([sys.executable, "-c", "raise SystemExit(3)"], None),
         (writes("after"), None),
     ]
@@ -105,4 +107,27 @@ def test_a_lane_skips_what_the_record_lacks_and_stops_at_a_failure(tmp_path, mea
     assert (tmp_path / "first").exists()
     assert not (tmp_path / "curve").exists() and not (tmp_path / "after").exists()
     assert len(failures) == 1 and "exited 3" in failures[0]
-    assert "skipped (no strength_curve)" in log.read_text()
+    assert "skipped (needs a strength curve below 1 at the test sigmas)" in log.read_text()
+
+
+def curve(strengths):
+    """A strength curve at fit_strength's grid of sigmas."""
+    sigmas = [5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0]
+    return {"strength_curve": {"awgn_sigmas": sigmas, "strengths": strengths}}
+
+
+@pytest.mark.parametrize(
+    ("strengths", "differs"),
+    [
+        ([0.9, 1, 1, 1, 1, 1, 1, 1], False),  # the colour curve of 2026-11-27: sigma 5 only
+        ([0.45, 0.7, 0.8, 0.85, 1, 1, 1, 1], True),  # the grey one
+        ([0.5, 0.9, 1, 1, 1, 1, 1, 1], True),  # sigma 15's images read between 10 and 15
+        ([1, 1, 1, 1, 1, 1, 1, 0.95], True),  # at sigma 50 itself
+        ([1, 1, 1, 1, 1, 1, 0.9, 1], True),  # between 25 and 50
+    ],
+)
+def test_the_default_eval_runs_only_where_the_curve_can_change_the_scores(
+    measure_release, strengths, differs
+):
+    assert measure_release.default_strength_differs(curve(strengths)) is differs
+    assert measure_release.default_strength_differs({}) is False  # no curve: strength 1
