@@ -123,28 +123,48 @@ def test_an_average_beside_the_runs_own_is_what_a_run_with_that_decay_ships(imag
 
 
 def test_an_average_added_to_a_resumed_run_starts_from_the_runs_own(images, tmp_path, monkeypatch):
-    # Stopped after step 3 and resumed with a second average. Over updates 4-6 the ramp
-    # min(decay, (1 + n) / (10 + n)) is below both decays (0.36-0.44), so two averages that
-    # start alike stay alike: the added one equals the run's own only if it started from it,
-    # with its count of updates (from the raw weights, or from update 0, it would not).
+    # Stopped after step 3 and resumed with a second average of the run's own decay: it starts
+    # from the run's average, then takes its decay from its first update (updates 4-6), where
+    # the run's own is still on the ramp min(decay, (1 + n) / (10 + n)) at 0.36-0.44.
+    updates = []  # (decay, ramp, the average before, the weights it takes in)
+    real = WeightAverage.update
+
+    def recorded(self, model):
+        before = [p.detach().clone() for p in self.model.parameters()]
+        taken = [p.detach().clone() for p in model.parameters()]
+        updates.append((self.decay, self.ramp, before, taken))
+        real(self, model)
+
+    monkeypatch.setattr(WeightAverage, "update", recorded)
     straight, resumed = straight_and_resumed(
         images, tmp_path, monkeypatch, ("training.ema=0.9",), 2,
-        changes=["training.ema_extra=[0.8]"],
+        changes=["training.ema_extra=[0.9]"],
     )  # fmt: skip
     plain, added = _checkpoint(straight), _checkpoint(resumed)
-    assert added["config"]["training"]["ema_extra"] == [0.8]
-    assert added["ema_extra"]["0.8"]["updates"] == added["ema"]["updates"] == 6
+    assert added["config"]["training"]["ema_extra"] == [0.9]
     for name, value in plain["model"].items():
         assert torch.equal(added["model"][name], value), name  # the same steps
         assert torch.equal(added["ema"]["model"][name], plain["ema"]["model"][name]), name
-        assert torch.equal(added["ema_extra"]["0.8"]["model"][name], added["ema"]["model"][name])
+    beside = [update for update in updates if not update[1]]
+    own = [update for update in updates if update[1]][-3:]  # the resumed process's
+    assert len(beside) == 3 and all(update[0] == 0.9 for update in beside)
+    for mine, its in zip(beside[0][2], own[0][2], strict=True):
+        assert torch.equal(mine, its)  # from the run's own average
+    expected = beside[0][2]
+    for _, _, _, weights in beside:
+        expected = [torch.lerp(a, w, 1 - 0.9) for a, w in zip(expected, weights, strict=True)]
+    model = build_model(load_config(resumed / "config.toml"))
+    names = [name for name, _ in model.named_parameters()]
+    kept = added["ema_extra"]["0.9"]["model"]
+    for name, value in zip(names, expected, strict=True):
+        torch.testing.assert_close(kept[name], value, rtol=0, atol=1e-6)
+    assert any(not torch.equal(kept[name], added["ema"]["model"][name]) for name in names)
 
 
 @pytest.mark.parametrize(
     "overrides",
     [
         ("training.ema_extra=[0.99]",),  # nothing to be beside
-        ("training.ema=0.9", "training.ema_extra=[0.9]"),
         ("training.ema=0.9", "training.ema_extra=[0.99, 0.99]"),
         ("training.ema=0.9", "training.ema_extra=[1.0]"),
     ],
@@ -166,6 +186,20 @@ def test_the_average_is_the_ramped_exponential_mean(images, tmp_path):
         decay = min(0.99, (1 + step) / (10 + step))
         values.append(decay * values[-1] + (1 - decay) * model.weight.detach())
     assert torch.allclose(average.model.weight, values[-1])
+
+
+def test_an_average_without_the_ramp_takes_its_decay_from_the_first_update():
+    model = torch.nn.Linear(2, 1, bias=False)
+    ramped, plain = WeightAverage(model, decay=0.99), WeightAverage(model, 0.99, ramp=False)
+    expected = model.weight.detach().clone()
+    for step in range(1, 4):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        ramped.update(model)
+        plain.update(model)
+        expected = 0.99 * expected + 0.01 * model.weight.detach()
+    assert torch.allclose(plain.model.weight, expected)
+    assert not torch.allclose(ramped.model.weight, expected)
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor(images, tmp_path):

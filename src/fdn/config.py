@@ -147,9 +147,11 @@ class TrainingConfig:
     ``ema<decay>.safetensors`` at each validation, but the run's model stays ``ema``'s. The
     averages do not change the steps, so one run compares averaging horizons for a validation
     each, where forks would train the same weights again; they may be added to a resumed run,
-    starting from its average. ``threads = 0`` leaves PyTorch's default. ``time_limit`` (minutes,
-    0: none) ends the run early, validated and saved as at its last step: equal-time
-    comparisons, and runs that fit a working session. It counts wall time, or with
+    starting from its average. They take their decay from their first update, where ``ema``
+    ramps up to its own over thousands (:class:`fdn.optim.WeightAverage`): so one may have
+    ``ema``'s decay, to measure what the ramp costs. ``threads = 0`` leaves PyTorch's default.
+    ``time_limit`` (minutes, 0: none) ends the run early, validated and saved as at its last
+    step: equal-time comparisons, and runs that fit a working session. It counts wall time, or with
     ``time_limit_clock = "cpu"`` the CPU time of the training process (its threads, not
     loader workers): equal compute for runs that share a busy machine. The time is the run's,
     across resumes: the checkpoint keeps it, and the log's ``wall_s`` and ``cpu_s`` give it at
@@ -360,10 +362,9 @@ def _validate(config: TrainConfig) -> None:
     if t.ema_extra and not t.ema:
         raise ConfigError("training.ema_extra: averages beside the run's own need training.ema")
     for decay in t.ema_extra:
-        if not 0 < decay < 1 or decay == t.ema or t.ema_extra.count(decay) > 1:
+        if not 0 < decay < 1 or t.ema_extra.count(decay) > 1:
             raise ConfigError(
-                f"training.ema_extra: each decay must be in (0, 1), once, and not "
-                f"training.ema ({t.ema:g}); got {t.ema_extra!r}"
+                f"training.ema_extra: each decay must be in (0, 1), and once; got {t.ema_extra!r}"
             )
 
 

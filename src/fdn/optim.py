@@ -52,8 +52,11 @@ def lr_factor(config: TrainConfig, step: int) -> float:
 class WeightAverage:
     """An exponential moving average of a model's weights, kept as a second model.
 
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first ``n`` updates,
-    so an average started from random weights forgets them quickly. Buffers are copied.
+    With ``ramp`` (the default), the decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over
+    the first ``n`` updates, so an average started from random weights forgets them quickly.
+    The ramp binds for long: it holds the decay below 0.999 until update 8,991 and below
+    0.9995 until 17,991, and so the horizon at about ``n / 9`` steps (220 at update 2,000).
+    Without it the decay is ``decay`` from the first update. Buffers are copied.
 
     Batch norm's running statistics are not weights: the copied ones describe the activations
     of the weights being trained, and the average's own weights, which trail them by about
@@ -66,6 +69,7 @@ class WeightAverage:
     Arguments:
         model: the model whose weights are averaged (copied once, then only read).
         decay: the weight of the old average at each update, e.g. 0.999.
+        ramp: ramp the decay up over the first updates (above).
         calibration: batches of model inputs for :meth:`calibrated` (needed when the model
             has batch norm).
 
@@ -81,9 +85,13 @@ class WeightAverage:
     """
 
     def __init__(
-        self, model: nn.Module, decay: float, calibration: typing.Sequence[Tensor] = ()
+        self,
+        model: nn.Module,
+        decay: float,
+        calibration: typing.Sequence[Tensor] = (),
+        ramp: bool = True,
     ) -> None:
-        self.decay, self.updates = decay, 0
+        self.decay, self.updates, self.ramp = decay, 0, ramp
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.calibration = list(calibration)
         self._calibrated_at: int | None = None
@@ -93,7 +101,9 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        decay = self.decay
+        if self.ramp:
+            decay = min(decay, (1 + self.updates) / (10 + self.updates))
         ours: list[Tensor] = list(self.model.parameters())
         torch._foreach_lerp_(ours, [p.detach() for p in model.parameters()], 1 - decay)
         for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
