@@ -116,19 +116,23 @@ def test_a_model_released_again_while_it_fits_gets_no_stale_curve(
     assert "strength_curve" not in json.loads(path.read_text())["tiny"]
 
 
-def test_the_scores_are_those_of_fdn_denoise_at_each_strength(fit_strength):
+def mild_model_and_images(seed, noise):
+    """A small float64 model and two noisy/clean pairs, as ``load_validation`` gives them."""
     import torch
-
-    from fdn.metrics import psnr
-    from fdn.model import residual_sigma
 
     from helpers import mild_model
 
-    model = mild_model().double().eval()
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     clean = torch.rand(2, 1, 3, 18, 22, generator=generator, dtype=torch.float64)
-    noisy = clean + 0.1 * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
-    images = [("a", noisy[0], clean[0]), ("b", noisy[1], clean[1])]
+    noisy = clean + noise * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+    return mild_model().double().eval(), [("a", noisy[0], clean[0]), ("b", noisy[1], clean[1])]
+
+
+def test_the_scores_are_those_of_fdn_denoise_at_each_strength(fit_strength):
+    from fdn.metrics import psnr
+    from fdn.model import residual_sigma
+
+    model, images = mild_model_and_images(0, 0.1)
     means, residual = fit_strength.scores(model, images, (0.3, 1.0), patience=0)
     for k, strength in enumerate((0.3, 1.0)):
         expected = np.mean([psnr(model.denoise(y, strength), x).item() for _, y, x in images])
@@ -138,16 +142,8 @@ def test_the_scores_are_those_of_fdn_denoise_at_each_strength(fit_strength):
 
 
 def test_the_walk_down_the_grid_stops_patience_strengths_past_the_best(fit_strength):
-    import torch
-
-    from helpers import mild_model
-
-    model = mild_model().double().eval()
     # Noise strong enough for this model's PSNR to peak inside the grid (at 0.35).
-    generator = torch.Generator().manual_seed(1)
-    clean = torch.rand(2, 1, 3, 18, 22, generator=generator, dtype=torch.float64)
-    noisy = clean + 0.4 * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
-    images = [("a", noisy[0], clean[0]), ("b", noisy[1], clean[1])]
+    model, images = mild_model_and_images(1, 0.4)
     grid = fit_strength.STRENGTHS
     full, residual_full = fit_strength.scores(model, images, grid, patience=0)
     assert not np.isnan(full).any()
