@@ -16,6 +16,7 @@ CONFIG = """
 [training]
 iterations = 40000
 checkpoint_every = 250
+ema = 0.999
 ema_extra = [0.9995, 0.9998]
 
 [validation]
@@ -62,6 +63,19 @@ def test_the_status_of_a_run_in_the_background(tmp_path):
     assert "0.9995 28.270, 0.9998 -" in text
     assert "next validation: step 3,000, in about 3.5 h of training" in text
     assert "next at step 2,500, in about 1.0 h of training" in text
+    # (1 + n) / (10 + n) at n = 2,300: 0.99610, 257 steps; 0.999 from update 8,990 on.
+    assert (
+        "the run's own average: decay 0.999 from step 8,990; at step 2,300 its ramp holds it"
+        " at 0.9961, about the last 257 steps" in text
+    )
+
+
+def test_an_average_past_its_ramp_is_not_mentioned(tmp_path):
+    rows = [{"step": s, "loss": 0.1} for s in (8989, 8990)]
+    status = run_status(run_folder(tmp_path, rows[:1]))
+    assert "ramp holds it at 0.9990, about the last 1,000 steps" in format_status(status)
+    (tmp_path / "b").mkdir()
+    assert "own average" not in format_status(run_status(run_folder(tmp_path / "b", rows)))
 
 
 def test_the_pace_is_the_last_hour_of_training_time(tmp_path):

@@ -24,6 +24,7 @@ __all__ = [
     "parse_line",
     "parse_run",
     "plot_curves",
+    "ramped_decay",
     "read_curve",
     "read_log",
 ]
@@ -193,6 +194,18 @@ def average_key(decay: float) -> str:
         ('0.9995', '0.9999999')
     """
     return repr(float(decay))
+
+
+def ramped_decay(decay: float, updates: int) -> float:
+    """The decay a moving average with the warm-up ramp applies at update ``updates``:
+    ``min(decay, (1 + n) / (10 + n))`` (:class:`fdn.optim.WeightAverage`; a run's own
+    average has it, those beside it do not). Its horizon is about ``1 / (1 - decay)`` steps.
+
+    Example:
+        >>> round(ramped_decay(0.999, 2000), 5), ramped_decay(0.999, 10_000)
+        (0.99552, 0.999)
+    """
+    return min(decay, (1 + updates) / (10 + updates))
 
 
 def average_curves(

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from fdn.config import TrainConfig
+from fdn.curves import ramped_decay
 
 __all__ = ["WeightAverage", "build_optimizer", "build_scheduler", "has_batch_norm", "lr_factor"]
 
@@ -54,8 +55,8 @@ class WeightAverage:
 
     With ``ramp`` (the default), the decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over
     the first ``n`` updates, so an average started from random weights forgets them quickly.
-    The ramp binds for long: it holds the decay below 0.999 until update 8,991 and below
-    0.9995 until 17,991, and so the horizon at about ``n / 9`` steps (220 at update 2,000).
+    The ramp binds for long: it holds the decay below 0.999 until update 8,990 and below
+    0.9995 until 17,990, and so the horizon at about ``n / 9`` steps (220 at update 2,000).
     Without it the decay is ``decay`` from the first update. Buffers are copied.
 
     Batch norm's running statistics are not weights: the copied ones describe the activations
@@ -101,9 +102,7 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
-        decay = self.decay
-        if self.ramp:
-            decay = min(decay, (1 + self.updates) / (10 + self.updates))
+        decay = ramped_decay(self.decay, self.updates) if self.ramp else self.decay
         ours: list[Tensor] = list(self.model.parameters())
         torch._foreach_lerp_(ours, [p.detach() for p in model.parameters()], 1 - decay)
         for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):

@@ -10,13 +10,14 @@ checkpoint and imports no torch, so it is cheap to run while the run trains.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdn.curves import AVERAGE_PREFIX, average_key, read_log
+from fdn.curves import AVERAGE_PREFIX, average_key, ramped_decay, read_log
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,7 +42,8 @@ class RunStatus:
     ``steps_per_hour`` is over the last hour of training time (the log's ``wall_s``, which
     leaves out the time a run was stopped), None when the log cannot tell. ``validations``
     are ``(step, PSNR)`` of the run's own average (or weights), ``averages`` the last scores
-    of the averages kept beside it (decay -> PSNR; None where none was scored yet).
+    of the averages kept beside it (decay -> PSNR; None where none was scored yet). ``ema``
+    is the decay of the run's own average (0: none), which ramps up over its first updates.
     """
 
     run_dir: Path
@@ -56,6 +58,7 @@ class RunStatus:
     logged_s_ago: float
     checkpoint_s_ago: float | None
     finished: bool
+    ema: float = 0.0
 
     @property
     def best(self) -> tuple[int, float] | None:
@@ -113,6 +116,7 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
         logged_s_ago=now - log_path.stat().st_mtime,
         checkpoint_s_ago=now - checkpoint.stat().st_mtime if checkpoint.is_file() else None,
         finished=(folder / "model.safetensors").is_file() or last["step"] >= iterations > 0,
+        ema=float(training.get("ema", 0.0)),
     )
 
 
@@ -167,6 +171,14 @@ def format_status(status: RunStatus) -> str:
         )
     else:
         lines.append("  validation: none yet")
+    if s.ema and ramped_decay(s.ema, s.step) < s.ema:
+        # Its count of updates is the run's steps (from --init or scratch), near enough.
+        decay = ramped_decay(s.ema, s.step)
+        full = math.ceil((10 * s.ema - 1) / (1 - s.ema) - 1e-6)
+        lines.append(
+            f"  the run's own average: decay {s.ema:g} from step {full:,}; at step {s.step:,} "
+            f"its ramp holds it at {decay:.4f}, about the last {1 / (1 - decay):,.0f} steps"
+        )
     if s.averages:
         scores = ", ".join(
             f"{key} {'-' if value is None else f'{value:.3f}'}"
