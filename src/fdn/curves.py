@@ -24,6 +24,7 @@ __all__ = [
     "parse_line",
     "parse_run",
     "plot_curves",
+    "ramp_end",
     "ramped_decay",
     "read_curve",
     "read_log",
@@ -206,6 +207,16 @@ def ramped_decay(decay: float, updates: int) -> float:
         (0.99552, 0.999)
     """
     return min(decay, (1 + updates) / (10 + updates))
+
+
+def ramp_end(decay: float) -> int:
+    """The first update at which :func:`ramped_decay` is ``decay`` itself (8,990 for 0.999).
+
+    Example:
+        >>> ramp_end(0.999), ramped_decay(0.999, ramp_end(0.999) - 1) < 0.999
+        (8990, True)
+    """
+    return math.ceil((10 * decay - 1) / (1 - decay) - 1e-6)
 
 
 def average_curves(

@@ -10,14 +10,13 @@ checkpoint and imports no torch, so it is cheap to run while the run trains.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdn.curves import AVERAGE_PREFIX, average_key, ramped_decay, read_log
+from fdn.curves import AVERAGE_PREFIX, average_key, ramp_end, ramped_decay, read_log
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -171,13 +170,12 @@ def format_status(status: RunStatus) -> str:
         )
     else:
         lines.append("  validation: none yet")
-    if s.ema and ramped_decay(s.ema, s.step) < s.ema:
-        # Its count of updates is the run's steps (from --init or scratch), near enough.
-        decay = ramped_decay(s.ema, s.step)
-        full = math.ceil((10 * s.ema - 1) / (1 - s.ema) - 1e-6)
+    # Its count of updates is the run's steps (from --init or scratch), near enough.
+    if s.ema and (decay := ramped_decay(s.ema, s.step)) < s.ema:
         lines.append(
-            f"  the run's own average: decay {s.ema:g} from step {full:,}; at step {s.step:,} "
-            f"its ramp holds it at {decay:.4f}, about the last {1 / (1 - decay):,.0f} steps"
+            f"  the run's own average: decay {s.ema:g} from step {ramp_end(s.ema):,}; "
+            f"at step {s.step:,} its ramp holds it at {decay:.4f}, "
+            f"about the last {1 / (1 - decay):,.0f} steps"
         )
     if s.averages:
         scores = ", ".join(
