@@ -16,7 +16,9 @@ noise, as its validation drew them; never a test set).
 prints a row per model (the best strength in brackets) and the two means. A model may also be
 a run's checkpoint, ``RUN/checkpoint.pt`` (its moving average, as a release takes it, at any
 step, not only at a validation) or ``RUN/checkpoint.pt@0.9995`` (the average of that decay it
-keeps beside its own, ``training.ema_extra``).
+keeps beside its own, ``training.ema_extra``); ``RUN/checkpoint.pt@raw`` is the weights the
+optimiser steps, without an average, and ``RUN/checkpoint.pt@all`` the run's own average and
+every one beside it, one row each.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from fdn.config import TrainConfig, load_config
 from fdn.data import load_validation
 from fdn.model import FDN
+from fdn.runstate import load_checkpoint
 from fdn.serialization import load_model
 from fdn.training import TrainingError, checkpoint_model
 
@@ -73,14 +76,34 @@ def best_strength_scores(
     return results
 
 
+def expanded(specs: list[str]) -> list[str]:
+    """``specs`` with each ``PATH.pt@all`` replaced by the checkpoint's own average and every
+    one it keeps beside it (``PATH.pt``, ``PATH.pt@DECAY``...), to compare horizons at once."""
+    out = []
+    for spec in specs:
+        if not spec.endswith(".pt@all"):
+            out.append(spec)
+            continue
+        path = spec.removesuffix("@all")
+        try:
+            kept = load_checkpoint(Path(path)).get("ema_extra", {})
+        except (TrainingError, FileNotFoundError) as error:
+            raise SystemExit(f"{spec}: {error}") from None
+        out += [path] + [f"{path}@{key}" for key in kept]
+    return out
+
+
 def model_of(spec: str) -> FDN:
     """A bundled name, a model file, or a checkpoint ``PATH.pt[@DECAY]`` (its moving average,
-    or the one of that decay kept beside it)."""
+    or the one of that decay kept beside it; ``@raw``: its weights without an average)."""
     path, _, decay = spec.partition("@") if ".pt@" in spec else (spec, "", "")
     if not path.endswith(".pt"):
         return load_model(spec)
     try:
-        model, _ = checkpoint_model(path, float(decay) if decay else None)
+        if decay == "raw":
+            model, _ = checkpoint_model(path, raw=True)
+        else:
+            model, _ = checkpoint_model(path, float(decay) if decay else None)
     except (TrainingError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"{spec}: {error}") from None
     if not isinstance(model, FDN):
@@ -102,7 +125,7 @@ def score(
         config.data.root = data_root
     try:
         return best_strength_scores(
-            {spec: model_of(spec) for spec in models}, config, sigmas, strengths
+            {spec: model_of(spec) for spec in expanded(models)}, config, sigmas, strengths
         )
     except SystemExit as error:
         raise SystemExit(f"{config_path}: {error}") from None
@@ -130,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "models",
         nargs="+",
-        help="bundled names, model files, or checkpoints (RUN/checkpoint.pt[@DECAY])",
+        help="bundled names, model files, or checkpoints (RUN/checkpoint.pt[@DECAY|@raw|@all])",
     )
     parser.add_argument("--data-root", help="where the run's data is now (default: as trained)")
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS))

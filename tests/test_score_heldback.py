@@ -110,6 +110,14 @@ def test_a_checkpoint_scores_as_the_model_files_of_its_averages(tmp_path, score_
     assert results[specs[0]] != results[specs[1]]
     with pytest.raises(SystemExit, match=r"checkpoint\.pt@0\.5: .*training\.ema_extra: 0\.1"):
         score_heldback.model_of(f"{run}/checkpoint.pt@0.5")
+    # @all is the run's own and every average beside it; @raw the weights without one.
+    assert score_heldback.expanded([files[0], f"{run}/checkpoint.pt@all"]) == [files[0], *specs]
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    raw = score_heldback.model_of(f"{run}/checkpoint.pt@raw").state_dict()
+    assert raw.keys() == checkpoint["model"].keys()
+    assert all(torch.equal(raw[k], checkpoint["model"][k]) for k in raw)
+    own = score_heldback.model_of(specs[0]).state_dict()
+    assert not all(torch.equal(raw[k], own[k]) for k in raw)  # the average differs from it
 
 
 def test_the_best_is_the_best_the_walk_scored(run, score_heldback, monkeypatch):

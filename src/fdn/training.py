@@ -116,16 +116,19 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 
 def checkpoint_model(
-    path: str | os.PathLike, average: float | None = None
+    path: str | os.PathLike, average: float | None = None, raw: bool = False
 ) -> tuple[nn.Module, dict]:
     """The model a run's checkpoint holds, in eval mode, and the checkpoint (its config a
     :class:`TrainConfig`): the run's moving average when it keeps one (what its model files
-    hold), or with ``average``, the one of that decay kept beside it (``training.ema_extra``).
+    hold), or with ``average``, the one of that decay kept beside it (``training.ema_extra``),
+    or with ``raw``, the weights the optimiser steps (no average: the shortest horizon).
     A checkpoint without that average is a :class:`TrainingError` naming the ones it has."""
     path = Path(path)
     checkpoint = load_checkpoint(path)
     model = build_model(checkpoint["config"])
-    if average is None:
+    if raw:
+        state = checkpoint["model"]
+    elif average is None:
         state = checkpoint["ema"]["model"] if "ema" in checkpoint else checkpoint["model"]
     else:
         kept = checkpoint.get("ema_extra", {})
