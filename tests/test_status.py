@@ -86,6 +86,17 @@ def test_the_pace_is_the_last_hour_of_training_time(tmp_path):
     assert run_status(run_folder(tmp_path, rows)).steps_per_hour == pytest.approx(200)
 
 
+def test_an_average_dropped_on_a_resume_is_not_shown_as_kept(tmp_path):
+    # Resumed with --set training.ema_extra=[0.99]: the last validation scored 0.9995, which
+    # the run no longer updates; the line lists what it keeps, 0.99 not yet scored.
+    config = CONFIG.replace("ema_extra = [0.9995, 0.9998]", "ema_extra = [0.99]")
+    rows = [{"step": 1000, "loss": 0.1, "val_psnr": 28.2, "val_psnr_ema0.9995": 28.1}]
+    status = run_status(run_folder(tmp_path, rows, config))
+    assert status.averages == {"0.99": None}
+    assert "averages beside the run's own (last validation): 0.99 -" in format_status(status)
+    assert "0.9995" not in format_status(status)
+
+
 def test_a_run_without_times_or_validations_still_says_where_it_is(tmp_path):
     status = run_status(run_folder(tmp_path, [{"step": 50, "loss": 0.1}], "[training]\n"))
     assert status.steps_per_hour is None and status.hours_to(100) is None

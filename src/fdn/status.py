@@ -41,7 +41,7 @@ class RunStatus:
     ``steps_per_hour`` is over the last hour of training time (the log's ``wall_s``, which
     leaves out the time a run was stopped), None when the log cannot tell. ``validations``
     are ``(step, PSNR)`` of the run's own average (or weights), ``averages`` the last scores
-    of the averages kept beside it (decay -> PSNR; None where none was scored yet). ``ema``
+    of the averages kept beside it now (decay -> PSNR; None where none was scored yet). ``ema``
     is the decay of the run's own average (0: none), which ramps up over its first updates.
     """
 
@@ -98,7 +98,9 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
     }
     if scored:
         for key, value in scored[-1].items():
-            if key.startswith(AVERAGE_PREFIX):
+            # Only the averages the run keeps now: one dropped on a resume (--set
+            # training.ema_extra=[...]) is no longer updated, and its last score is history.
+            if key.startswith(AVERAGE_PREFIX) and key.removeprefix(AVERAGE_PREFIX) in averages:
                 averages[key.removeprefix(AVERAGE_PREFIX)] = float(value)
     checkpoint = folder / "checkpoint.pt"
     iterations = int(training.get("iterations", 0))
