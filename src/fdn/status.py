@@ -96,12 +96,11 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
     averages: dict[str, float | None] = {
         average_key(decay): None for decay in training.get("ema_extra", [])
     }
-    if scored:
-        for key, value in scored[-1].items():
-            # Only the averages the run keeps now: one dropped on a resume (--set
-            # training.ema_extra=[...]) is no longer updated, and its last score is history.
-            if key.startswith(AVERAGE_PREFIX) and key.removeprefix(AVERAGE_PREFIX) in averages:
-                averages[key.removeprefix(AVERAGE_PREFIX)] = float(value)
+    # Only the averages the run keeps now: one dropped on a resume (--set
+    # training.ema_extra=[...]) is no longer updated, and its last score is history.
+    for key in averages:
+        if scored and AVERAGE_PREFIX + key in scored[-1]:
+            averages[key] = float(scored[-1][AVERAGE_PREFIX + key])
     checkpoint = folder / "checkpoint.pt"
     iterations = int(training.get("iterations", 0))
     return RunStatus(
