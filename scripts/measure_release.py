@@ -12,7 +12,10 @@ machine), each step's output in ``OUT/lane1.log`` and ``OUT/lane2.log``:
 - lane 2: the out-of-distribution guard (``benchmarks/ood_calibration.py --write``, then
   how often it warns on the test sets, ``--measure``) and, for the models the flow noise
   estimator uses, its curve (``benchmarks/noise_estimation.py --fit --write``), both fitted
-  on the model's training folder.
+  on the model's training folder; with ``--ensemble``, then ``fdn eval --ensemble`` on the test
+  sets at the default strength (8x the time of one pass: about 20 minutes for CBSD68, 40 for
+  BSD68 and Set12), added to the record (``release_models.py --psnr-ensemble``) for the model
+  card's self-ensemble sentence.
 
     OMP_NUM_THREADS=1 nice python scripts/measure_release.py fdn-grey-blind \
         --data-root ../shared/data --out ~/fdn-runs/measure-grey
@@ -101,7 +104,13 @@ def _eval(name: str, tests: list[Path], out: Path, *extra: str) -> list[str]:
 
 
 def lanes(
-    name: str, data_root: Path, train: Path, tests: list[Path], out: Path, noise: bool
+    name: str,
+    data_root: Path,
+    train: Path,
+    tests: list[Path],
+    out: Path,
+    noise: bool,
+    ensemble: bool = False,
 ) -> dict:
     """The steps of each lane: lists of ``(command, condition)``, where a condition (or None)
     is a ``(label, test)`` the record must pass by then for the step to run."""
@@ -123,6 +132,11 @@ def lanes(
     if noise:
         fit = ("--fit", "--write", "--limit", "24", "--data", str(train))
         lane2.append((_python("benchmarks/noise_estimation.py", *fit), None))
+    if ensemble:
+        # After the guard: the eval runs the model as `fdn denoise --ensemble` would.
+        lane2.append((_eval(name, tests, out / "ensemble", "--ensemble"), None))
+        results = out / "ensemble" / "results.json"
+        lane2.append((_python(release, "--psnr-ensemble", f"{name}={results}"), None))
     return {"lane1": lane1, "lane2": lane2}
 
 
@@ -148,12 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--test-sets", nargs="+", default=[], metavar="DIR")
     parser.add_argument("--out", type=Path, required=True, help="folder for results and logs")
+    parser.add_argument(
+        "--ensemble", action="store_true", help="also score the x8 self-ensemble (lane 2)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
     parser.add_argument("--models-json", type=Path, default=MODELS_JSON, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     train, tests = folders(args.name, args.data_root, args.test_sets, args.models_json)
     noise = args.name in DEFAULT_MODELS.values()
-    planned = lanes(args.name, args.data_root, train, tests, args.out, noise)
+    planned = lanes(args.name, args.data_root, train, tests, args.out, noise, args.ensemble)
     if args.dry_run:
         for lane, steps in planned.items():
             for command, condition in steps:

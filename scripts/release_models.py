@@ -386,7 +386,8 @@ def add_psnr(table: dict, name: str, results: Path, key: str = "psnr_db") -> Non
     and, for ``psnr_db`` (strength 1, the protocol every release is compared by), to its last
     release line. ``psnr_db_default``: the same at the model's default strength (its strength
     curve's, ``scripts/fit_strength.py``), what ``fdn denoise`` gives; the model card's
-    results table shows it where there is one."""
+    results table shows it where there is one. ``psnr_db_ensemble``: at the default strength
+    with the x8 self-ensemble (``fdn eval --ensemble``), the model card's best case."""
     scores: dict = {}
     for row in json.loads(results.read_text())["means"]:
         if row["method"] == name:
@@ -485,6 +486,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=RESULTS.json",
         help="the same, measured at the model's default strength (its strength curve)",
     )
+    parser.add_argument(
+        "--psnr-ensemble",
+        action="append",
+        default=[],
+        metavar="NAME=RESULTS.json",
+        help="the same, with the x8 self-ensemble (fdn eval --ensemble) at the default strength",
+    )
     parser.add_argument("--table", metavar="NAME", help="print NAME's table of releases")
     parser.add_argument(
         "--figure",
@@ -514,14 +522,16 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(run_dir)
         if release(name, run, table, args.weights, args.data_root, args.continues, args.average):
             changed.append(name)
-    for entry in args.psnr:
-        name, results = entry.split("=", 1)
-        add_psnr(table, name, Path(results))
-        changed.append(name)
-    for entry in args.psnr_default:
-        name, results = entry.split("=", 1)
-        add_psnr(table, name, Path(results), "psnr_db_default")
-        changed.append(name)
+    scored = {
+        "psnr_db": args.psnr,
+        "psnr_db_default": args.psnr_default,
+        "psnr_db_ensemble": args.psnr_ensemble,
+    }
+    for key, entries in scored.items():
+        for entry in entries:
+            name, results = entry.split("=", 1)
+            add_psnr(table, name, Path(results), key)
+            changed.append(name)
     if changed:
         # Into models.json as it is now, so that another model's release, or a strength
         # curve, written while this one scored its run is kept.

@@ -73,6 +73,24 @@ def test_a_record_just_released_takes_the_test_sets_of_the_last_release_scored(
         dry_run(measure_release, capsys, "fdn-grey-blind", root, table, tmp_path / "out")
 
 
+def test_the_ensemble_is_scored_only_when_asked_and_goes_to_its_own_key(
+    tmp_path, capsys, measure_release
+):
+    root, table = fake_table(tmp_path)
+    argv = ["fdn-grey-blind", "--data-root", str(root), "--out", str(tmp_path / "out")]
+    argv += ["--models-json", str(table), "--dry-run"]
+    assert measure_release.main(argv) == 0
+    assert "--ensemble" not in capsys.readouterr().out
+    assert measure_release.main([*argv, "--ensemble"]) == 0
+    lane2 = [x for x in capsys.readouterr().out.splitlines() if x.startswith("lane2: ")]
+    # After the guard and the noise fit; the default strength (no --strength), then the record.
+    assert len(lane2) == 4 and "ood_calibration" in lane2[0]
+    assert " eval --model fdn-grey-blind " in lane2[2] and lane2[2].endswith("--ensemble")
+    assert "--strength" not in lane2[2]
+    ensemble = tmp_path / "out" / "ensemble" / "results.json"
+    assert lane2[3].endswith(f"--psnr-ensemble fdn-grey-blind={ensemble}")
+
+
 def test_only_the_noise_estimators_models_get_a_noise_fit(tmp_path, capsys, measure_release):
     root, table = fake_table(tmp_path, name="my-faces", tests=("faces",))
     lines = dry_run(measure_release, capsys, "my-faces", root, table, tmp_path / "out")

@@ -187,6 +187,23 @@ def test_test_set_scores_go_to_the_record_and_its_last_release(tmp_path, release
     assert "psnr_db_default" not in table["m"]["releases"][-1]
 
 
+def test_the_command_line_puts_each_kind_of_score_under_its_key(tmp_path, release_models):
+    (tmp_path / "models.json").write_text(json.dumps({"m": {"releases": [{}]}}))
+    for kind, psnr in (("one", 30.0), ("default", 30.1), ("ensemble", 30.3)):
+        means = [{"method": "m", "dataset": "CBSD68", "sigma": 15, "psnr": psnr}]
+        (tmp_path / f"{kind}.json").write_text(json.dumps({"means": means}))
+    argv = ["--weights", str(tmp_path), "--psnr", f"m={tmp_path / 'one.json'}"]
+    argv += ["--psnr-default", f"m={tmp_path / 'default.json'}"]
+    argv += ["--psnr-ensemble", f"m={tmp_path / 'ensemble.json'}"]
+    assert release_models.main(argv) == 0
+    record = json.loads((tmp_path / "models.json").read_text())["m"]
+    assert record["psnr_db"] == {"CBSD68": {"sigma15": 30.0}}
+    assert record["psnr_db_default"] == {"CBSD68": {"sigma15": 30.1}}
+    assert record["psnr_db_ensemble"] == {"CBSD68": {"sigma15": 30.3}}
+    # Only strength 1, the protocol releases are compared by, goes to the release line.
+    assert record["releases"][-1] == {"psnr_db": {"CBSD68": {"sigma15": 30.0}}}
+
+
 def test_the_release_table_shows_the_gap_to_the_references(release_models):
     record = {
         "psnr_db": {"CBSD68": {}},
