@@ -388,10 +388,14 @@ def add_psnr(table: dict, name: str, results: Path, key: str = "psnr_db") -> Non
     curve's, ``scripts/fit_strength.py``), what ``fdn denoise`` gives; the model card's
     results table shows it where there is one. ``psnr_db_ensemble``: at the default strength
     with the x8 self-ensemble (``fdn eval --ensemble``), the model card's best case."""
+    # fdn eval names the model's column after it, "NAME x8" with --ensemble (EnsembleDenoiser).
+    method = f"{name} x8" if key == "psnr_db_ensemble" else name
     scores: dict = {}
     for row in json.loads(results.read_text())["means"]:
-        if row["method"] == name:
+        if row["method"] == method:
             scores.setdefault(row["dataset"], {})[f"sigma{row['sigma']:g}"] = round(row["psnr"], 2)
+    if not scores:
+        raise SystemExit(f"{results}: no scores of {method!r} (is it the right results file?)")
     record = table[name]
     for dataset, values in scores.items():
         record.setdefault(key, {}).setdefault(dataset, {}).update(values)

@@ -190,7 +190,9 @@ def test_test_set_scores_go_to_the_record_and_its_last_release(tmp_path, release
 def test_the_command_line_puts_each_kind_of_score_under_its_key(tmp_path, release_models):
     (tmp_path / "models.json").write_text(json.dumps({"m": {"releases": [{}]}}))
     for kind, psnr in (("one", 30.0), ("default", 30.1), ("ensemble", 30.3)):
-        means = [{"method": "m", "dataset": "CBSD68", "sigma": 15, "psnr": psnr}]
+        # fdn eval --ensemble names the column "NAME x8"; the one-pass file has no such row.
+        method = "m x8" if kind == "ensemble" else "m"
+        means = [{"method": method, "dataset": "CBSD68", "sigma": 15, "psnr": psnr}]
         (tmp_path / f"{kind}.json").write_text(json.dumps({"means": means}))
     argv = ["--weights", str(tmp_path), "--psnr", f"m={tmp_path / 'one.json'}"]
     argv += ["--psnr-default", f"m={tmp_path / 'default.json'}"]
@@ -202,6 +204,9 @@ def test_the_command_line_puts_each_kind_of_score_under_its_key(tmp_path, releas
     assert record["psnr_db_ensemble"] == {"CBSD68": {"sigma15": 30.3}}
     # Only strength 1, the protocol releases are compared by, goes to the release line.
     assert record["releases"][-1] == {"psnr_db": {"CBSD68": {"sigma15": 30.0}}}
+    # A results file without the model's column is refused, not added as nothing.
+    with pytest.raises(SystemExit, match="no scores of 'm x8'"):
+        release_models.main([*argv[:2], "--psnr-ensemble", f"m={tmp_path / 'one.json'}"])
 
 
 def test_the_release_table_shows_the_gap_to_the_references(release_models):
@@ -481,6 +486,26 @@ def test_the_model_cards_results_table_has_the_released_psnrs(name, dataset, rel
         )
         fdn_cell = row.strip(" |").split("|")[-1]  # the last column: "PSNR / SSIM"
         assert fdn_cell.split("/")[0].strip(" *") == f"{scores[f'sigma{sigma}']:.2f}", row
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset"), [("fdn-color-blind", "CBSD68"), ("fdn-grey-blind", "BSD68")]
+)
+def test_the_model_cards_self_ensemble_scores_are_the_records(name, dataset, release_models):
+    # `measure_release.py --ensemble` keeps them in the record; a release drops them with
+    # the old weights, and the card then names the release they were measured on.
+    from fdn.pretrained import model_record
+
+    record = model_record(name)
+    if "psnr_db_ensemble" not in record:
+        pytest.skip(f"{name}: its self-ensemble was not measured since its release")
+    card = (release_models.WEIGHTS.parents[2] / "docs" / "model-card.md").read_text()
+    paragraph = card[card.index("**With the x8 self-ensemble**") :].split("\n\n")[0]
+    scores = record["psnr_db_ensemble"][dataset]
+    quoted = " / ".join(f"{scores[f'sigma{sigma}']:.2f}" for sigma in (15, 25, 50))
+    assert f"`{name}`" in paragraph and quoted in paragraph
+    held_back = f"{record['holdout']['psnr_db']:.3f}"
+    assert f"release at held-back {held_back}" in " ".join(paragraph.split())
 
 
 def test_a_stage_counts_the_patches_of_each_steps_batch(tmp_path, release_models):
