@@ -14,8 +14,8 @@ machine), each step's output in ``OUT/lane1.log`` and ``OUT/lane2.log``:
   estimator uses, its curve (``benchmarks/noise_estimation.py --fit --write``), both fitted
   on the model's training folder; with ``--ensemble``, then ``fdn eval --ensemble`` on the test
   sets at the default strength (8x the time of one pass: about 50 minutes of one thread for
-  CBSD68 and for BSD68 on an AVX2 CPU), added to the record (``release_models.py --psnr-ensemble``) for the model
-  card's self-ensemble sentence.
+  CBSD68 and for BSD68 on an AVX2 CPU), added to the record (``release_models.py
+  --psnr-ensemble``) for the model card's self-ensemble sentence.
 
     OMP_NUM_THREADS=1 nice python scripts/measure_release.py fdn-grey-blind \
         --data-root ../shared/data --out ~/fdn-runs/measure-grey
