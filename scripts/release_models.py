@@ -46,6 +46,7 @@ from fdn.atomic import update_json
 from fdn.config import TrainConfig
 from fdn.curves import Curve, plot_curves, read_log
 from fdn.data import load_validation
+from fdn.ensemble import ensemble_name
 from fdn.model import FDN
 from fdn.serialization import load_model, save_model
 from fdn.training import CHECKPOINT, TrainingError, checkpoint_model, validate
@@ -388,8 +389,8 @@ def add_psnr(table: dict, name: str, results: Path, key: str = "psnr_db") -> Non
     curve's, ``scripts/fit_strength.py``), what ``fdn denoise`` gives; the model card's
     results table shows it where there is one. ``psnr_db_ensemble``: at the default strength
     with the x8 self-ensemble (``fdn eval --ensemble``), the model card's best case."""
-    # fdn eval names the model's column after it, "NAME x8" with --ensemble (EnsembleDenoiser).
-    method = f"{name} x8" if key == "psnr_db_ensemble" else name
+    # fdn eval names the model's column after it, and after its ensemble with --ensemble.
+    method = ensemble_name(name) if key == "psnr_db_ensemble" else name
     scores: dict = {}
     for row in json.loads(results.read_text())["means"]:
         if row["method"] == method:

@@ -31,6 +31,7 @@ from fdn.baselines import (
 )
 from fdn.baselines.dncnn import ModuleDenoiser, read_state_dict
 from fdn.baselines.weights import MissingWeightsError, peer_file, weights_folder
+from fdn.ensemble import ensemble_name, self_ensemble
 from fdn.model import FDN
 from fdn.serialization import ModelFileError, load_model
 
@@ -92,7 +93,8 @@ class FDNDenoiser(ModuleDenoiser):
 
 class EnsembleDenoiser:
     r"""Any :class:`Denoiser` with the x8 self-ensemble: its results on the eight flips and
-    rotations of the noisy image, transformed back and averaged. Named ``"NAME x8"``.
+    rotations of the noisy image, transformed back and averaged. Named
+    :func:`fdn.ensemble.ensemble_name`'s ``"NAME x8"``.
 
     Arguments:
         inner: the method to ensemble.
@@ -100,15 +102,13 @@ class EnsembleDenoiser:
 
     def __init__(self, inner: Denoiser) -> None:
         self.inner = inner
-        self.name = f"{inner.name} x8"
+        self.name = ensemble_name(inner.name)
         self.blind = inner.blind
 
     def supports(self, channels: int, sigma: float | None) -> str | None:
         return self.inner.supports(channels, sigma)
 
     def denoise(self, noisy: Tensor, sigma: float | None) -> Tensor:
-        from fdn.ensemble import self_ensemble
-
         return self_ensemble(lambda x: self.inner.denoise(x, sigma), noisy)
 
 

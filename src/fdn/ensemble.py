@@ -11,7 +11,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["dihedral", "self_ensemble", "undo_dihedral"]
+__all__ = ["dihedral", "ensemble_name", "self_ensemble", "undo_dihedral"]
+
+
+def ensemble_name(name: str) -> str:
+    """The name of ``name``'s x8 self-ensemble: ``fdn eval``'s column header for it, which
+    ``scripts/release_models.py --psnr-ensemble`` reads back.
+
+    Example:
+        >>> ensemble_name("fdn-color-blind")
+        'fdn-color-blind x8'
+    """
+    return f"{name} x8"
 
 
 def dihedral(x: Tensor, k: int) -> Tensor:
