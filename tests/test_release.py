@@ -2,6 +2,7 @@
 images, and the record sums the iterations and hours of every stage."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -506,6 +507,35 @@ def test_the_model_cards_self_ensemble_scores_are_the_records(name, dataset, rel
     assert f"`{name}`" in paragraph and quoted in paragraph
     held_back = f"{record['holdout']['psnr_db']:.3f}"
     assert f"release at held-back {held_back}" in " ".join(paragraph.split())
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset", "references"),
+    [("fdn-color-blind", "CBSD68", ("CBM3D", "FFDNet")), ("fdn-grey-blind", "BSD68", ("BM3D",))],
+)
+def test_the_readme_first_screen_quotes_the_records_gaps(
+    name, dataset, references, release_models
+):
+    # What a newcomer reads first: how far each bundled model is from the denoisers they could
+    # pick instead, at the default strength (and with --ensemble where measured since release).
+    # A release that changes the scores changes these sentences too.
+    from fdn.pretrained import model_record
+
+    readme = (release_models.WEIGHTS.parents[2] / "README.md").read_text()
+    start = readme.index("Then denoise your own photos")
+    first_screen = " ".join(readme[start:].split("\n\n")[0].split())
+    record = model_record(name)
+    measured = {"one pass": record.get("psnr_db_default", record["psnr_db"])}
+    if "psnr_db_ensemble" in record:  # the --ensemble sentence, against the first reference
+        measured["--ensemble"] = record["psnr_db_ensemble"]
+    for kind, table in measured.items():
+        scores = [table[dataset][f"sigma{sigma}"] for sigma in (15, 25, 50)]
+        for reference in references[: 1 if kind == "--ensemble" else None]:
+            values = release_models.REFERENCES[dataset][reference]
+            for score, value in zip(scores, values, strict=True):
+                gap = f"{abs(score - value):.2f}"
+                quoted = re.search(rf"(?<![\d.]){re.escape(gap)}(?!\d)", first_screen)
+                assert quoted, f"{name} {kind}: {gap} dB to {reference}"
 
 
 def test_a_stage_counts_the_patches_of_each_steps_batch(tmp_path, release_models):
