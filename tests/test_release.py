@@ -538,6 +538,23 @@ def test_the_readme_first_screen_quotes_the_records_gaps(
                 assert quoted, f"{name} {kind}: {gap} dB to {reference}"
 
 
+@pytest.mark.parametrize("name", ["fdn-color-blind", "fdn-grey-blind"])
+def test_the_model_cards_gap_paragraph_quotes_the_cumulative_training(name, release_models):
+    # The paragraph under the results table says how much training each model has had so far;
+    # the release table has it per release, this is the sum a reader takes away.
+    from fdn.pretrained import model_record
+
+    card = (release_models.WEIGHTS.parents[2] / "docs" / "model-card.md").read_text()
+    start = card.index("**The bundled models do not beat BM3D yet")
+    paragraph = " ".join(card[start:].split("\n\n")[0].split())
+    total = model_record(name)["cumulative"]
+    quoted = f"{total['iterations']:,} iterations ({round(total['patches'] / 1000)}K patches)"
+    assert quoted in paragraph, quoted
+    assert (
+        f"{total['cpu_hours']:.1f}" in paragraph and f"{total['gpu_hours']:.2f} GPU" in paragraph
+    )
+
+
 def test_a_stage_counts_the_patches_of_each_steps_batch(tmp_path, release_models):
     # A fork at step 100 from a batch-16 parent, at batch 9 since (fdn train --fork gives the
     # parent's rows its batch); rows come every 50 steps.
