@@ -555,6 +555,29 @@ def test_the_model_cards_gap_paragraph_quotes_the_cumulative_training(name, rele
     )
 
 
+@pytest.mark.parametrize("name", ["fdn-color-blind", "fdn-grey-blind"])
+def test_the_docs_quote_the_out_of_distribution_guard_as_measured(name, release_models):
+    # benchmarks/ood_calibration.py --write after each release; README and model card say
+    # what it measured: the threshold, and the checkerboard's score and denoised mean.
+    from fdn.pretrained import model_record
+
+    root = release_models.WEIGHTS.parents[2]
+    readme = (root / "README.md").read_text()
+    start = readme.index("**Out-of-distribution guard.**")
+    bullet = " ".join(readme[start:].split("\n- ")[0].split("\n\n")[0].split())
+    card = (root / "docs" / "model-card.md").read_text()
+    start = card.index("## Inputs unlike the training images")
+    section = " ".join(card[start:].split("\n## ")[0].split())
+    guard = model_record(name).get("ood_guard")
+    if guard is None:
+        pytest.skip(f"{name}: its guard was not measured since its release")
+    threshold = f"{guard['threshold_bits_per_dim']:.2f}"
+    assert threshold in bullet and threshold in section
+    board = guard["checkerboard_bits_per_dim"]
+    assert f"{board:.1f} bits/dim" in bullet or f"{board:.1f} under" in bullet
+    assert f"mean {guard['checkerboard_denoised_mean']:.0f}" in bullet
+
+
 def test_a_stage_counts_the_patches_of_each_steps_batch(tmp_path, release_models):
     # A fork at step 100 from a batch-16 parent, at batch 9 since (fdn train --fork gives the
     # parent's rows its batch); rows come every 50 steps.
