@@ -1,7 +1,7 @@
 r"""Training throughput: FDN's fast path (bf16 + channels-last) against float32, and DnCNN.
 
 Run: ``python benchmarks/train_throughput.py [--config configs/bundled_color_blind.toml]
-[--device cpu|cuda] [--threads 1] [--steps 7] [--batch 16] [--patch 64]``.
+[--device cpu|cuda] [--threads 1] [--steps 7] [--batch 16] [--patch 64] [--profile 15]``.
 
 Every variant takes one optimisation step in turn (the trainer's own loss, autocast and
 layout; Adam; gradient clipping), round after round, so that a machine whose speed drifts
@@ -9,6 +9,8 @@ slows all of them alike; after two warm-up rounds, iterations/s and images/s are
 ``steps`` rounds. The variants: FDN of the config's ``[model]`` in float32 NCHW (the path
 before ``training.precision``) and in bf16 + channels-last, and the DnCNN baseline in
 float32. Prints JSON with the speed-up of the fast path and FDN's time over DnCNN's.
+``--profile N`` then profiles one more step of each variant (``torch.profiler``) and prints,
+on standard error, its N operators with the most time of their own: where a step goes.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=0, help="default: the config's")
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="print each variant's top N ops"
+    )
     args = parser.parse_args()
     runtime.tune_allocator()  # as every fdn command does: fdn train runs this way
     torch.set_num_threads(args.threads)
@@ -110,6 +115,21 @@ def main() -> None:
     results["fast_path_speedup"] = seconds["fdn_fp32"] / seconds["fdn_bf16_channels_last"]
     results["fdn_fp32_over_dncnn_time"] = seconds["fdn_fp32"] / seconds["dncnn_fp32"]
     print(json.dumps(results, indent=2))
+    if args.profile:
+        profile(steps, args.steps + 2, args.profile)
+
+
+def profile(steps: dict[str, Callable[[int], None]], index: int, rows: int) -> None:
+    """One more step of each variant under ``torch.profiler``: its operators by own time."""
+    import sys
+
+    from torch.profiler import profile as profiler
+
+    for name, step in steps.items():
+        with profiler() as recorded:
+            step(index)
+        table = recorded.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+        print(f"{name}:\n{table}", file=sys.stderr)
 
 
 if __name__ == "__main__":
