@@ -86,6 +86,22 @@ def test_the_pace_is_the_last_hour_of_training_time(tmp_path):
     assert run_status(run_folder(tmp_path, rows)).steps_per_hour == pytest.approx(200)
 
 
+def test_the_cpu_line_says_when_a_run_shares_the_machine(tmp_path):
+    # One thread, 18 s of training time per step of which 9 s on the CPU: half its time went
+    # to other work (a release scored beside it at a higher priority, say).
+    config = CONFIG.replace("checkpoint_every = 250", "checkpoint_every = 250\nthreads = 1")
+    rows = [{"step": s, "loss": 0.1, "wall_s": 18.0 * s, "cpu_s": 9.0 * s} for s in (50, 100)]
+    status = run_status(run_folder(tmp_path, rows, config))
+    assert status.cpu_per_step == pytest.approx(9) and status.cores == pytest.approx(0.5)
+    text = format_status(status)
+    assert "CPU: 9.00 s per step, 0.50 cores busy of its 1 thread: it shares the machine" in text
+    # The same pace with its thread busy throughout: nothing to say but the figures.
+    (tmp_path / "b").mkdir()
+    rows = [{**row, "cpu_s": row["wall_s"] * 0.97} for row in rows]
+    text = format_status(run_status(run_folder(tmp_path / "b", rows, config)))
+    assert "CPU: 17.46 s per step, 0.97 cores busy\n" in text
+
+
 def test_an_average_dropped_on_a_resume_is_not_shown_as_kept(tmp_path):
     # Resumed with --set training.ema_extra=[0.99]: the last validation scored 0.9995, which
     # the run no longer updates; the line lists what it keeps, 0.99 not yet scored.
@@ -114,6 +130,7 @@ def test_a_real_run_folder_end_to_end(tmp_path, capsys):
     assert "step 6 of 6 (100.0%)" in out and "finished" in out
     assert "averages beside the run's own (last validation): 0.5 " in out
     assert "next validation" not in out  # a finished run has none
+    assert "  CPU: " in out and " s per step, " in out
 
 
 @pytest.mark.parametrize("missing", ["config.toml", "log.jsonl"])

@@ -43,6 +43,10 @@ class RunStatus:
     are ``(step, PSNR)`` of the run's own average (or weights), ``averages`` the last scores
     of the averages kept beside it now (decay -> PSNR; None where none was scored yet). ``ema``
     is the decay of the run's own average (0: none), which ramps up over its first updates.
+    ``cpu_per_step`` and ``cores`` are over the same window (the log's ``cpu_s``: the training
+    process's CPU time, all its threads): CPU seconds per step, and CPU time over training
+    time, the cores it kept busy; None where the log has no CPU time. ``threads`` is
+    ``training.threads`` (0: PyTorch's default).
     """
 
     run_dir: Path
@@ -58,6 +62,9 @@ class RunStatus:
     checkpoint_s_ago: float | None
     finished: bool
     ema: float = 0.0
+    cpu_per_step: float | None = None
+    cores: float | None = None
+    threads: int = 0
 
     @property
     def best(self) -> tuple[int, float] | None:
@@ -103,6 +110,7 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
             averages[key] = float(scored[-1][AVERAGE_PREFIX + key])
     checkpoint = folder / "checkpoint.pt"
     iterations = int(training.get("iterations", 0))
+    cpu_per_step, cores = _cpu_use(trained)
     return RunStatus(
         run_dir=folder,
         step=last["step"],
@@ -117,20 +125,42 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
         checkpoint_s_ago=now - checkpoint.stat().st_mtime if checkpoint.is_file() else None,
         finished=(folder / "model.safetensors").is_file() or last["step"] >= iterations > 0,
         ema=float(training.get("ema", 0.0)),
+        cpu_per_step=cpu_per_step,
+        cores=cores,
+        threads=int(training.get("threads", 0)),
     )
 
 
-def _pace(rows: list[dict]) -> float | None:
-    """Steps per hour of training time over the last :data:`PACE_WINDOW_S` of it."""
-    timed = [row for row in rows if isinstance(row.get("wall_s"), int | float)]
+def _window(rows: list[dict], *keys: str) -> tuple[dict, dict] | None:
+    """The first and last rows with ``keys`` in the last :data:`PACE_WINDOW_S` of training
+    time (the row before the last where only the last is in it); None under two rows."""
+    timed = [r for r in rows if all(isinstance(r.get(key), int | float) for key in keys)]
     if len(timed) < 2:
         return None
     last = timed[-1]
     first = next(r for r in timed if r["wall_s"] >= last["wall_s"] - PACE_WINDOW_S)
-    if first is last:  # one row in the window: the row before it
-        first = timed[-2]
+    return (timed[-2] if first is last else first), last
+
+
+def _pace(rows: list[dict]) -> float | None:
+    """Steps per hour of training time over the last :data:`PACE_WINDOW_S` of it."""
+    if (window := _window(rows, "wall_s")) is None:
+        return None
+    first, last = window
     seconds, steps = last["wall_s"] - first["wall_s"], last["step"] - first["step"]
     return steps / seconds * 3600 if seconds > 0 and steps > 0 else None
+
+
+def _cpu_use(rows: list[dict]) -> tuple[float | None, float | None]:
+    """CPU seconds per step and cores kept busy, over the window :func:`_pace` reads."""
+    if (window := _window(rows, "wall_s", "cpu_s")) is None:
+        return None, None
+    first, last = window
+    seconds, steps = last["wall_s"] - first["wall_s"], last["step"] - first["step"]
+    cpu = last["cpu_s"] - first["cpu_s"]
+    if seconds <= 0 or steps <= 0 or cpu < 0:
+        return None, None
+    return cpu / steps, cpu / seconds
 
 
 def _ago(seconds: float) -> str:
@@ -163,6 +193,12 @@ def format_status(status: RunStatus) -> str:
     pace = f", {s.steps_per_hour:,.0f} steps/hour" if s.steps_per_hour else ""
     state = "finished" if s.finished else f"last logged {_ago(s.logged_s_ago)}"
     lines = [f"{s.run_dir}: step {s.step:,} of {s.iterations:,}{share}{pace}; {state}"]
+    if s.cpu_per_step is not None and s.cores is not None:
+        line = f"  CPU: {s.cpu_per_step:.2f} s per step, {s.cores:.2f} cores busy"
+        # Under 80% of the threads it was given: the rest of the time went to other work.
+        if s.threads and s.cores < 0.8 * s.threads:
+            line += f" of its {s.threads} thread{'s' * (s.threads > 1)}: it shares the machine"
+        lines.append(line)
     if s.validations:
         step, score = s.validations[-1]
         best_step, best = s.best or (step, score)
