@@ -107,7 +107,7 @@ def test_a_fork_may_turn_the_moving_average_on_or_off(images, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change", ["model.hidden_channels=8", "optim.warmup=3", "optim.betas=[0.8, 0.9]"]
+    "change", ["model.clean_fraction=0.5", "optim.warmup=3", "optim.betas=[0.8, 0.9]"]
 )
 def test_a_fork_keeps_the_network_and_the_optimiser(parent, tmp_path, change):
     with pytest.raises(TrainingError, match=change.partition("=")[0]):
@@ -178,9 +178,42 @@ def test_a_fork_may_add_steps_of_flow_and_takes_its_parents_steps_on_the_rest(pa
     assert result.step == 5
 
 
+def test_a_fork_may_widen_the_dense_blocks_and_takes_its_parents_steps_on_the_old_channels(
+    parent, tmp_path
+):
+    # The added channels feed nothing the old ones compute, so the wider fork has its
+    # parent's loss and, on every old weight, its gradients: after one step each old entry is
+    # where the parent's own next step puts it (Adam's moments laid into the wider tensors).
+    one_more = ["training.iterations=5"]
+    quiet(None, tmp_path / "wide", fork=parent,
+          changes=["model.hidden_channels=6", *one_more])  # fmt: skip
+    quiet(None, tmp_path / "same", fork=parent, changes=one_more)
+    same, wide = parameters(tmp_path / "same"), parameters(tmp_path / "wide")
+    assert set(same) == set(wide)
+    widened = [name for name in same if wide[name].shape != same[name].shape]
+    assert widened and all(".g1." in n or ".g2." in n or ".g3." in n for n in widened)
+    for name, old in same.items():
+        new = wide[name][: old.shape[0]] if old.dim() else wide[name]  # added outputs: after
+        if old.dim() == 4:
+            # Of the inputs, the old: in_channels, then the first 4 of each feature's 6.
+            features = (new.shape[1] - old.shape[1]) // 2
+            inputs = old.shape[1] - 4 * features
+            columns = list(range(inputs))
+            columns += [inputs + j * 6 + r for j in range(features) for r in range(4)]
+            new = new[:, columns]
+        assert torch.allclose(new, old, rtol=0, atol=1e-6), name
+    state = torch.load(tmp_path / "wide" / CHECKPOINT, weights_only=True)
+    assert state["config"]["model"]["hidden_channels"] == 6 and state["step"] == 5
+    assert all(state["ema"]["model"][n].shape == wide[n].shape for n in wide)
+    assert quiet(None, tmp_path / "wide", resume=True, changes=[]).step == 5
+
+
 def test_a_fork_may_not_take_steps_of_flow_away(images, tmp_path):
     config = small_config(images, tmp_path, "model.steps_per_block=2", "training.iterations=2")
     quiet(config, tmp_path / "two")
-    with pytest.raises(TrainingError, match=r"may add Steps of Flow.*not take them away"):
+    with pytest.raises(TrainingError, match=r"may add Steps of Flow.*not take it away"):
         quiet(None, tmp_path / "fork", fork=tmp_path / "two",
               changes=["model.steps_per_block=1"])  # fmt: skip
+    with pytest.raises(TrainingError, match=r"may add width.*has 4\), not take it away"):
+        quiet(None, tmp_path / "fork", fork=tmp_path / "two",
+              changes=["model.hidden_channels=3"])  # fmt: skip

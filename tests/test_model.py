@@ -211,12 +211,39 @@ def test_a_grown_network_computes_what_the_shallower_one_did():
     assert added.layers[0].initialized
 
 
+def test_a_widened_network_computes_what_the_narrower_one_did():
+    # Width (the Dense Blocks' growth) is added the same way, with depth at once: the added
+    # channels start at their own random weights but feed nothing the old ones compute.
+    narrow = randomize(FDN(hidden_channels=4, steps_per_block=2), seed=5, shape=(2, 3, 8, 8))
+    wide = FDN(hidden_channels=6, steps_per_block=3).double()
+    wide.grow_from(narrow.state_dict(), steps_per_block=2, hidden_channels=4)
+    y = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    z, logdet = narrow.encode(y)
+    z_wide, logdet_wide = wide.encode(y)
+    assert torch.allclose(z_wide, z, rtol=0, atol=1e-12)
+    assert torch.allclose(logdet_wide, logdet, rtol=0, atol=1e-9)
+    assert torch.allclose(wide.decode(z), y, rtol=0, atol=1e-10)
+    # The added channels are not dead: their convolutions have weights, and the features
+    # they compute reach the last convolution, whose weights from them training will move.
+    g1 = wide.layers[0].layers[1].layers[2].g1
+    inputs = g1.convs[0].in_channels  # then the first feature: 4 old channels, 2 added
+    assert g1.convs[1].weight[4:].abs().sum() > 0
+    assert g1.convs[1].weight[:4, inputs + 4 :].eq(0).all()
+    wide.train()
+    wide.encode(y)[0].square().sum().backward()
+    assert g1.last.weight.grad[:, inputs + 4 : inputs + 6].abs().sum() > 0
+
+
 def test_growing_needs_the_same_network_but_for_depth():
     shallow = FDN(hidden_channels=4, steps_per_block=2)
     with pytest.raises(ValueError, match="not from 3"):
         FDN(hidden_channels=4, steps_per_block=2).grow_from(shallow.state_dict(), 3)
     with pytest.raises(ValueError, match="has no place"):
         FDN(hidden_channels=8, steps_per_block=3).grow_from(shallow.state_dict(), 2)
+    with pytest.raises(ValueError, match="not from 8"):  # narrower than its parent
+        FDN(hidden_channels=4, steps_per_block=2).grow_from(shallow.state_dict(), 2, 8)
+    with pytest.raises(ValueError, match=r"g1\.convs\.1\.weight \(4, 13, 3, 3\) has no place"):
+        FDN(hidden_channels=8, steps_per_block=2).grow_from(shallow.state_dict(), 2, 3)
     state = dict(shallow.state_dict())
     del state["layers.1.layers.2.layers.0.bias"]
     with pytest.raises(ValueError, match=r"layers\.1\.layers\.2\.layers\.0\.bias is missing"):

@@ -300,6 +300,20 @@ def test_init_may_start_a_deeper_network_from_a_shallower_model(images, tmp_path
         init_from(build_model(config), config)
 
 
+def test_init_may_start_a_wider_and_deeper_network_from_a_model(images, tmp_path):
+    # Width as depth: the Dense Blocks' added channels feed nothing yet, so the network from
+    # the file denoises as the file does.
+    source = randomize(FDN(hidden_channels=4, steps_per_block=1), seed=4, shape=(2, 3, 8, 8))
+    save_model(source.float(), tmp_path / "start.safetensors")
+    config = small_config(images, tmp_path, "model.steps_per_block=2", "model.hidden_channels=6")
+    config.training.init = str(tmp_path / "start.safetensors")
+    model = build_model(config)
+    init_from(model, config)
+    y = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model.eval().denoise(y), source.float().eval().denoise(y), atol=1e-5)
+
+
 def test_init_with_another_architecture_is_a_one_line_error(images, tmp_path, capsys):
     small_config(images, tmp_path)  # writes small.toml (hidden_channels 4, 1 step)
     save_model(FDN(hidden_channels=8, steps_per_block=1), tmp_path / "wide.safetensors")

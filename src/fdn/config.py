@@ -437,10 +437,11 @@ FORK_KEEPS = (
     "optim.warmup",
     "training.init",
 )
-# What a fork may change of the network all the same: its depth, upwards. The added Steps of
-# Flow start as the identity (fdn.model.FDN.grow_from), so the fork computes what its parent
-# did and goes on training with more depth, its parent's hours kept.
-FORK_GROWS = ("model.steps_per_block",)
+# What a fork may change of the network all the same: its depth and its width, upwards. The
+# added Steps of Flow start as the identity and the Dense Blocks' added channels feed nothing
+# (fdn.model.FDN.grow_from), so the fork computes what its parent did and goes on training
+# with more capacity, its parent's hours kept.
+FORK_GROWS = ("model.steps_per_block", "model.hidden_channels")
 
 
 def config_for_fork(config: TrainConfig, overrides: typing.Sequence[str]) -> TrainConfig:
@@ -453,17 +454,17 @@ def config_for_fork(config: TrainConfig, overrides: typing.Sequence[str]) -> Tra
         if any(dotted == key or dotted.startswith(key + ".") for key in FORK_KEEPS):
             raise ConfigError(
                 f"--set {dotted}: a fork keeps its parent's network and optimiser "
-                f"({', '.join(FORK_KEEPS)}) but may add depth ({', '.join(FORK_GROWS)}); "
-                f"start a new run with --init for the rest"
+                f"({', '.join(FORK_KEEPS)}) but may add depth or width "
+                f"({', '.join(FORK_GROWS)}); start a new run with --init for the rest"
             )
     forked = config_from_dict(apply_overrides(config.to_dict(), overrides))
-    parent, steps = config.model, forked.model.steps_per_block
-    grows = steps > parent.steps_per_block and parent.kind == "fdn"
-    if steps != parent.steps_per_block and not grows:
-        raise ConfigError(
-            f"--set model.steps_per_block={steps}: a fork may add Steps of Flow to an FDN "
-            f"(its parent has {parent.steps_per_block}), not take them away"
-        )
+    for key, what in (("steps_per_block", "Steps of Flow"), ("hidden_channels", "width")):
+        parent, value = getattr(config.model, key), getattr(forked.model, key)
+        if value != parent and not (value > parent and config.model.kind == "fdn"):
+            raise ConfigError(
+                f"--set model.{key}={value}: a fork may add {what} to an FDN "
+                f"(its parent has {parent}), not take it away"
+            )
     return forked
 
 

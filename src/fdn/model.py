@@ -300,19 +300,34 @@ class FDN(SequentialFlow):
     def from_config(cls, config: FDNConfig) -> FDN:
         return cls(**config.to_dict())
 
-    def grow_from(self, state: typing.Mapping[str, Tensor], steps_per_block: int) -> None:
-        """Loads the weights of this FDN with fewer Steps of Flow per block (``state``, of
-        ``steps_per_block`` steps) and makes each block's added steps, its last ones, the
-        identity: the deeper network then computes exactly what the shallower one did, and
-        training goes on from there with more depth instead of starting over.
+    def grow_from(
+        self,
+        state: typing.Mapping[str, Tensor],
+        steps_per_block: int,
+        hidden_channels: int | None = None,
+    ) -> None:
+        """Loads the weights of a smaller FDN (``state``, of ``steps_per_block`` Steps of Flow
+        per block and Dense Blocks of growth ``hidden_channels``; None: this one's) so that
+        this one computes exactly what it did, and training goes on from there with more
+        capacity instead of starting over.
 
-        A state of another width, block count or split is a :class:`ValueError` naming the
-        first weight that does not fit.
+        Each block's added steps, its last ones, are the identity. Each Dense Block's added
+        channels keep their new initial weights but read into nothing the old ones compute
+        (:func:`fdn.layers.dense.widened`): only training makes them count.
+
+        A state of another block count or split, or of more depth or width than this one,
+        is a :class:`ValueError` naming the first weight that does not fit.
         """
+        growth = self.config.hidden_channels if hidden_channels is None else hidden_channels
         if not 0 < steps_per_block <= self.config.steps_per_block:
             raise ValueError(
                 f"can grow {self.config.steps_per_block} Steps of Flow per block from 1 to "
                 f"{self.config.steps_per_block}, not from {steps_per_block}"
+            )
+        if not 0 < growth <= self.config.hidden_channels:
+            raise ValueError(
+                f"can widen Dense Blocks of growth {self.config.hidden_channels} from 1 to "
+                f"{self.config.hidden_channels}, not from {growth}"
             )
         added = []
         for b, block in enumerate(self.layers):
@@ -323,14 +338,49 @@ class FDN(SequentialFlow):
                     step.reset_to_identity()
                     added.append(f"layers.{b}.layers.{k}.")
         ours = self.state_dict()
-        for name, tensor in state.items():
-            if name not in ours or ours[name].shape != tensor.shape:
-                raise ValueError(f"{name} {tuple(tensor.shape)} has no place in this network")
         kept = [name for name in ours if not name.startswith(tuple(added))]
         lacking = [name for name in kept if name not in state]
         if lacking:
             raise ValueError(f"{lacking[0]} is missing from the weights to grow from")
-        self.load_state_dict(dict(state), strict=False)
+        self.load_state_dict(self.grown_state(state, growth, ours), strict=False)
+
+    def grown_state(
+        self,
+        state: typing.Mapping[str, Tensor],
+        hidden_channels: int,
+        fresh: typing.Mapping[str, Tensor],
+    ) -> dict[str, Tensor]:
+        """``state``'s tensors, of an FDN whose Dense Blocks have growth ``hidden_channels``,
+        each laid into its place in this one (:func:`fdn.layers.dense.widened`), the added
+        channels taken from ``fresh`` (a tensor of this network's shape for each name):
+        this FDN's weights for :meth:`grow_from`, zeros for Adam's moments."""
+        from fdn.layers.dense import DenseBlock, widened
+
+        dense = {
+            name + ".": typing.cast("torch.nn.Conv2d", module.convs[0]).in_channels
+            for name, module in self.named_modules()
+            if isinstance(module, DenseBlock)
+        }
+        grown = {}
+        for name, tensor in state.items():
+            if name not in fresh:
+                raise ValueError(f"{name} {tuple(tensor.shape)} has no place in this network")
+            block = next((prefix for prefix in dense if name.startswith(prefix)), None)
+            if fresh[name].shape == tensor.shape and (
+                block is None or hidden_channels == self.config.hidden_channels
+            ):
+                grown[name] = tensor
+                continue
+            if block is None or hidden_channels == self.config.hidden_channels:
+                raise ValueError(f"{name} {tuple(tensor.shape)} has no place in this network")
+            try:
+                fitted = tensor.to(fresh[name])
+                grown[name] = widened(fresh[name], fitted, dense[block], hidden_channels)
+            except ValueError:
+                raise ValueError(
+                    f"{name} {tuple(tensor.shape)} has no place in this network"
+                ) from None
+        return grown
 
     def _check_image(self, y: Tensor) -> None:
         if y.dim() != 4 or y.shape[1] != self.config.in_channels:

@@ -159,15 +159,17 @@ def init_from(model: nn.Module, config: TrainConfig) -> None:
         raise ConfigError(f"training.init: {error}") from None
     ours, theirs = model.config.to_dict(), source.config.to_dict()
     differ = [k for k in ours if ours[k] != theirs[k]]
-    if differ == ["steps_per_block"] and theirs["steps_per_block"] < ours["steps_per_block"]:
-        # A deeper network than the file's: the added Steps of Flow start as the identity.
-        model.grow_from(source.state_dict(), theirs["steps_per_block"])
+    grown = ("steps_per_block", "hidden_channels")
+    if differ and set(differ) <= set(grown) and all(theirs[k] <= ours[k] for k in grown):
+        # A deeper or wider network than the file's: the added Steps of Flow start as the
+        # identity, the added channels feed nothing yet.
+        model.grow_from(source.state_dict(), theirs["steps_per_block"], theirs["hidden_channels"])
         return
     if differ:
         listed = ", ".join(f"{k} {theirs[k]} (config: {ours[k]})" for k in differ)
         raise ConfigError(
             f"training.init {spec} has another architecture than [model]: {listed} "
-            f"(only more steps_per_block can start from it)"
+            f"(only more steps_per_block or hidden_channels can start from it)"
         )
     model.load_state_dict(source.state_dict())
 
@@ -347,23 +349,32 @@ class _Run:
         atomic_torch_save(state, self.run_dir / CHECKPOINT)
 
 
-def _parent_steps(checkpoint: dict) -> int:
-    """Steps of Flow per block of a checkpoint's network."""
-    return checkpoint["config"].model.steps_per_block
+def _parent_size(checkpoint: dict) -> tuple[int, int]:
+    """Steps of Flow per block and Dense Block growth of a checkpoint's network."""
+    parent = checkpoint["config"].model
+    return parent.steps_per_block, parent.hidden_channels
 
 
 def _grow_run(model: FDN, parent: nn.Module, checkpoint: dict, optimizer: Optimizer) -> None:
-    """Loads a checkpoint of ``parent``, an FDN with fewer Steps of Flow per block, into
-    ``model`` and ``optimizer``: the added steps start as the identity (FDN.grow_from), and
-    Adam keeps its moments of every weight the parent had, under the same names; the added
-    weights start with none, as in a new run."""
-    model.grow_from(checkpoint["model"], _parent_steps(checkpoint))
+    """Loads a checkpoint of ``parent``, an FDN with fewer Steps of Flow per block or narrower
+    Dense Blocks, into ``model`` and ``optimizer``: the added steps start as the identity and
+    the added channels feed nothing yet (FDN.grow_from), and Adam keeps its moments of every
+    weight the parent had, under the same names, laid into the wider tensors with the added
+    entries at 0; the added weights start with none, as in a new run."""
+    steps, growth = _parent_size(checkpoint)
+    model.grow_from(checkpoint["model"], steps, growth)
     index = {name: i for i, (name, _) in enumerate(parent.named_parameters())}
-    names = [name for name, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+    names = list(params)
     state, (group,) = checkpoint["optimizer"]["state"], checkpoint["optimizer"]["param_groups"]
+    carried = {n: state[index[n]] for n in names if index.get(n) in state}
+    for key in ("exp_avg", "exp_avg_sq"):
+        zeros = {n: torch.zeros_like(params[n]) for n in carried}
+        moments = model.grown_state({n: s[key] for n, s in carried.items()}, growth, zeros)
+        carried = {n: {**s, key: moments[n]} for n, s in carried.items()}
     optimizer.load_state_dict(
         {
-            "state": {i: state[index[n]] for i, n in enumerate(names) if index.get(n) in state},
+            "state": {i: carried[n] for i, n in enumerate(names) if n in carried},
             "param_groups": [{**group, "params": list(range(len(names)))}],
         }
     )
@@ -436,9 +447,10 @@ def _start(
     scheduler = build_scheduler(optimizer, config)
     start, skipped, best, seconds = 0, 0, -math.inf, {"wall": 0.0, "cpu": 0.0}
     run_id = uuid.uuid4().hex
-    grows = False  # a fork that adds Steps of Flow (config.FORK_GROWS) to its parent's
+    grows = False  # a fork that adds Steps of Flow or width (config.FORK_GROWS) to its parent's
     if checkpoint is not None:
-        grows = fork is not None and config.model.steps_per_block != _parent_steps(checkpoint)
+        ours = (config.model.steps_per_block, config.model.hidden_channels)
+        grows = fork is not None and ours != _parent_size(checkpoint)
         if grows:
             parent = build_model(checkpoint["config"])
             try:
@@ -485,11 +497,11 @@ def _start(
         }
 
     def saved_average(state: dict, checkpoint: dict) -> dict:
-        """A checkpoint's average, grown as the model was for a fork that adds depth."""
+        """A checkpoint's average, grown as the model was for a fork that adds capacity."""
         if not grows:
             return state
         shadow = typing.cast("FDN", copy.deepcopy(model))
-        shadow.grow_from(state["model"], _parent_steps(checkpoint))
+        shadow.grow_from(state["model"], *_parent_size(checkpoint))
         return {"model": shadow.state_dict(), "updates": state["updates"]}
 
     # A fork that turns the average on starts it from the weights it branches from.

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from fdn.layers.base import autocast_dtype
 
-__all__ = ["DenseBlock"]
+__all__ = ["DenseBlock", "widened"]
 
 
 class _ChannelsLastCat(torch.autograd.Function):
@@ -36,6 +36,56 @@ def _cat(features: list[Tensor]) -> Tensor:
     if torch.is_grad_enabled() and channels_last and features[0].dim() == 4:
         return _ChannelsLastCat.apply(*features)
     return torch.cat(features, dim=1)
+
+
+def widened(fresh: Tensor, old: Tensor, in_channels: int, growth: int) -> Tensor:
+    r"""A weight or bias of a :class:`DenseBlock` of ``growth`` (the old, narrower one) laid
+    into ``fresh``, the same tensor of a block with more growth, so that the wider block
+    computes what the old one did.
+
+    The old block's channels are the first ``growth`` of each of its features in the wider
+    one. Every weight from an old input channel to an old output keeps its value; a weight
+    from an added input channel to an old output (and to every output of the last
+    convolution, which has no added outputs) is 0, so the added channels cannot change what
+    the block outputs; an added output channel of the first four convolutions keeps
+    ``fresh``'s values, its weights from all inputs and its bias. With ``fresh`` at zero (Adam's
+    moments) the added entries start at 0.
+
+    Raises:
+        ValueError: ``old`` is not the narrower tensor of ``fresh`` (the message has shapes).
+
+    Example:
+        >>> old = torch.ones(1, 1 + 1, 3, 3)  # a second convolution: in_channels 1, growth 1
+        >>> new = widened(torch.full((2, 1 + 2, 3, 3), 7.0), old, in_channels=1, growth=1)
+        >>> new[:, :, 0, 0].tolist()
+        [[1.0, 1.0, 0.0], [7.0, 7.0, 7.0]]
+    """
+    if old.dim() == 1:  # a bias: its first outputs are the old block's
+        if old.shape[0] > fresh.shape[0]:
+            raise ValueError(f"a bias of {old.shape[0]} has no place in one of {fresh.shape[0]}")
+        out = fresh.clone()
+        out[: old.shape[0]] = old
+        return out
+    inputs, wider = old.shape[1], fresh.shape[1]
+    features = (inputs - in_channels) // growth  # the old features this convolution reads
+    new_growth = (wider - in_channels) // max(features, 1) if features else growth
+    if (
+        old.dim() != 4
+        or (inputs - in_channels) % growth
+        or wider != in_channels + features * new_growth
+        or new_growth < growth
+        or old.shape[0] > fresh.shape[0]
+        or old.shape[2:] != fresh.shape[2:]
+    ):
+        raise ValueError(f"{tuple(old.shape)} has no place in {tuple(fresh.shape)}")
+    columns = list(range(in_channels)) + [
+        in_channels + j * new_growth + r for j in range(features) for r in range(growth)
+    ]
+    out = fresh.clone()
+    rows = old.shape[0]
+    out[:rows] = 0
+    out[:rows, columns] = old
+    return out
 
 
 class DenseBlock(nn.Module):
