@@ -189,18 +189,25 @@ def test_fast_inference_path_equals_the_plain_path(device):
     assert all(p.grad is not None for p in model.parameters())
 
 
+def assert_same_flow(grown, source):
+    """The grown FDN encodes, with its log-det, and decodes as its source does (float64);
+    returns the image and its latent."""
+    y = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    z, logdet = source.encode(y)
+    z_grown, logdet_grown = grown.encode(y)
+    assert torch.allclose(z_grown, z, rtol=0, atol=1e-12)
+    assert torch.allclose(logdet_grown, logdet, rtol=0, atol=1e-9)
+    assert torch.allclose(grown.decode(z), y, rtol=0, atol=1e-10)
+    return y, z
+
+
 def test_a_grown_network_computes_what_the_shallower_one_did():
     # Depth is added without starting over: the added Steps of Flow are the identity, so the
     # deeper network encodes, and decodes, exactly as the one it grew from (float64).
     shallow = randomize(FDN(hidden_channels=4, steps_per_block=2), seed=3, shape=(2, 3, 8, 8))
     deep = FDN(hidden_channels=4, steps_per_block=4).double()
     deep.grow_from(shallow.state_dict(), steps_per_block=2)
-    y = torch.rand(2, 3, 8, 8, dtype=torch.float64)
-    z, logdet = shallow.encode(y)
-    z_deep, logdet_deep = deep.encode(y)
-    assert torch.allclose(z_deep, z, rtol=0, atol=1e-12)
-    assert torch.allclose(logdet_deep, logdet, rtol=0, atol=1e-9)
-    assert torch.allclose(deep.decode(z), y, rtol=0, atol=1e-10)
+    y, z = assert_same_flow(deep, shallow)
     # Trained on, the added steps are the first to differ from the identity: nothing of the
     # shallow network's training is lost, and nothing re-initialises them on a batch.
     deep.train()
@@ -217,12 +224,7 @@ def test_a_widened_network_computes_what_the_narrower_one_did():
     narrow = randomize(FDN(hidden_channels=4, steps_per_block=2), seed=5, shape=(2, 3, 8, 8))
     wide = FDN(hidden_channels=6, steps_per_block=3).double()
     wide.grow_from(narrow.state_dict(), steps_per_block=2, hidden_channels=4)
-    y = torch.rand(2, 3, 8, 8, dtype=torch.float64)
-    z, logdet = narrow.encode(y)
-    z_wide, logdet_wide = wide.encode(y)
-    assert torch.allclose(z_wide, z, rtol=0, atol=1e-12)
-    assert torch.allclose(logdet_wide, logdet, rtol=0, atol=1e-9)
-    assert torch.allclose(wide.decode(z), y, rtol=0, atol=1e-10)
+    y, _ = assert_same_flow(wide, narrow)
     # The added channels are not dead: their convolutions have weights, and the features
     # they compute reach the last convolution, whose weights from them training will move.
     g1 = wide.layers[0].layers[1].layers[2].g1

@@ -280,38 +280,29 @@ def test_cli_init_trains_on_from_a_model_file(images, tmp_path, capsys):
     assert "init" in (tmp_path / "run" / "config.toml").read_text()
 
 
-def test_init_may_start_a_deeper_network_from_a_shallower_model(images, tmp_path):
+@pytest.mark.parametrize(
+    "changes",
+    [("model.steps_per_block=3",), ("model.steps_per_block=2", "model.hidden_channels=6")],
+)
+def test_init_may_start_a_deeper_or_wider_network_from_a_model(images, tmp_path, changes):
     # The file's Steps of Flow load into the first steps of each block and the rest start as
-    # the identity: the deeper network denoises as the file does, and trains on from there.
+    # the identity; the Dense Blocks' added channels feed nothing yet: the larger network
+    # denoises as the file does, and trains on from there.
     source = randomize(FDN(hidden_channels=4, steps_per_block=1), seed=3, shape=(2, 3, 8, 8))
     save_model(source.float(), tmp_path / "start.safetensors")
-    config = small_config(images, tmp_path, "model.steps_per_block=3")
+    config = small_config(images, tmp_path, *changes)
     config.training.init = str(tmp_path / "start.safetensors")
     model = build_model(config)
     init_from(model, config)
     y = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(model.eval().denoise(y), source.float().eval().denoise(y), atol=1e-5)
-    # Fewer steps than the file's would throw trained steps away: the one-line error.
-    save_model(model, tmp_path / "deep.safetensors")
+    # A smaller network than the file's would throw trained weights away: the one-line error.
+    save_model(model, tmp_path / "big.safetensors")
     config = small_config(images, tmp_path)
-    config.training.init = str(tmp_path / "deep.safetensors")
-    with pytest.raises(ConfigError, match=r"steps_per_block 3 \(config: 1\)"):
+    config.training.init = str(tmp_path / "big.safetensors")
+    with pytest.raises(ConfigError, match=r"steps_per_block \d \(config: 1\)"):
         init_from(build_model(config), config)
-
-
-def test_init_may_start_a_wider_and_deeper_network_from_a_model(images, tmp_path):
-    # Width as depth: the Dense Blocks' added channels feed nothing yet, so the network from
-    # the file denoises as the file does.
-    source = randomize(FDN(hidden_channels=4, steps_per_block=1), seed=4, shape=(2, 3, 8, 8))
-    save_model(source.float(), tmp_path / "start.safetensors")
-    config = small_config(images, tmp_path, "model.steps_per_block=2", "model.hidden_channels=6")
-    config.training.init = str(tmp_path / "start.safetensors")
-    model = build_model(config)
-    init_from(model, config)
-    y = torch.rand(1, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.allclose(model.eval().denoise(y), source.float().eval().denoise(y), atol=1e-5)
 
 
 def test_init_with_another_architecture_is_a_one_line_error(images, tmp_path, capsys):
