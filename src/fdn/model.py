@@ -15,6 +15,7 @@ from torch import Tensor
 
 from fdn.choices import check_strength
 from fdn.layers import ActNorm, AffineCoupling, InvConv1x1, SequentialFlow, Squeeze
+from fdn.layers.dense import DenseBlock, widened
 from fdn.noise_level import MAD_TO_SIGMA
 from fdn.runtime import channels_last
 
@@ -354,8 +355,6 @@ class FDN(SequentialFlow):
         each laid into its place in this one (:func:`fdn.layers.dense.widened`), the added
         channels taken from ``fresh`` (a tensor of this network's shape for each name):
         this FDN's weights for :meth:`grow_from`, zeros for Adam's moments."""
-        from fdn.layers.dense import DenseBlock, widened
-
         dense = {
             name + ".": typing.cast("torch.nn.Conv2d", module.convs[0]).in_channels
             for name, module in self.named_modules()

@@ -68,7 +68,7 @@ def widened(fresh: Tensor, old: Tensor, in_channels: int, growth: int) -> Tensor
         return out
     inputs, wider = old.shape[1], fresh.shape[1]
     features = (inputs - in_channels) // growth  # the old features this convolution reads
-    new_growth = (wider - in_channels) // max(features, 1) if features else growth
+    new_growth = (wider - in_channels) // features if features else growth
     if (
         old.dim() != 4
         or (inputs - in_channels) % growth
