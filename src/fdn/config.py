@@ -441,7 +441,7 @@ FORK_KEEPS = (
 # added Steps of Flow start as the identity and the Dense Blocks' added channels feed nothing
 # (fdn.model.FDN.grow_from), so the fork computes what its parent did and goes on training
 # with more capacity, its parent's hours kept.
-FORK_GROWS = ("model.steps_per_block", "model.hidden_channels")
+FORK_GROWS = {"model.steps_per_block": "Steps of Flow", "model.hidden_channels": "width"}
 
 
 def config_for_fork(config: TrainConfig, overrides: typing.Sequence[str]) -> TrainConfig:
@@ -458,7 +458,8 @@ def config_for_fork(config: TrainConfig, overrides: typing.Sequence[str]) -> Tra
                 f"({', '.join(FORK_GROWS)}); start a new run with --init for the rest"
             )
     forked = config_from_dict(apply_overrides(config.to_dict(), overrides))
-    for key, what in (("steps_per_block", "Steps of Flow"), ("hidden_channels", "width")):
+    for dotted, what in FORK_GROWS.items():
+        key = dotted.removeprefix("model.")
         parent, value = getattr(config.model, key), getattr(forked.model, key)
         if value != parent and not (value > parent and config.model.kind == "fdn"):
             raise ConfigError(

@@ -362,23 +362,20 @@ class FDN(SequentialFlow):
         }
         grown = {}
         for name, tensor in state.items():
+            misfit = ValueError(f"{name} {tuple(tensor.shape)} has no place in this network")
             if name not in fresh:
-                raise ValueError(f"{name} {tuple(tensor.shape)} has no place in this network")
+                raise misfit
             block = next((prefix for prefix in dense if name.startswith(prefix)), None)
-            if fresh[name].shape == tensor.shape and (
-                block is None or hidden_channels == self.config.hidden_channels
-            ):
+            if block is None or hidden_channels == self.config.hidden_channels:
+                if fresh[name].shape != tensor.shape:
+                    raise misfit
                 grown[name] = tensor
                 continue
-            if block is None or hidden_channels == self.config.hidden_channels:
-                raise ValueError(f"{name} {tuple(tensor.shape)} has no place in this network")
             try:
                 fitted = tensor.to(fresh[name])
                 grown[name] = widened(fresh[name], fitted, dense[block], hidden_channels)
             except ValueError:
-                raise ValueError(
-                    f"{name} {tuple(tensor.shape)} has no place in this network"
-                ) from None
+                raise misfit from None
         return grown
 
     def _check_image(self, y: Tensor) -> None:

@@ -38,7 +38,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fdn.baselines.dncnn import DnCNN, save_dncnn
-from fdn.config import ConfigError, TrainConfig, config_for_fork, config_for_resume
+from fdn.config import (
+    FORK_GROWS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    config_for_fork,
+    config_for_resume,
+)
 from fdn.curves import AVERAGE_PREFIX, average_key
 from fdn.data import StepSampler, TrainingPatches, load_validation
 from fdn.denoising import precision_context
@@ -159,7 +166,7 @@ def init_from(model: nn.Module, config: TrainConfig) -> None:
         raise ConfigError(f"training.init: {error}") from None
     ours, theirs = model.config.to_dict(), source.config.to_dict()
     differ = [k for k in ours if ours[k] != theirs[k]]
-    grown = ("steps_per_block", "hidden_channels")
+    grown = [key.removeprefix("model.") for key in FORK_GROWS]
     if differ and set(differ) <= set(grown) and all(theirs[k] <= ours[k] for k in grown):
         # A deeper or wider network than the file's: the added Steps of Flow start as the
         # identity, the added channels feed nothing yet.
@@ -349,10 +356,9 @@ class _Run:
         atomic_torch_save(state, self.run_dir / CHECKPOINT)
 
 
-def _parent_size(checkpoint: dict) -> tuple[int, int]:
-    """Steps of Flow per block and Dense Block growth of a checkpoint's network."""
-    parent = checkpoint["config"].model
-    return parent.steps_per_block, parent.hidden_channels
+def _size(model: ModelConfig) -> tuple[int, int]:
+    """Steps of Flow per block and Dense Block growth: what a fork may grow."""
+    return model.steps_per_block, model.hidden_channels
 
 
 def _grow_run(model: FDN, parent: nn.Module, checkpoint: dict, optimizer: Optimizer) -> None:
@@ -361,15 +367,15 @@ def _grow_run(model: FDN, parent: nn.Module, checkpoint: dict, optimizer: Optimi
     the added channels feed nothing yet (FDN.grow_from), and Adam keeps its moments of every
     weight the parent had, under the same names, laid into the wider tensors with the added
     entries at 0; the added weights start with none, as in a new run."""
-    steps, growth = _parent_size(checkpoint)
+    steps, growth = _size(checkpoint["config"].model)
     model.grow_from(checkpoint["model"], steps, growth)
     index = {name: i for i, (name, _) in enumerate(parent.named_parameters())}
     params = dict(model.named_parameters())
     names = list(params)
     state, (group,) = checkpoint["optimizer"]["state"], checkpoint["optimizer"]["param_groups"]
     carried = {n: state[index[n]] for n in names if index.get(n) in state}
+    zeros = {n: torch.zeros_like(params[n]) for n in carried}
     for key in ("exp_avg", "exp_avg_sq"):
-        zeros = {n: torch.zeros_like(params[n]) for n in carried}
         moments = model.grown_state({n: s[key] for n, s in carried.items()}, growth, zeros)
         carried = {n: {**s, key: moments[n]} for n, s in carried.items()}
     optimizer.load_state_dict(
@@ -449,8 +455,7 @@ def _start(
     run_id = uuid.uuid4().hex
     grows = False  # a fork that adds Steps of Flow or width (config.FORK_GROWS) to its parent's
     if checkpoint is not None:
-        ours = (config.model.steps_per_block, config.model.hidden_channels)
-        grows = fork is not None and ours != _parent_size(checkpoint)
+        grows = fork is not None and _size(config.model) != _size(checkpoint["config"].model)
         if grows:
             parent = build_model(checkpoint["config"])
             try:
@@ -501,7 +506,7 @@ def _start(
         if not grows:
             return state
         shadow = typing.cast("FDN", copy.deepcopy(model))
-        shadow.grow_from(state["model"], *_parent_size(checkpoint))
+        shadow.grow_from(state["model"], *_size(checkpoint["config"].model))
         return {"model": shadow.state_dict(), "updates": state["updates"]}
 
     # A fork that turns the average on starts it from the weights it branches from.
