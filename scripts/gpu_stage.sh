@@ -57,12 +57,19 @@ rate() {  # images/s of the last logged window of a run
 print(min(r['images_per_s'] for r in rows[-2:] if 'images_per_s' in r))" $R/$1/log.jsonl 2>/dev/null
 }
 
+NAMES=${NAMES:-color grey}
 bring_back() {  # each run's checkpoint, log and config to OUT, to be released here
-  for name in color grey; do
+  for name in $NAMES; do
     mkdir -p $OUT/$name
     cp $R/$name/checkpoint.pt $R/$name/log.jsonl $R/$name/config.toml $OUT/$name/ 2>/dev/null
     tail -n 6 $R/$name.out
   done
+  if [ -n "${GROW:-}" ]; then  # the grown network's checkpoint (Adam's moments) is too big
+    mkdir -p $OUT/$GROW-paper   # for the device's files back: its weights, log and config
+    cp $R/$GROW-paper/model.safetensors $R/$GROW-paper/log.jsonl $R/$GROW-paper/config.toml \
+      $OUT/$GROW-paper/ 2>/dev/null
+    tail -n 6 $R/$GROW-paper.out
+  fi
   echo "total $(( $(date +%s) - T0 )) s"
 }
 
@@ -113,19 +120,30 @@ if [ -n "${FORK_DIR:-}" ]; then
   # runs, not a stage of its own (no new warm-up or Adam, nothing to size), and the CPU can
   # carry on from what comes back (a fork again, at the CPU's batch).
   LEFT=$(( BUDGET - 45 ))
-  fork() {  # name
+  # NAMES (default "color grey") picks the runs. GROW=NAME adds, beside them, NAME's run grown
+  # into the paper's network (FDN's defaults: 8 Steps of Flow per block, width 32; the fork
+  # keeps what the run has learnt, the new layers starting as the identity) and validated
+  # every GROW_VAL_EVERY steps: issue #20, point 7, the paper's network on a GPU, its rate
+  # and PSNR curve, from the CPU run rather than from scratch.
+  fork() {  # name [out-name --set ...]
     # The device's carry limit (64 MiB with the working tree) fits both checkpoints beside the
     # data only compressed: `xz -9 -k checkpoint.pt` here, unpacked on the device.
     [ -f $FORK_DIR/$1/checkpoint.pt.xz ] && xz -d -f $FORK_DIR/$1/checkpoint.pt.xz
-    local limit=$(limit_after $FORK_DIR/$1)
-    timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --fork $FORK_DIR/$1 \
-      --out $R/$1 --set data.root=${DATA:-$PWD/gpu/data} --set training.device=$DEVICE \
+    local limit=$(limit_after $FORK_DIR/$1) name=$1 out=${2:-$1}
+    shift 2 2>/dev/null || shift
+    timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --fork $FORK_DIR/$name \
+      --out $R/$out --set data.root=${DATA:-$PWD/gpu/data} --set training.device=$DEVICE \
       --set data.workers=$WORKERS --set training.threads=2 --set training.batch_size=$BATCH \
-      --set training.time_limit=$limit --no-progress > $R/$1.out 2>&1
-    echo "$1 exit $?"
+      --set training.time_limit=$limit "$@" --no-progress > $R/$out.out 2>&1
+    echo "$out exit $?"
   }
-  echo "forking both runs for $LEFT s at batch $BATCH"
-  fork color & fork grey & wait
+  echo "forking $NAMES ${GROW:+and $GROW grown to the paper network }for $LEFT s at batch $BATCH"
+  for name in $NAMES; do fork $name & done
+  if [ -n "${GROW:-}" ]; then
+    fork $GROW $GROW-paper --set model.steps_per_block=8 --set model.hidden_channels=32 \
+      --set validation.every=${GROW_VAL_EVERY:-100} --set training.log_every=10 &
+  fi
+  wait
   bring_back
   exit 0
 fi

@@ -15,6 +15,7 @@ import torch
 
 import fdn.training as training
 from fdn.config import load_config
+from fdn.serialization import load_model
 from fdn.training import CHECKPOINT, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def stopped_runs(tmp_path, monkeypatch):
     return runs
 
 
-def gpu_stage(tmp_path, budget, batch=None, **settings):
+def gpu_stage(tmp_path, budget, batch=None, names=("color", "grey"), **settings):
     env = {
         **os.environ,
         "OUT": str(tmp_path / "out"),
@@ -67,7 +68,7 @@ def gpu_stage(tmp_path, budget, batch=None, **settings):
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "color exit 0" in done.stdout and "grey exit 0" in done.stdout
+    assert all(f"{name} exit 0" in done.stdout for name in names), done.stdout
     return done
 
 
@@ -112,3 +113,24 @@ def test_a_fork_call_carries_the_cpu_runs_on_at_the_gpu_batch(tmp_path, monkeypa
         rows = [json.loads(line) for line in (back / "log.jsonl").read_text().splitlines()]
         batches = [row["patches_per_step"] for row in rows if "loss" in row]
         assert batches[0] == 2 and batches[-1] == 3  # the parent's history, then the fork's
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_fork_call_may_carry_one_run_on_and_grow_it_into_the_paper_network(
+    tmp_path, monkeypatch
+):
+    runs = stopped_runs(tmp_path, monkeypatch)
+    parent = torch.load(runs / "color" / CHECKPOINT, weights_only=True)
+    settings = {"NAMES": "color", "GROW": "color", "GROW_VAL_EVERY": "1"}
+    names = ("color", "color-paper")
+    gpu_stage(tmp_path, 100, 3, names, FORK_DIR=str(runs), RUNS=str(tmp_path / "gpu"), **settings)
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == {"color", "color-paper"}  # grey not run
+    assert torch.load(out / "color" / CHECKPOINT, weights_only=True)["step"] == 4
+    grown = out / "color-paper"
+    assert {p.name for p in grown.iterdir()} == {"model.safetensors", "log.jsonl", "config.toml"}
+    model = load_model(grown / "model.safetensors")
+    assert (model.config.steps_per_block, model.config.hidden_channels) == (8, 32)
+    rows = [json.loads(line) for line in (grown / "log.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows if "val_psnr" in row and row["step"] > parent["step"]]
+    assert steps  # validated along the way: the grown network's PSNR curve
