@@ -21,13 +21,13 @@ from fdn.training import CHECKPOINT, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def stopped_runs(tmp_path, monkeypatch):
-    """Two small runs, "color" and "grey", that a time limit ended mid-schedule (a clock 30 s
-    per reading), as a first call or the CPU leaves them."""
+def stopped_runs(tmp_path, monkeypatch, names=("color", "grey")):
+    """Small runs (by default two, "color" and "grey") that a time limit ended mid-schedule (a
+    clock 30 s per reading), as a first call or the CPU leaves them."""
     clock = itertools.count(0, 30)
     monkeypatch.setattr(training.time, "monotonic", lambda: float(next(clock)))
     runs = tmp_path / "runs"
-    for name in ("color", "grey"):
+    for name in names:
         config = load_config(
             ROOT / "configs" / "smoke.toml",
             [
@@ -119,13 +119,13 @@ def test_a_fork_call_carries_the_cpu_runs_on_at_the_gpu_batch(tmp_path, monkeypa
 def test_a_fork_call_may_carry_one_run_on_and_grow_it_into_the_paper_network(
     tmp_path, monkeypatch
 ):
-    runs = stopped_runs(tmp_path, monkeypatch)
+    runs = stopped_runs(tmp_path, monkeypatch, names=("color",))
     parent = torch.load(runs / "color" / CHECKPOINT, weights_only=True)
     settings = {"NAMES": "color", "GROW": "color", "GROW_VAL_EVERY": "1"}
     names = ("color", "color-paper")
     gpu_stage(tmp_path, 100, 3, names, FORK_DIR=str(runs), RUNS=str(tmp_path / "gpu"), **settings)
     out = tmp_path / "out"
-    assert {p.name for p in out.iterdir()} == {"color", "color-paper"}  # grey not run
+    assert {p.name for p in out.iterdir()} == {"color", "color-paper"}
     assert torch.load(out / "color" / CHECKPOINT, weights_only=True)["step"] == 4
     grown = out / "color-paper"
     assert {p.name for p in grown.iterdir()} == {"model.safetensors", "log.jsonl", "config.toml"}
