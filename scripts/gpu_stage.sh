@@ -125,10 +125,13 @@ if [ -n "${FORK_DIR:-}" ]; then
   # keeps what the run has learnt, the new layers starting as the identity) and validated
   # every GROW_VAL_EVERY steps: issue #20, point 7, the paper's network on a GPU, its rate
   # and PSNR curve, from the CPU run rather than from scratch.
+  # The device's carry limit (64 MiB with the working tree) fits both checkpoints beside the
+  # data only compressed: `xz -9 -k checkpoint.pt` here, unpacked on the device, once per run
+  # before any fork reads it (GROW forks a run twice at once).
+  for name in $NAMES ${GROW:-}; do
+    [ -f $FORK_DIR/$name/checkpoint.pt.xz ] && xz -d -f $FORK_DIR/$name/checkpoint.pt.xz
+  done
   fork() {  # name [out-name --set ...]
-    # The device's carry limit (64 MiB with the working tree) fits both checkpoints beside the
-    # data only compressed: `xz -9 -k checkpoint.pt` here, unpacked on the device.
-    [ -f $FORK_DIR/$1/checkpoint.pt.xz ] && xz -d -f $FORK_DIR/$1/checkpoint.pt.xz
     local limit=$(limit_after $FORK_DIR/$1) name=$1 out=${2:-$1}
     shift 2 2>/dev/null || shift
     timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --fork $FORK_DIR/$name \
