@@ -131,9 +131,9 @@ if [ -n "${FORK_DIR:-}" ]; then
   for name in $NAMES ${GROW:-}; do
     [ -f $FORK_DIR/$name/checkpoint.pt.xz ] && xz -d -f $FORK_DIR/$name/checkpoint.pt.xz
   done
-  fork() {  # name [out-name --set ...]
-    local limit=$(limit_after $FORK_DIR/$1) name=$1 out=${2:-$1}
-    shift 2 2>/dev/null || shift
+  fork() {  # name out [--set ...]: the run in FORK_DIR/name carried on into R/out
+    local limit=$(limit_after $FORK_DIR/$1) name=$1 out=$2
+    shift 2
     timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --fork $FORK_DIR/$name \
       --out $R/$out --set data.root=${DATA:-$PWD/gpu/data} --set training.device=$DEVICE \
       --set data.workers=$WORKERS --set training.threads=2 --set training.batch_size=$BATCH \
@@ -141,10 +141,13 @@ if [ -n "${FORK_DIR:-}" ]; then
     echo "$out exit $?"
   }
   echo "forking $NAMES ${GROW:+and $GROW grown to the paper network }for $LEFT s at batch $BATCH"
-  for name in $NAMES; do fork $name & done
+  for name in $NAMES; do fork $name $name & done
   if [ -n "${GROW:-}" ]; then
-    fork $GROW $GROW-paper --set model.steps_per_block=8 --set model.hidden_channels=32 \
-      --set validation.every=${GROW_VAL_EVERY:-100} --set training.log_every=10 &
+    # The paper's network is FDN's defaults (fdn.model.FDNConfig), read rather than restated.
+    paper=$($PY -c "from fdn.model import FDNConfig as C; print(C.steps_per_block, C.hidden_channels)")
+    fork $GROW $GROW-paper --set model.steps_per_block=${paper% *} \
+      --set model.hidden_channels=${paper#* } --set validation.every=${GROW_VAL_EVERY:-100} \
+      --set training.log_every=10 &
   fi
   wait
   bring_back

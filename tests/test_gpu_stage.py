@@ -132,7 +132,7 @@ def test_a_fork_call_may_carry_one_run_on_and_grow_it_into_the_paper_network(
     grown = out / "color-paper"
     assert {p.name for p in grown.iterdir()} == {"model.safetensors", "log.jsonl", "config.toml"}
     model = load_model(grown / "model.safetensors")
-    assert (model.config.steps_per_block, model.config.hidden_channels) == (8, 32)
+    assert (model.config.steps_per_block, model.config.hidden_channels) == (8, 32)  # the paper's
     rows = [json.loads(line) for line in (grown / "log.jsonl").read_text().splitlines()]
     steps = [row["step"] for row in rows if "val_psnr" in row and row["step"] > parent["step"]]
     assert steps  # validated along the way: the grown network's PSNR curve
