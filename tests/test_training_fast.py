@@ -13,7 +13,7 @@ import fdn.runtime as runtime
 import fdn.training as training
 from fdn import FDN, load_model, save_model
 from fdn.cli import main
-from fdn.config import ConfigError, load_config
+from fdn.config import ConfigError, config_for_resume, load_config
 from fdn.data import TrainingPatches, holdout_split, load_validation
 from fdn.optim import WeightAverage, lr_factor
 from fdn.training import CHECKPOINT, build_model, init_from, train
@@ -120,6 +120,31 @@ def test_an_average_beside_the_runs_own_is_what_a_run_with_that_decay_ships(imag
     scores = [row["val_psnr_ema0.1"] for row in _rows(tmp_path / "beside") if "val_psnr" in row]
     assert scores == [row["val_psnr"] for row in _rows(tmp_path / "alone") if "val_psnr" in row]
     assert len(scores) == 2  # steps 3 and 6
+
+
+def test_kept_steps_are_what_validation_scored_and_change_no_step(images, tmp_path):
+    # training.keep_every only watches: the run that keeps every third step's model ships
+    # the very model of the run that does not, and each kept file is the average that step's
+    # validation scored (the small config validates every 3 steps).
+    settings = ("training.ema=0.9",)
+    plain = quiet(small_config(images, tmp_path, *settings), tmp_path / "plain")
+    config = small_config(images, tmp_path, *settings, "training.keep_every=3")
+    keeps = quiet(config, tmp_path / "keeps")
+    kept = tmp_path / "keeps" / training.KEPT
+    assert sorted(p.name for p in kept.iterdir()) == ["step-3.safetensors", "step-6.safetensors"]
+    shipped = load_model(plain.model_file).state_dict()
+    for name, value in load_model(keeps.model_file).state_dict().items():
+        assert torch.equal(shipped[name], value), name
+    last, first = (load_model(kept / f"step-{n}.safetensors").state_dict() for n in (6, 3))
+    assert all(torch.equal(last[name], value) for name, value in shipped.items())
+    assert not all(torch.equal(first[name], value) for name, value in shipped.items())
+    rows = _rows(tmp_path / "keeps")
+    scores = {row["step"]: row["val_psnr"] for row in rows if "val_psnr" in row}
+    validation = load_validation(config)
+    for step in (3, 6):
+        model = load_model(kept / f"step-{step}.safetensors")
+        assert training.validate(model, validation, torch.device("cpu")) == scores[step]
+    assert config_for_resume(config, ["training.keep_every=5"]).training.keep_every == 5
 
 
 def test_an_average_added_to_a_resumed_run_starts_from_the_runs_own(images, tmp_path, monkeypatch):

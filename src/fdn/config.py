@@ -155,7 +155,11 @@ class TrainingConfig:
     ``time_limit_clock = "cpu"`` the CPU time of the training process (its threads, not
     loader workers): equal compute for runs that share a busy machine. The time is the run's,
     across resumes: the checkpoint keeps it, and the log's ``wall_s`` and ``cpu_s`` give it at
-    each line (PSNR against training time).
+    each line (PSNR against training time). ``keep_every = N`` (0: off) keeps the model file
+    of every Nth step (the moving average where ``ema`` is on, as validation scores it and a
+    release ships it) as ``kept/step-N.safetensors``: a run scored between its validations,
+    and a fork compared with its parent at equal patches (``scripts/score_heldback.py``); it
+    may be set on a resumed run.
     """
 
     iterations: int = 300_000
@@ -171,6 +175,7 @@ class TrainingConfig:
     ema_extra: list[float] = field(default_factory=list)
     time_limit: float = 0.0
     time_limit_clock: str = "wall"
+    keep_every: int = 0
 
 
 @dataclass
@@ -320,6 +325,7 @@ def _validate(config: TrainConfig) -> None:
         ("training.seed", t.seed),
         ("training.threads", t.threads),
         ("training.time_limit", t.time_limit),
+        ("training.keep_every", t.keep_every),
         ("validation.every", v.every),
         ("validation.sigma", v.sigma),
         ("validation.max_images", v.max_images),
@@ -406,6 +412,8 @@ RESUMABLE = (
     "training.checkpoint_every",
     # More moving averages only watch the steps (a longer horizon tried on a run as it goes).
     "training.ema_extra",
+    # So does keeping model files of the steps between validations.
+    "training.keep_every",
 )
 
 
