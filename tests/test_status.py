@@ -113,6 +113,32 @@ def test_an_average_dropped_on_a_resume_is_not_shown_as_kept(tmp_path):
     assert "0.9995" not in format_status(status)
 
 
+def test_the_models_kept_between_validations(tmp_path):
+    # training.keep_every = 250, added on a resume at step 1,750: the steps in kept/ in order
+    # (other files there are not steps), the last named, and when the next comes.
+    folder = background_run(tmp_path)
+    config = (folder / "config.toml").read_text()
+    (folder / "config.toml").write_text(
+        config.replace("ema = 0.999", "ema = 0.999\nkeep_every = 250")
+    )
+    (folder / "kept").mkdir()
+    for name in (
+        "step-2250.safetensors",
+        "step-2000.safetensors",
+        "notes.txt",
+        "step-x.safetensors",
+    ):
+        (folder / "kept" / name).write_bytes(b"")
+    status = run_status(folder)
+    assert (status.kept, status.keep_every) == ((2000, 2250), 250)
+    assert (
+        "  models kept (every 250 steps): 2, the last kept/step-2250.safetensors; next at step "
+        "2,500, in about 1.0 h of training" in format_status(status)
+    )
+    (tmp_path / "b").mkdir()
+    assert "models kept" not in format_status(run_status(background_run(tmp_path / "b")))
+
+
 def test_a_run_without_times_or_validations_still_says_where_it_is(tmp_path):
     status = run_status(run_folder(tmp_path, [{"step": 50, "loss": 0.1}], "[training]\n"))
     assert status.steps_per_hour is None and status.hours_to(100) is None
@@ -122,7 +148,7 @@ def test_a_run_without_times_or_validations_still_says_where_it_is(tmp_path):
 
 def test_a_real_run_folder_end_to_end(tmp_path, capsys):
     images = make_images(tmp_path / "data", counts=(("train", 6), ("val", 1)))
-    settings = ("training.ema=0.9", "training.ema_extra=[0.5]")
+    settings = ("training.ema=0.9", "training.ema_extra=[0.5]", "training.keep_every=2")
     train(small_config(images, tmp_path, *settings), tmp_path / "run", progress=False, log=print)
     capsys.readouterr()
     assert main(["status", str(tmp_path / "run")]) == 0
@@ -131,6 +157,7 @@ def test_a_real_run_folder_end_to_end(tmp_path, capsys):
     assert "averages beside the run's own (last validation): 0.5 " in out
     assert "next validation" not in out  # a finished run has none
     assert "  CPU: " in out and " s per step, " in out
+    assert "models kept (every 2 steps): 3, the last kept/step-6.safetensors\n" in out
 
 
 @pytest.mark.parametrize("missing", ["config.toml", "log.jsonl"])

@@ -4,7 +4,8 @@ A run trained in the background (``nohup fdn train ... --no-progress``) shows no
 next validation, hours away on a CPU. :func:`run_status` reads what the run folder already
 holds (``config.toml``, ``log.jsonl``, the files' times) and says how far it is, how fast it
 goes, what its validations scored (the moving averages kept beside its own too:
-``training.ema_extra``) and when its next validation and checkpoint come. It reads no
+``training.ema_extra``), the models it keeps between validations (``training.keep_every``)
+and when its next validation and checkpoint come. It reads no
 checkpoint and imports no torch, so it is cheap to run while the run trains.
 """
 
@@ -46,7 +47,8 @@ class RunStatus:
     ``cpu_per_step`` and ``cores`` are over the same window (the log's ``cpu_s``: the training
     process's CPU time, all its threads): CPU seconds per step, and CPU time over training
     time, the cores it kept busy; None where the log has no CPU time. ``threads`` is
-    ``training.threads`` (0: PyTorch's default).
+    ``training.threads`` (0: PyTorch's default). ``kept`` are the steps whose models the run
+    keeps in ``kept/`` (``training.keep_every``, every ``keep_every`` steps; 0: none).
     """
 
     run_dir: Path
@@ -65,6 +67,8 @@ class RunStatus:
     cpu_per_step: float | None = None
     cores: float | None = None
     threads: int = 0
+    kept: tuple[int, ...] = ()
+    keep_every: int = 0
 
     @property
     def best(self) -> tuple[int, float] | None:
@@ -128,7 +132,17 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
         cpu_per_step=cpu_per_step,
         cores=cores,
         threads=int(training.get("threads", 0)),
+        kept=_kept(folder),
+        keep_every=int(training.get("keep_every", 0)),
     )
+
+
+def _kept(folder: Path) -> tuple[int, ...]:
+    """The steps of the models in ``folder/kept`` (``step-N.safetensors``), in order."""
+    steps = (
+        path.stem.removeprefix("step-") for path in (folder / "kept").glob("step-*.safetensors")
+    )
+    return tuple(sorted(int(step) for step in steps if step.isdigit()))
 
 
 def _window(rows: list[dict], *keys: str) -> tuple[dict, dict] | None:
@@ -227,6 +241,11 @@ def format_status(status: RunStatus) -> str:
             "none yet" if s.checkpoint_s_ago is None else f"written {_ago(s.checkpoint_s_ago)}"
         )
         lines.append(f"  checkpoint: {written}; next at {_next(s, s.checkpoint_every)}")
+    if s.kept or s.keep_every:
+        kept = f"{len(s.kept)}, the last kept/step-{s.kept[-1]}.safetensors" if s.kept else "none"
+        every = f" (every {s.keep_every:,} steps)" if s.keep_every else ""
+        coming = f"; next at {_next(s, s.keep_every)}" if s.keep_every and not s.finished else ""
+        lines.append(f"  models kept{every}: {kept}{coming}")
     row = s.last_row
     numbers = [f"{name} {row[key]:.3g}" for key, name in _SHOWN if key in row]
     if row.get("skipped"):
