@@ -76,6 +76,11 @@ def test_an_average_past_its_ramp_is_not_mentioned(tmp_path):
     assert "ramp holds it at 0.9990, about the last 1,000 steps" in format_status(status)
     (tmp_path / "b").mkdir()
     assert "own average" not in format_status(run_status(run_folder(tmp_path / "b", rows)))
+    # From trained weights it takes its decay from the first update: no ramp to speak of.
+    (tmp_path / "c").mkdir()
+    config = CONFIG.replace("ema = 0.999", 'ema = 0.999\ninit = "fdn-grey-blind"')
+    status = run_status(run_folder(tmp_path / "c", rows[:1], config))
+    assert not status.ramps and "own average" not in format_status(status)
 
 
 def test_the_pace_is_the_last_hour_of_training_time(tmp_path):

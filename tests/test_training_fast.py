@@ -16,7 +16,7 @@ from fdn.cli import main
 from fdn.config import ConfigError, config_for_resume, load_config
 from fdn.data import TrainingPatches, holdout_split, load_validation
 from fdn.optim import WeightAverage, lr_factor
-from fdn.training import CHECKPOINT, build_model, init_from, train
+from fdn.training import CHECKPOINT, TrainingStopped, build_model, init_from, train
 from test_training import parameters, small_config, straight_and_resumed
 
 from helpers import make_images, randomize
@@ -276,6 +276,51 @@ def test_init_starts_from_the_models_weights(images, tmp_path):
     init_from(model, config)
     for name, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_an_average_from_trained_weights_does_not_ramp(images, tmp_path, monkeypatch):
+    # From --init, the run's own average takes its decay from its first update: it is the
+    # average beside it of the same decay, which never ramps, bit for bit. (With the ramp,
+    # min(0.9, (1 + n) / (10 + n)) = 0.18-0.44 over these 6 updates, the init's weights
+    # would be nearly gone from it.) The choice is saved: resumed, it goes on the same way,
+    # and a checkpoint from before it was saved resumes ramping, as it began.
+    config = small_config(images, tmp_path, "training.ema=0.9", "training.ema_extra=[0.9]")
+    save_model(randomize(build_model(config), seed=3, shape=(2, 3, 8, 8)).float(),
+               tmp_path / "start.safetensors")  # fmt: skip
+    settings = ("training.ema=0.9", "training.ema_extra=[0.9]",
+                f"training.init='{tmp_path / 'start.safetensors'}'")  # fmt: skip
+    straight, resumed = straight_and_resumed(images, tmp_path, monkeypatch, settings, 2)
+    for run in (straight, resumed):
+        saved = _checkpoint(run)
+        assert saved["ema"]["ramp"] is False and saved["ema"]["updates"] == 6
+        for name, value in saved["ema_extra"]["0.9"]["model"].items():
+            assert torch.equal(saved["ema"]["model"][name], value), name
+    ramps = []
+    real = WeightAverage.update
+
+    def recorded(self, model):
+        ramps.append(self.ramp)
+        real(self, model)
+
+    real_step = training.step_loss
+
+    def interrupt(model, cfg, noisy, clean, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(model, cfg, noisy, clean, step)
+
+    old = tmp_path / "old"
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "step_loss", interrupt)
+        with pytest.raises(TrainingStopped):
+            quiet(small_config(images, tmp_path, *settings), old)
+    checkpoint = _checkpoint(old)
+    del checkpoint["ema"]["ramp"]
+    torch.save(checkpoint, old / CHECKPOINT)
+    monkeypatch.setattr(WeightAverage, "update", recorded)
+    quiet(None, old, resume=True)
+    # Updates 4-6: the run's own, ramping as before 2026-11-28, then the one beside it.
+    assert ramps == [True, False] * 3
 
 
 def test_cli_init_trains_on_from_a_model_file(images, tmp_path, capsys):

@@ -148,8 +148,9 @@ class TrainingConfig:
     averages do not change the steps, so one run compares averaging horizons for a validation
     each, where forks would train the same weights again; they may be added to a resumed run,
     starting from its average. They take their decay from their first update, where ``ema``
-    ramps up to its own over thousands (:class:`fdn.optim.WeightAverage`): so one may have
-    ``ema``'s decay, to measure what the ramp costs. ``threads = 0`` leaves PyTorch's default.
+    ramps up to its own over thousands (:class:`fdn.optim.WeightAverage`) unless the run
+    starts from trained weights (``init``): so one may have ``ema``'s decay, to measure what
+    the ramp costs. ``threads = 0`` leaves PyTorch's default.
     ``time_limit`` (minutes, 0: none) ends the run early, validated and saved as at its last
     step: equal-time comparisons, and runs that fit a working session. It counts wall time, or with
     ``time_limit_clock = "cpu"`` the CPU time of the training process (its threads, not

@@ -55,6 +55,8 @@ class WeightAverage:
 
     With ``ramp`` (the default), the decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over
     the first ``n`` updates, so an average started from random weights forgets them quickly.
+    An average started from trained weights (``fdn train --init``) has nothing to forget, and
+    the ramp would throw them away as fast (``docs/training.md``, "The ramp"), so it does not.
     The ramp binds for long: it holds the decay below 0.999 until update 8,990 and below
     0.9995 until 17,990, and so the horizon at about ``n / 9`` steps (220 at update 2,000).
     Without it the decay is ``decay`` from the first update. Buffers are copied.
@@ -119,9 +121,11 @@ class WeightAverage:
         return self.model
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "updates": self.updates}
+        return {"model": self.model.state_dict(), "updates": self.updates, "ramp": self.ramp}
 
     def load_state_dict(self, state: dict) -> None:
+        """The weights and the count of updates; whether it ramps stays the caller's choice
+        (an average beside a run's own may start from the run's, which ramps)."""
         self.model.load_state_dict(state["model"])
         self.updates = int(state["updates"])
         self._calibrated_at = None

@@ -49,6 +49,7 @@ class RunStatus:
     time, the cores it kept busy; None where the log has no CPU time. ``threads`` is
     ``training.threads`` (0: PyTorch's default). ``kept`` are the steps whose models the run
     keeps in ``kept/`` (``training.keep_every``, every ``keep_every`` steps; 0: none).
+    ``ramps`` is whether the run's own average ramps its decay up: not from ``--init``.
     """
 
     run_dir: Path
@@ -69,6 +70,7 @@ class RunStatus:
     threads: int = 0
     kept: tuple[int, ...] = ()
     keep_every: int = 0
+    ramps: bool = True
 
     @property
     def best(self) -> tuple[int, float] | None:
@@ -134,6 +136,9 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
         threads=int(training.get("threads", 0)),
         kept=_kept(folder),
         keep_every=int(training.get("keep_every", 0)),
+        # An average from trained weights does not ramp (fdn.optim.WeightAverage); runs from
+        # --init checkpointed before 2026-11-28 did, which only their checkpoint says.
+        ramps=not training.get("init"),
     )
 
 
@@ -221,8 +226,8 @@ def format_status(status: RunStatus) -> str:
         )
     else:
         lines.append("  validation: none yet")
-    # Its count of updates is the run's steps (from --init or scratch), near enough.
-    if s.ema and (decay := ramped_decay(s.ema, s.step)) < s.ema:
+    # Its count of updates is the run's steps, near enough.
+    if s.ema and s.ramps and (decay := ramped_decay(s.ema, s.step)) < s.ema:
         lines.append(
             f"  the run's own average: decay {s.ema:g} from step {ramp_end(s.ema):,}; "
             f"at step {s.step:,} its ramp holds it at {decay:.4f}, "

@@ -495,7 +495,10 @@ def _start(
         if has_batch_norm(model):
             inputs = first_samples(patches, BN_CALIBRATION_SAMPLES).to(device)
             calibration = list(inputs.split(settings.batch_size))
-        average = WeightAverage(model, settings.ema, calibration)
+        # The ramp makes an average forget the random weights it starts from; from trained
+        # ones (--init) it would forget those as fast, and a restarted run's average would
+        # be little more than its newest weights for its first thousand steps.
+        average = WeightAverage(model, settings.ema, calibration, ramp=not settings.init)
         # The averages beside it compare horizons, so they take their decay from their first
         # update: the ramp would hold each at the run's own horizon for thousands of updates
         # (a 0.9995 and a 0.9998 beside a 0.999 scored the same to the bit at step 1,750).
@@ -515,6 +518,8 @@ def _start(
     # A fork that turns the average on starts it from the weights it branches from.
     if average is not None and checkpoint is not None and (fork is None or "ema" in checkpoint):
         average.load_state_dict(saved_average(checkpoint["ema"], checkpoint))
+        # As it began: checkpoints from before the ramp was saved ramped, --init or not.
+        average.ramp = bool(checkpoint["ema"].get("ramp", True))
     if average is not None and checkpoint is not None:
         saved_extra = checkpoint.get("ema_extra", {})
         for key, beside in extra.items():
