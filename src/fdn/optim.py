@@ -56,7 +56,8 @@ class WeightAverage:
     With ``ramp`` (the default), the decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over
     the first ``n`` updates, so an average started from random weights forgets them quickly.
     An average started from trained weights (``fdn train --init``) has nothing to forget, and
-    the ramp would throw them away as fast (``docs/training.md``, "The ramp"), so it does not.
+    the ramp would throw them away as fast (``docs/training.md``, "The ramp after a restart"),
+    so it does not.
     The ramp binds for long: it holds the decay below 0.999 until update 8,990 and below
     0.9995 until 17,990, and so the horizon at about ``n / 9`` steps (220 at update 2,000).
     Without it the decay is ``decay`` from the first update. Buffers are copied.
