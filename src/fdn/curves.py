@@ -16,11 +16,14 @@ from fdn.atomic import atomic_write
 
 __all__ = [
     "AVERAGE_PREFIX",
+    "KEPT",
     "X_AXES",
     "Curve",
     "CurveError",
     "average_curves",
     "average_key",
+    "kept_path",
+    "kept_steps",
     "parse_line",
     "parse_run",
     "plot_curves",
@@ -195,6 +198,24 @@ def average_key(decay: float) -> str:
         ('0.9995', '0.9999999')
     """
     return repr(float(decay))
+
+
+# training.keep_every's folder in a run: KEPT/step-N.safetensors, the model of step N.
+KEPT = "kept"
+
+
+def kept_path(run_dir: Path, step: int) -> Path:
+    """Where a run keeps the model of ``step`` (``training.keep_every``)."""
+    return run_dir / KEPT / f"step-{step}.safetensors"
+
+
+def kept_steps(run_dir: Path) -> tuple[int, ...]:
+    """The steps whose models ``run_dir`` keeps (:func:`kept_path`), in order; other files
+    in the folder are not steps."""
+    names = (
+        path.stem.removeprefix("step-") for path in (run_dir / KEPT).glob("step-*.safetensors")
+    )
+    return tuple(sorted(int(name) for name in names if name.isdigit()))
 
 
 def ramped_decay(decay: float, updates: int) -> float:

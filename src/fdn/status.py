@@ -17,7 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdn.curves import AVERAGE_PREFIX, average_key, ramp_end, ramped_decay, read_log
+from fdn.curves import (
+    AVERAGE_PREFIX,
+    average_key,
+    kept_path,
+    kept_steps,
+    ramp_end,
+    ramped_decay,
+    read_log,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -134,20 +142,12 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
         cpu_per_step=cpu_per_step,
         cores=cores,
         threads=int(training.get("threads", 0)),
-        kept=_kept(folder),
+        kept=kept_steps(folder),
         keep_every=int(training.get("keep_every", 0)),
         # An average from trained weights does not ramp (fdn.optim.WeightAverage); runs from
         # --init checkpointed before 2026-11-28 did, which only their checkpoint says.
         ramps=not training.get("init"),
     )
-
-
-def _kept(folder: Path) -> tuple[int, ...]:
-    """The steps of the models in ``folder/kept`` (``step-N.safetensors``), in order."""
-    steps = (
-        path.stem.removeprefix("step-") for path in (folder / "kept").glob("step-*.safetensors")
-    )
-    return tuple(sorted(int(step) for step in steps if step.isdigit()))
 
 
 def _window(rows: list[dict], *keys: str) -> tuple[dict, dict] | None:
@@ -247,7 +247,7 @@ def format_status(status: RunStatus) -> str:
         )
         lines.append(f"  checkpoint: {written}; next at {_next(s, s.checkpoint_every)}")
     if s.kept or s.keep_every:
-        kept = f"{len(s.kept)}, the last kept/step-{s.kept[-1]}.safetensors" if s.kept else "none"
+        kept = f"{len(s.kept)}, the last {kept_path(Path(), s.kept[-1])}" if s.kept else "none"
         every = f" (every {s.keep_every:,} steps)" if s.keep_every else ""
         coming = f"; next at {_next(s, s.keep_every)}" if s.keep_every and not s.finished else ""
         lines.append(f"  models kept{every}: {kept}{coming}")

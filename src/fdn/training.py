@@ -46,7 +46,7 @@ from fdn.config import (
     config_for_fork,
     config_for_resume,
 )
-from fdn.curves import AVERAGE_PREFIX, average_key
+from fdn.curves import AVERAGE_PREFIX, KEPT, average_key, kept_path
 from fdn.data import StepSampler, TrainingPatches, load_validation
 from fdn.denoising import precision_context
 from fdn.losses import bits_per_dim, fdn_loss
@@ -93,8 +93,6 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
-# training.keep_every's folder in the run: kept/step-N.safetensors, the model of step N.
-KEPT = "kept"
 # Training inputs over which a moving average's batch norm statistics are recomputed (the
 # probe on held-back faces: 128 and 512 gave PSNRs 0.02 dB apart).
 BN_CALIBRATION_SAMPLES = 256
@@ -714,8 +712,9 @@ def train(
                 record.update({f"{name}_s": value for name, value in spent().items()})
                 write_log(run.run_dir, {"step": done, **record}, board)
             if run.main and settings.keep_every and done % settings.keep_every == 0:
-                (run.run_dir / KEPT).mkdir(exist_ok=True)
-                _save_model_file(run.shipped, run.run_dir / KEPT / f"step-{done}.safetensors")
+                path = kept_path(run.run_dir, done)
+                path.parent.mkdir(exist_ok=True)
+                _save_model_file(run.shipped, path)
             if done % settings.checkpoint_every == 0 or last:
                 run.save_checkpoint(done, spent())
             if last and done < settings.iterations:
