@@ -24,7 +24,6 @@ every one beside it, one row each.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from fdn.config import TrainConfig, load_config
-from fdn.data import load_validation
+from fdn.data import DataError, load_validation_by_sigma
 from fdn.model import FDN
 from fdn.runstate import load_checkpoint
 from fdn.serialization import load_model
@@ -55,19 +54,15 @@ def best_strength_scores(
     ``sigmas``, the mean PSNR of ``config``'s held-back images (its validation's, with the
     sigma set to each in turn; ``config`` is left as it was)."""
     check_strengths(strengths)
-    config = copy.deepcopy(config)
-    config.validation.every = max(config.validation.every, 1)  # 0 would load nothing
-    images_by_sigma = {}
-    for sigma in sigmas:
-        config.validation.sigmas = [sigma]
-        images_by_sigma[sigma] = load_validation(config)
-        if not images_by_sigma[sigma]:
-            raise SystemExit("the run has no held-back images to score on")
+    try:
+        images_by_sigma = load_validation_by_sigma(config, sigmas)
+    except DataError as error:
+        raise SystemExit(str(error)) from None
     results = {}
     for key, model in models.items():
         row: dict[str, list] = {"strength_1": [], "best": [], "best_strength": []}
         for sigma in sigmas:
-            means, _ = scores(model.eval(), images_by_sigma[sigma], strengths)
+            means, _ = scores(model.eval(), images_by_sigma[float(sigma)], strengths)
             best = int(np.nanargmax(means))  # the strengths the walk skipped are NaN
             row["strength_1"].append(float(means[strengths.index(1.0)]))
             row["best"].append(float(means[best]))

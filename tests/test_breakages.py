@@ -12,6 +12,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import fdn.training as training
 from fdn import FDN, ModelFileError, denoise_image, load_model, save_model
+from fdn.batch import denoise_files
 from fdn.cli import main
 from fdn.config import config_from_dict
 from fdn.data import TrainingPatches
@@ -39,19 +40,23 @@ def quiet_train(config, run_dir):
     return training.train(config, run_dir, progress=False, log=lambda _: None)
 
 
-# 1. The x8 self-ensemble
+# 1. The self-ensemble (x2, x4, x8)
 
 
 def add_ramp(x):
-    """A denoiser that adds a function of position: not flip- or rotation-equivariant."""
+    """A denoiser that adds a function of position: not flip- or rotation-equivariant, nor
+    linear in position (the four quarter turns of a linear ramp average to a constant, as the
+    eight do, which could not tell x4 from x8)."""
     height, width = x.shape[-2:]
-    return x + torch.arange(height * width, dtype=x.dtype).view(height, width) / (10 * height)
+    position = torch.arange(height * width, dtype=x.dtype).view(height, width)
+    return x + torch.sin(1.3 * position) / 10
 
 
-def ensemble_by_hand(array):
-    """The mean over the 8 flips/rotations of ``add_ramp``, in numpy, on the last two axes."""
+def ensemble_by_hand(array, size=8):
+    """The mean over the first ``size`` flips/rotations of ``add_ramp`` (the quarter turns,
+    then the flipped ones), in numpy, on the last two axes."""
     outputs = []
-    for k in range(8):
+    for k in range(size):
         t = np.rot90(array, k % 4, axes=(-2, -1))
         t = t[..., ::-1] if k >= 4 else t
         d = add_ramp(torch.from_numpy(t.copy())).numpy()
@@ -60,16 +65,23 @@ def ensemble_by_hand(array):
     return np.mean(outputs, axis=0)
 
 
-def test_self_ensemble_is_the_mean_of_eight_transformed_back_outputs():
-    # Breakage: the ensemble calls the denoiser once instead of on the 8 flips/rotations.
+@pytest.mark.parametrize("size", [2, 4, 8])
+def test_self_ensemble_is_the_mean_of_its_transformed_back_outputs(size):
+    # Breakage: the ensemble calls the denoiser once instead of on the flips/rotations, or
+    # on another number of them than asked.
     x = torch.rand(1, 3, 5, 7, dtype=torch.float64)
-    expected = ensemble_by_hand(x.numpy())
+    expected = ensemble_by_hand(x.numpy(), size)
     assert not np.allclose(expected, add_ramp(x).numpy())
-    assert np.allclose(self_ensemble(add_ramp, x).numpy(), expected, atol=1e-12)
+    for other in {2, 4, 8} - {size}:
+        assert not np.allclose(expected, ensemble_by_hand(x.numpy(), other))
+    assert np.allclose(self_ensemble(add_ramp, x, size).numpy(), expected, atol=1e-12)
+    if size == 8:  # the default
+        assert np.allclose(self_ensemble(add_ramp, x).numpy(), expected, atol=1e-12)
 
 
-def test_eval_ensemble_denoiser_averages_eight_transforms():
-    # Breakage: `fdn eval --ensemble` runs its method once instead of on the 8 transforms.
+@pytest.mark.parametrize("size", [2, 4, 8])
+def test_eval_ensemble_denoiser_averages_its_transforms(size):
+    # Breakage: `fdn eval --ensemble` runs its method once instead of on the transforms.
     class Ramp:
         name, blind = "ramp", True
 
@@ -77,18 +89,31 @@ def test_eval_ensemble_denoiser_averages_eight_transforms():
             return add_ramp(noisy)
 
     x = torch.rand(1, 3, 6, 9, dtype=torch.float64)
-    got = EnsembleDenoiser(Ramp()).denoise(x, None).numpy()
-    assert np.allclose(got, ensemble_by_hand(x.numpy()), atol=1e-12)
+    wrapped = EnsembleDenoiser(Ramp(), size) if size != 8 else EnsembleDenoiser(Ramp())
+    assert wrapped.name == f"ramp x{size}"
+    expected = ensemble_by_hand(x.numpy(), size)
+    assert np.allclose(wrapped.denoise(x, None).numpy(), expected, atol=1e-12)
 
 
-def test_denoise_image_ensemble_averages_eight_transforms():
+@pytest.mark.parametrize("ensemble, size", [(True, 8), (8, 8), (4, 4), (2, 2)])
+def test_denoise_image_ensemble_averages_its_transforms(ensemble, size):
     # Breakage: denoise_image(..., ensemble=True) denoises only the image as given.
     model = FDN(hidden_channels=4, steps_per_block=1).eval()
     model.denoise = lambda x, strength=1.0: add_ramp(x)  # the instance's, not equivariant
     image = np.random.default_rng(0).random((6, 10, 3)).astype(np.float32) * 0.5
-    got = denoise_image(image, model, ensemble=True)
-    expected = ensemble_by_hand(image.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
+    got = denoise_image(image, model, ensemble=ensemble)
+    expected = ensemble_by_hand(image.transpose(2, 0, 1)[None], size)[0].transpose(1, 2, 0)
     assert np.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("ensemble", [3, 16, 0.5, -8])
+def test_an_ensemble_of_another_size_is_refused_before_anything_runs(ensemble):
+    model = FDN(hidden_channels=4, steps_per_block=1).eval()
+    model.denoise = lambda x, strength=1.0: pytest.fail("denoised")
+    with pytest.raises(ValueError, match="ensemble: expected 1, 2, 4 or 8 transforms"):
+        denoise_image(np.zeros((6, 10, 3), np.float32), model, ensemble=ensemble)
+    with pytest.raises(ValueError, match="ensemble: expected"):
+        denoise_files([], model, ensemble=ensemble)
 
 
 # 2-3. Training patches

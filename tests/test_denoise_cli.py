@@ -7,7 +7,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from fdn import FDN, save_model
+from fdn import FDN, denoise_image, load_model, save_model
 from fdn.cli import main
 from fdn.images import read_image
 
@@ -195,6 +195,37 @@ def test_ensemble_flag(tmp_path, model_file):
     assert main(argv) == 0
     a, b = read_image(plain / "rgb.png").pixels, read_image(ensembled / "rgb.png").pixels
     assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+def test_ensemble_size_gives_the_smaller_ensemble(tmp_path, model_file):
+    inputs = make_inputs(tmp_path / "in")
+    source = str(inputs / "rgb.png")
+    model = load_model(model_file)
+    pixels = read_image(inputs / "rgb.png").pixels
+    for size in (2, 4):
+        out = tmp_path / f"x{size}"
+        argv = ["denoise", source, "-o", str(out), "--model", str(model_file)]
+        assert main([*argv, "--ensemble-size", str(size)]) == 0
+        got = read_image(out / "rgb.png").pixels
+        assert np.array_equal(got, denoise_image(pixels, model, ensemble=size))
+        assert not np.array_equal(got, denoise_image(pixels, model, ensemble=8))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--ensemble-size", "3"], "invalid choice: 3"),
+        (["--ensemble-size", "x4"], "invalid int value"),
+        (["--ensemble", "--ensemble-size", "4"], "not allowed with argument --ensemble"),
+    ],
+)
+def test_ensemble_size_errors(tmp_path, model_file, capsys, options, message):
+    inputs = make_inputs(tmp_path / "in")
+    argv = ["denoise", str(inputs / "rgb.png"), "-o", str(tmp_path / "out"), *options]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--model", str(model_file)])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_precision_flag(tmp_path, model_file, capsys):

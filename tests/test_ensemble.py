@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from fdn import FDN, denoise_image
+from fdn.data import load_validation_by_sigma
+from fdn.denoising import denoise_tensor
 from fdn.ensemble import dihedral, self_ensemble, undo_dihedral
+from fdn.metrics import psnr
+from fdn.training import build_model
+from test_fit_strength import held_back_config
+
+from helpers import load_script, randomize
 
 
 @pytest.mark.parametrize("k", range(8))
@@ -62,3 +69,41 @@ def test_fdn_ensemble_through_denoise_image():
         axis=0,
     )
     assert np.allclose(ensembled, expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def ensemble_sizes():
+    return load_script("ensemble_sizes", "benchmarks")
+
+
+def test_the_benchmarks_sized_rows_are_the_transforms_denoise_takes(ensemble_sizes):
+    # `--ensemble-size N` takes the first N of dihedral's order: the rows the benchmark
+    # measured it by (docs/evaluation.md) must be those.
+    sized = {
+        int(name.rsplit("(x", 1)[1].rstrip(")")): ks
+        for name, ks in ensemble_sizes.ENSEMBLES.items()
+        if "(x" in name
+    }
+    assert sized == {2: (0, 1), 4: (0, 1, 2, 3), 8: tuple(range(8))}
+
+
+def test_the_benchmark_scores_each_ensemble_as_denoise_gives_it(tmp_path, ensemble_sizes):
+    config = held_back_config(tmp_path)
+    model = randomize(build_model(config), seed=3, shape=(2, 3, 16, 16)).float().eval()
+    images = load_validation_by_sigma(config, (10.0, 40.0))
+    results = ensemble_sizes.ensemble_scores(model, images)
+    assert list(results) == list(ensemble_sizes.ENSEMBLES)
+    for name, size in (("plain", 1), ("quarter turn (x2)", 2), ("all eight (x8)", 8)):
+        for i, sigma in enumerate((10.0, 40.0)):
+            expected = np.mean(
+                [
+                    psnr(denoise_tensor(noisy[0], model, ensemble=size)[None], clean).item()
+                    for _, noisy, clean in images[sigma]
+                ]
+            )
+            assert results[name][i] == pytest.approx(expected, abs=1e-4)
+    assert results["plain"] != results["all eight (x8)"]
+    lines = ensemble_sizes.table(results, (10.0, 40.0)).splitlines()
+    assert lines[0] == "| ensemble | transforms | sigma 10 | sigma 40 | mean | gain |"
+    assert lines[2].startswith("| plain | 0 |") and lines[2].endswith("| +0.0000 |")
+    assert len(lines) == 2 + len(ensemble_sizes.ENSEMBLES)

@@ -422,6 +422,9 @@ def test_ensemble_flag_wraps_every_method(tmp_path):
     assert torch.allclose(wrapped.denoise(x, None), Blur().denoise(x, None), atol=1e-6)
 
     assert "fdn-color-blind x8" in _eval_bundled_colour_model(tmp_path, "--ensemble")
+    (tmp_path / "x2").mkdir()
+    table = _eval_bundled_colour_model(tmp_path / "x2", "--ensemble-size", "2")
+    assert "fdn-color-blind x2" in table and "x8" not in table
 
 
 def test_precision_flag_is_recorded_with_the_results(tmp_path):

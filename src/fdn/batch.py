@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdn.choices import check_strength
+from fdn.choices import check_strength, ensemble_size
 from fdn.denoising import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_OVERLAP,
@@ -143,7 +143,7 @@ def denoise_files(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool | str = True,
     report: Callable[[str], None] = print,
-    ensemble: bool = False,
+    ensemble: bool | int = False,
     precision: str = "fp32",
     strength: float | None = None,
     ood_check: bool = True,
@@ -165,7 +165,8 @@ def denoise_files(
     stderr at most once a minute, :func:`fdn.progress.progress`) or False (``"off"``).
 
     ``strength`` is :meth:`FDN.denoise`'s (None: the model's default); a value outside
-    [0, 2] stops the batch before it starts rather than failing every file.
+    [0, 2] stops the batch before it starts rather than failing every file, as does an
+    ``ensemble`` that is not one of :data:`fdn.choices.ENSEMBLE_SIZES` (True: 8).
 
     With ``ood_check``, an image whose bits/dim under a bundled model is above the model's
     calibrated threshold (:func:`fdn.likelihood.ood_threshold`: far from its training images)
@@ -174,6 +175,7 @@ def denoise_files(
     and the image's mean bits/dim is reported. Both come from the denoise's own encode.
     """
     check_strength(strength)
+    ensemble_size(ensemble)
     result = BatchResult(0, 0)
     bar = progress_bar(jobs, mode=progress, label="fdn denoise", desc="denoising", unit="image")
     for job in bar:

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_NOISE_ESTIMATOR",
     "DEFAULT_SIGMAS",
     "DEVICE_NAMES",
+    "ENSEMBLE_SIZES",
     "NOISE_ESTIMATORS",
     "PRECISIONS",
     "RECONSTRUCTIONS",
@@ -25,6 +26,7 @@ __all__ = [
     "check_device_name",
     "check_strength",
     "default_weights",
+    "ensemble_size",
 ]
 
 # Every command's --device, and fdn.runtime.resolve_device: "auto" is CUDA when available.
@@ -46,6 +48,10 @@ RECONSTRUCTIONS = ("l1", "l2", "psnr")
 # estimate), and above 1 a sigma hint: the mean of four strength-1 denoises of the input plus
 # seeded white noise of 30 * (strength - 1) grey levels (fdn.model.hint_sigma).
 STRENGTHS = (0.0, 2.0)
+
+# How many flips and rotations a self-ensemble averages (fdn.ensemble.self_ensemble; 1: off):
+# the first 2, 4 or all 8 of fdn.ensemble.dihedral's order.
+ENSEMBLE_SIZES = (1, 2, 4, 8)
 
 # fdn eval's and fdn compare's baselines: the keys of fdn.denoisers.BASELINE_FACTORIES
 # (tests/test_denoisers.py keeps them equal).
@@ -112,3 +118,24 @@ def check_strength(strength: float | None) -> float | None:
     if not low <= value <= high:  # NaN fails both comparisons
         raise ValueError(f"strength must be in [{low:g}, {high:g}], got {strength!r}")
     return value
+
+
+def ensemble_size(ensemble: bool | int | None) -> int:
+    """The number of transforms an ``ensemble`` argument asks for: False or None 1 (off), True
+    8 (the x8 ensemble, as the flag has always meant), or one of :data:`ENSEMBLE_SIZES`;
+    else ValueError.
+
+    >>> ensemble_size(True), ensemble_size(False), ensemble_size(4)
+    (8, 1, 4)
+    >>> ensemble_size(3)
+    Traceback (most recent call last):
+    ValueError: ensemble: expected 1, 2, 4 or 8 transforms, got 3
+    """
+    if ensemble is None or isinstance(ensemble, bool):
+        return 8 if ensemble else 1
+    if ensemble not in ENSEMBLE_SIZES:
+        *most, last = map(str, ENSEMBLE_SIZES)
+        raise ValueError(
+            f"ensemble: expected {', '.join(most)} or {last} transforms, got {ensemble!r}"
+        )
+    return int(ensemble)

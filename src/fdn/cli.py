@@ -23,6 +23,7 @@ from fdn._version import __version__
 from fdn.choices import (
     BASELINES,
     DEFAULT_NOISE_ESTIMATOR,
+    ENSEMBLE_SIZES,
     NOISE_ESTIMATORS,
     PRECISIONS,
     WEIGHTS_ENV,
@@ -130,6 +131,29 @@ def _add_device_option(parser: argparse.ArgumentParser, default: str = "auto") -
         metavar="DEVICE",
         help="where to run: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N "
         f"(default: {default})",
+    )
+
+
+def _add_ensemble_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--ensemble`` (x8) or ``--ensemble-size N`` into ``args.ensemble``, a number of
+    transforms (1: off; :func:`fdn.choices.ensemble_size`)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--ensemble",
+        action="store_const",
+        const=8,
+        default=1,
+        help=f"x8 self-ensemble{what}: average over the eight flips and rotations (8x slower, "
+        "often better)",
+    )
+    group.add_argument(
+        "--ensemble-size",
+        dest="ensemble",
+        type=int,
+        choices=ENSEMBLE_SIZES[1:],
+        metavar="N",
+        help=f"self-ensemble of N = 2, 4 or 8 flips and rotations{what} (Nx slower; on the "
+        "colour model's held-back images x2 gave 0.10 dB, x4 0.15 and x8 0.17)",
     )
 
 
@@ -602,11 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="M",
         help="overlap of neighbouring tiles, blended smoothly (default: 32)",
     )
-    denoise.add_argument(
-        "--ensemble",
-        action="store_true",
-        help="x8 self-ensemble: average over flips and rotations (8x slower, often better)",
-    )
+    _add_ensemble_options(denoise, "")
     denoise.add_argument(
         "--strength",
         type=_strength,
@@ -735,11 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, metavar="N", help="only the first N images of each data set"
     )
     _add_device_option(evaluate)
-    evaluate.add_argument(
-        "--ensemble",
-        action="store_true",
-        help="x8 self-ensemble (flips and rotations, averaged) for every method",
-    )
+    _add_ensemble_options(evaluate, " for every method")
     evaluate.add_argument(
         "--strength",
         type=_strength,

@@ -14,9 +14,10 @@ unclipped (spec 7.2): ``noisy = clean + sigma / 255 * n``, by the noise object o
 
 from __future__ import annotations
 
+import copy
 import os
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ __all__ = [
     "holdout_split",
     "list_images",
     "load_validation",
+    "load_validation_by_sigma",
     "make_synthetic_images",
 ]
 
@@ -357,6 +359,23 @@ def load_validation(config: TrainConfig) -> list[tuple[str, Tensor, Tensor]]:
         for noise in validation_noises(settings):
             noisy = noise.sample(clean, noise.seed_for(name, settings.seed))
             images.append((clean_path.name, noisy, clean))
+    return images
+
+
+def load_validation_by_sigma(
+    config: TrainConfig, sigmas: Sequence[float]
+) -> dict[float, list[tuple[str, Tensor, Tensor]]]:
+    """:func:`load_validation`'s images with each of ``sigmas`` in turn as the validation's
+    only noise level (the same fixed-seed noise its validation draws at that sigma), per
+    sigma; ``config`` is left as it was. DataError when the run holds nothing back."""
+    config = copy.deepcopy(config)
+    config.validation.every = max(config.validation.every, 1)  # 0 would load nothing
+    images = {}
+    for sigma in sigmas:
+        config.validation.sigmas = [float(sigma)]
+        images[float(sigma)] = load_validation(config)
+        if not images[float(sigma)]:
+            raise DataError("the run has no held-back images to score on")
     return images
 
 

@@ -1,6 +1,6 @@
 r"""Every method ``fdn eval`` and ``fdn compare`` run, as a :class:`Denoiser`.
 
-The :class:`Denoiser` protocol, the adapters (FDN, the x8 self-ensemble, a column of several
+The :class:`Denoiser` protocol, the adapters (FDN, the self-ensemble, a column of several
 models) and the baselines' name table: :data:`BASELINE_FACTORIES` maps each name ``--baselines``
 takes to the function that builds it, and :data:`BASELINES` is its keys. Adding a baseline is
 one adapter (in :mod:`fdn.baselines`) and one line in the table, plus its name in
@@ -31,6 +31,7 @@ from fdn.baselines import (
 )
 from fdn.baselines.dncnn import ModuleDenoiser, read_state_dict
 from fdn.baselines.weights import MissingWeightsError, peer_file, weights_folder
+from fdn.choices import ensemble_size
 from fdn.ensemble import ensemble_name, self_ensemble
 from fdn.model import FDN
 from fdn.serialization import ModelFileError, load_model
@@ -92,24 +93,26 @@ class FDNDenoiser(ModuleDenoiser):
 
 
 class EnsembleDenoiser:
-    r"""Any :class:`Denoiser` with the x8 self-ensemble: its results on the eight flips and
-    rotations of the noisy image, transformed back and averaged. Named
-    :func:`fdn.ensemble.ensemble_name`'s ``"NAME x8"``.
+    r"""Any :class:`Denoiser` with a self-ensemble: its results on ``size`` flips and
+    rotations of the noisy image (:func:`fdn.ensemble.self_ensemble`), transformed back and
+    averaged. Named :func:`fdn.ensemble.ensemble_name`'s ``"NAME x8"`` (``x2``, ``x4``).
 
     Arguments:
         inner: the method to ensemble.
+        size: how many transforms: 2, 4 or 8.
     """
 
-    def __init__(self, inner: Denoiser) -> None:
+    def __init__(self, inner: Denoiser, size: int = 8) -> None:
         self.inner = inner
-        self.name = ensemble_name(inner.name)
+        self.size = ensemble_size(size)
+        self.name = ensemble_name(inner.name, self.size)
         self.blind = inner.blind
 
     def supports(self, channels: int, sigma: float | None) -> str | None:
         return self.inner.supports(channels, sigma)
 
     def denoise(self, noisy: Tensor, sigma: float | None) -> Tensor:
-        return self_ensemble(lambda x: self.inner.denoise(x, sigma), noisy)
+        return self_ensemble(lambda x: self.inner.denoise(x, sigma), noisy, self.size)
 
 
 class DenoiserSet:

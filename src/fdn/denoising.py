@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fdn.choices import PRECISIONS, check_strength
+from fdn.choices import PRECISIONS, check_strength, ensemble_size
+from fdn.ensemble import self_ensemble
 from fdn.images import to_unit_float
 from fdn.likelihood import Likelihood, encode_for_likelihood
 from fdn.model import FDN, with_sigma_hint
@@ -95,7 +96,7 @@ def denoise_tensor(
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
-    ensemble: bool = False,
+    ensemble: bool | int = False,
     strength: float | None = None,
     likelihood: Likelihood | None = None,
 ) -> Tensor:
@@ -103,7 +104,8 @@ def denoise_tensor(
 
     With ``tile``, the image is denoised in ``tile x tile`` pieces that overlap by ``overlap``
     pixels and are blended with linear (feathered) weights, so memory is bounded by the tile.
-    With ``ensemble``, the result is the x8 self-ensemble (eight times the work).
+    With ``ensemble`` (True or 8, 4, 2), the result is the self-ensemble of that many flips and
+    rotations (:func:`fdn.ensemble.self_ensemble`; that many times the work).
     ``strength`` is :meth:`FDN.denoise`'s (None: the model's default, chosen per tile). Above
     1 (a sigma hint: four denoises) each of its seeded noise draws is added to the whole image
     before it is tiled, so that tiled and untiled results agree as they do at strength 1.
@@ -113,15 +115,16 @@ def denoise_tensor(
     images, pay one more encode of the image for it.
     """
     strength = check_strength(strength)
+    size = ensemble_size(ensemble)
     hint = strength if strength is not None and strength > 1 else None  # a sigma hint's
-    if likelihood is not None and (ensemble or hint is not None):
+    if likelihood is not None and (size > 1 or hint is not None):
         _score(image, model, tile, overlap, likelihood)
         likelihood = None
-    if ensemble:
-        from fdn.ensemble import self_ensemble
-
+    if size > 1:
         return self_ensemble(
-            lambda x: denoise_tensor(x, model, tile, overlap, progress, strength=strength), image
+            lambda x: denoise_tensor(x, model, tile, overlap, progress, strength=strength),
+            image,
+            size,
         )
     channels, height, width = image.shape
     if tile is None or (height <= tile and width <= tile):
@@ -233,7 +236,7 @@ def denoise_image(
     overlap: int = DEFAULT_OVERLAP,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool = False,
-    ensemble: bool = False,
+    ensemble: bool | int = False,
     precision: str = "fp32",
     strength: float | None = None,
     likelihood: Likelihood | None = None,
@@ -251,7 +254,8 @@ def denoise_image(
         overlap: overlap of neighbouring tiles, blended linearly.
         max_pixels: above this, an untiled request is tiled; None never tiles on its own.
         progress: show a progress bar over tiles.
-        ensemble: average the denoised eight flips and rotations (x8 self-ensemble).
+        ensemble: average the denoised flips and rotations (the self-ensemble): True or 8
+            for all eight, 4 or 2 for the first four or two (:func:`fdn.ensemble.self_ensemble`).
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 convolutions
             (see :data:`fdn.choices.PRECISIONS`).
         strength: how much noise to remove, in [0, 2] (:meth:`FDN.denoise`): 0 returns the

@@ -28,7 +28,7 @@ from tqdm import tqdm
 import fdn.reuse
 from fdn._version import __version__
 from fdn.baselines import MissingExtraError
-from fdn.choices import DEFAULT_SIGMAS
+from fdn.choices import DEFAULT_SIGMAS, ensemble_size
 from fdn.data import DataError, find_pairs, list_images
 from fdn.denoisers import (
     BASELINES,
@@ -394,7 +394,7 @@ def run_eval(
     seed: int = 0,
     limit: int | None = None,
     device: str | torch.device = "cpu",
-    ensemble: bool = False,
+    ensemble: bool | int = False,
     precision: str = "fp32",
     progress: bool | str = True,
     estimator: str | None = None,
@@ -441,8 +441,9 @@ def run_eval(
     denoisers += models_from_specs(models, device, strength)
     if not denoisers and not reuse:
         raise ValueError("nothing to evaluate: give --model, --baselines and/or --reuse")
-    if ensemble:
-        denoisers = [EnsembleDenoiser(d) for d in denoisers]
+    size = ensemble_size(ensemble)
+    if size > 1:
+        denoisers = [EnsembleDenoiser(d, size) for d in denoisers]
     datasets = [find_dataset(root, paired, limit) for root in data]
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
