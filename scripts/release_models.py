@@ -167,6 +167,24 @@ def stage_patches(run_dir: Path, since: int, until: int, batch_size: int) -> int
     return sum(batch * steps for batch, steps in step_batches(run_dir, since, until, batch_size))
 
 
+def patches_since(
+    previous: dict | None, again: bool, run_dir: Path, steps: int, batch_size: int
+) -> int:
+    """The patches a release of ``run_dir`` at ``steps`` adds to the record ``previous``: all of
+    the run's, or for the same run released ``again``, its own less those of the released
+    model's history (the record's ``batches``). A fork keeps its parent's run id, so the
+    model released may be the other branch of a fork: its history and this run's part at the
+    fork, and only their common part cancels (the difference of the steps and of the clocks
+    is right for either branch as it is)."""
+    if not again or previous is None:
+        return stage_patches(run_dir, 0, steps, batch_size)
+    released = previous["training"].get("batches")
+    if released is None:  # a record from before the batches were kept: a continuation
+        return stage_patches(run_dir, previous["training"]["run"]["iterations"], steps, batch_size)
+    mine = stage_patches(run_dir, 0, steps, batch_size)
+    return mine - sum(batch * count for batch, count in released)
+
+
 def patches_seen(record: dict) -> int:
     """The training patches a record (cumulative, or a release line) counts; records from
     before the count was kept are of stages that all used batch 16."""
@@ -292,7 +310,7 @@ def release(
     cumulative = {
         "iterations": before.get("iterations", 0) + iterations,
         # Training patches seen: stages differ in batch size (16 on a CPU, 128 on a GPU).
-        "patches": patches_seen(before) + stage_patches(run_dir, done_steps, steps, batch),
+        "patches": patches_seen(before) + patches_since(previous, again, run_dir, steps, batch),
         "cpu_hours": round(before.get("cpu_hours", 0), 2),
     }
     if "gpu_hours" in stage or "gpu_hours" in before:

@@ -431,6 +431,39 @@ def test_a_run_released_again_adds_only_its_steps_since(
         release_models.main(["tiny=" + str(stage), "--weights", str(weights)])
 
 
+def test_the_other_branch_of_a_released_fork_counts_its_own_history(
+    images, tmp_path, monkeypatch, release_models
+):
+    # A pilot: the run (batch 2) forked at step 6 to batch 4; the fork is released at its step
+    # 10, then the run itself at 12. Both keep the run id, so the record takes the run for the
+    # fork trained on; the fork's 4 steps at batch 4 are not in the run's history, and the
+    # run's patches must not be counted on top of them (they were, before: 6x2 + 4x4 + 2x2).
+    weights = tmp_path / "weights"
+    parent = run(images, tmp_path, "parent")
+    fork = tmp_path / "fork"
+    changes = ["training.batch_size=4", "training.iterations=10"]
+    train(None, fork, progress=False, log=lambda _: None, changes=changes, fork=parent)
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    release_models.main(["tiny=" + str(fork), "--weights", str(weights)])
+    first = json.loads((weights / "models.json").read_text())["tiny"]
+    assert first["cumulative"]["patches"] == 6 * 2 + 4 * 4
+    assert first["training"]["batches"] == [[2, 6], [4, 4]]
+
+    checkpoint = torch.load(parent / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["training"]["iterations"] = 12
+    torch.save(checkpoint, parent / "checkpoint.pt")
+    train(None, parent, resume=True, progress=False, log=lambda _: None)
+    scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
+    release_models.main(["tiny=" + str(parent), "--weights", str(weights)])
+    record = json.loads((weights / "models.json").read_text())["tiny"]
+    assert record["cumulative"]["iterations"] == 12
+    assert record["cumulative"]["patches"] == 12 * 2
+    assert record["training"]["batches"] == [[2, 12]]
+    # The steps and the hours were right before: the fork's cancel against its own record.
+    own = record["training"]["run"]["cpu_hours"]
+    assert record["cumulative"]["cpu_hours"] == pytest.approx(own, abs=0.011)
+
+
 def test_a_checkpoint_from_before_run_ids_gets_one_on_resume(images, tmp_path):
     import torch
 

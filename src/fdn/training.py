@@ -604,7 +604,9 @@ def train(
     weights, optimiser, average, step and random state, with ``changes`` to any key but the
     network and the optimiser's own settings (:data:`fdn.config.FORK_KEEPS`): unchanged, it
     takes the very steps its parent takes. It keeps the parent's ``run_id``, so that releasing
-    it counts its steps since the parent's last release; release one branch of a fork.
+    it counts its steps since the parent's last release (a GPU lending carrying a run on); a
+    pilot's branches may each be released, each counted from their common history
+    (``scripts/release_models.py``).
     """
     run = _start(
         config, Path(run_dir), resume, log, changes, Path(fork) if fork is not None else None
