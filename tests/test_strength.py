@@ -1,6 +1,7 @@
 import copy
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import fdn
 from fdn import denoise_image, save_model
 from fdn.cli import build_parser, main
 from fdn.denoising import denoise_tensor
+from fdn.images import read_image
 from fdn.model import StrengthCurve, hint_noise, residual_sigma
 
 from helpers import mild_model
@@ -107,13 +109,37 @@ def high_pass(image: torch.Tensor) -> float:
     return (image[..., 1:-1, 1:-1] - blurred).std().item()
 
 
-def test_strength_above_1_smooths_more_on_the_bundled_model():
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_strength_above_1_smooths_more_than_1_on_the_bundled_model(seed):
+    # On smooth ramps under AWGN (sigma 25) a hint leaves 2-4% less fine grain than strength
+    # 1. Between 1.5 and 2 the grain is level here, within about 1% either way, and which is
+    # lower turns with the seed and the release (the 30.391 and 30.400 colour releases each
+    # had seeds of both signs), so that order is tested on real grain below.
     bundled = fdn.load_model("fdn-color-blind")
-    # 96x96: on 48x48 the grain left at 1.5 and 2 differs by 0.3%, less than the image's own
-    # sampling noise (the release at held-back 30.283 measured 0.005842 and 0.005861 there).
-    noisy = noisy_ramps(96, seed=1).float()
+    noisy = noisy_ramps(96, seed=seed).float()
     grain = [high_pass(bundled.denoise(noisy, strength=s)) for s in (1, 1.5, 2)]
-    assert all(a > b for a, b in itertools.pairwise(grain)), grain
+    assert grain[1] < 0.99 * grain[0] and grain[2] < 0.99 * grain[0], grain
+
+
+def test_strength_above_1_smooths_real_grain_more_the_higher_it_is():
+    # The model card's case: JPEG-compressed sensor noise, which a model trained on AWGN
+    # mostly leaves at strength 1; each step of the hint takes more of it (the 30.400
+    # release: 15.07, 14.05 and 13.30 at 1, 1.5 and 2 on this crop, 15.80 in the input;
+    # RGB minus its 9x9 box blur, 0-255).
+    skimage = pytest.importorskip("skimage")
+    photo = Path(skimage.__file__).parent / "data" / "hubble_deep_field.jpg"
+    if not photo.is_file():
+        pytest.skip(f"{photo} is not installed")
+    crop = read_image(photo).pixels[400:496, 640:736]
+    bundled = fdn.load_model("fdn-color-blind")
+
+    def grain(pixels):
+        image = torch.from_numpy(pixels.astype(np.float64)).permute(2, 0, 1)[None]
+        blurred = torch.nn.functional.avg_pool2d(image, 9, stride=1)
+        return (image[..., 4:-4, 4:-4] - blurred).std().item()
+
+    left = [grain(crop)] + [grain(denoise_image(crop, bundled, strength=s)) for s in (1, 1.5, 2)]
+    assert all(b < 0.97 * a for a, b in itertools.pairwise(left)), left
 
 
 @pytest.mark.parametrize("strength", [0.5, 1.5])
