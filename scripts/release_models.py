@@ -173,9 +173,9 @@ def patches_since(
     """The patches a release of ``run_dir`` at ``steps`` adds to the record ``previous``: all of
     the run's, or for the same run released ``again``, its own less those of the released
     model's history (the record's ``batches``). A fork keeps its parent's run id, so the
-    model released may be the other branch of a fork: its history and this run's part at the
-    fork, and only their common part cancels (the difference of the steps and of the clocks
-    is right for either branch as it is)."""
+    model released may be the other branch of a fork: the two histories agree up to the fork,
+    and only that common part cancels. (The steps and the clocks, differences of the two
+    totals, are right for either branch as they are.)"""
     if not again or previous is None:
         return stage_patches(run_dir, 0, steps, batch_size)
     released = previous["training"].get("batches")
