@@ -62,7 +62,7 @@ def test_collecting_the_likelihood_leaves_the_denoise_unchanged(small, tile):
     assert likelihood.worst >= max(v.mean() for _, _, v in likelihood.pieces) - 1e-12
 
 
-@pytest.mark.parametrize("options", [{"ensemble": True}, {"strength": 1.5}])
+@pytest.mark.parametrize("options", [{"ensemble": True}, {"ensemble": 2}, {"strength": 1.5}])
 def test_ensemble_and_hints_score_the_image_itself(small, options):
     model = small.float()
     image = torch.rand(3, 16, 16)
