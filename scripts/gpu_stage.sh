@@ -127,7 +127,8 @@ if [ -n "${FORK_DIR:-}" ]; then
   # and PSNR curve, from the CPU run rather than from scratch.
   # The device's carry limit (64 MiB with the working tree) fits both checkpoints beside the
   # data only compressed: `xz -9 -k checkpoint.pt` here, unpacked on the device, once per run
-  # before any fork reads it (GROW forks a run twice at once).
+  # before any fork reads it (GROW forks a run twice at once). A CPU run's precision was
+  # resolved there (fp32 on a CPU without bfloat16 arithmetic); here it trains in $PRECISION.
   for name in $NAMES ${GROW:-}; do
     [ -f $FORK_DIR/$name/checkpoint.pt.xz ] && xz -d -f $FORK_DIR/$name/checkpoint.pt.xz
   done
@@ -137,7 +138,8 @@ if [ -n "${FORK_DIR:-}" ]; then
     timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --fork $FORK_DIR/$name \
       --out $R/$out --set data.root=${DATA:-$PWD/gpu/data} --set training.device=$DEVICE \
       --set data.workers=$WORKERS --set training.threads=2 --set training.batch_size=$BATCH \
-      --set training.time_limit=$limit "$@" --no-progress > $R/$out.out 2>&1
+      --set training.time_limit=$limit --set training.precision=$PRECISION "$@" \
+      --no-progress > $R/$out.out 2>&1
     echo "$out exit $?"
   }
   echo "forking $NAMES ${GROW:+and $GROW grown to the paper network }for $LEFT s at batch $BATCH"
