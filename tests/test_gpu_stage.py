@@ -40,6 +40,7 @@ def stopped_runs(tmp_path, monkeypatch, names=("color", "grey")):
                 "training.log_every=1",
                 "validation.every=0",
                 "training.time_limit=1.5",
+                "training.precision=fp32",  # what "auto" resolves to on a CPU like this one
             ],
         )
         train(config, runs / name, progress=False, log=lambda _: None)
@@ -109,6 +110,9 @@ def test_a_fork_call_carries_the_cpu_runs_on_at_the_gpu_batch(tmp_path, monkeypa
         assert checkpoint["step"] == 4 and checkpoint["run_id"] == parent["run_id"]
         assert checkpoint["config"]["training"]["batch_size"] == 3
         assert checkpoint["config"]["optim"] == parent["config"]["optim"]
+        # In the call's precision (bf16 on a GPU), not the one the CPU run resolved.
+        assert parent["config"]["training"]["precision"] == "fp32"
+        assert checkpoint["config"]["training"]["precision"] == "bf16"
         assert checkpoint["train_seconds"]["wall"] > parent["train_seconds"]["wall"]
         rows = [json.loads(line) for line in (back / "log.jsonl").read_text().splitlines()]
         batches = [row["patches_per_step"] for row in rows if "loss" in row]
