@@ -291,7 +291,10 @@ def release(
     batch = config.training.batch_size
     clocks = [CLOCKS[device] for device in devices]
     run_hours = {clock: training_seconds(run_dir, batch, kind) / 3600 for clock, kind in clocks}
-    if len(devices) == 1:
+    # A run that ever moved between devices is split row by row even where this stage ran on
+    # one: a GPU stretch after a CPU release has the CPU stretch in its wall clock too.
+    moved = len(run_devices(run_dir, config, 0)) > 1
+    if len(devices) == 1 and not moved:
         clock = clocks[0][0]
         stage = {clock: run_hours[clock] - (last_run.get(clock, 0.0) if again else 0.0)}
     else:
@@ -299,7 +302,6 @@ def release(
     # Shown: each device's own hours where the run ever moved (its raw CPU clock also counts
     # the GPU process's CPU time), else the run's clock. Rows from before the log named the
     # device were CPU steps: every GPU stretch was logged with it.
-    moved = len(run_devices(run_dir, config, 0)) > 1
     shown = {"cpu_hours": 0.0, **split_hours(run_dir, 0, unnamed="cpu")} if moved else run_hours
     before = previous.get("cumulative", {}) if continued else {}
     if continued and not before:  # a record from before cumulative accounting

@@ -349,6 +349,42 @@ def test_a_run_moved_between_cpu_and_gpu_counts_each_part_on_its_own_clock(
     assert record["training"]["cpu_hours"] == round((cpu + since) / 3600, 2)
 
 
+def test_a_run_released_on_the_cpu_then_carried_on_by_a_gpu_counts_the_gpu_stretch_alone(
+    images, tmp_path, monkeypatch, release_models
+):
+    # The fourth lending: the colour run, released at a CPU step, went on alone on a GPU and
+    # was released again. Its wall clock holds the CPU stretch before too, and all of it was
+    # once counted as GPU hours (1.59 for the 0.14 the GPU trained).
+    import itertools
+
+    import torch
+
+    import fdn.training as training
+
+    for clock in ("monotonic", "process_time"):
+        ticks = itertools.count(0, 180)
+        monkeypatch.setattr(training.time, clock, lambda ticks=ticks: float(next(ticks)))
+    stage = run(images, tmp_path, "stage")
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    release_models.main(["tiny=" + str(stage), "--weights", str(tmp_path / "weights")])
+    checkpoint = torch.load(stage / "checkpoint.pt", weights_only=True)
+    released = checkpoint["step"]
+    checkpoint["config"]["training"]["iterations"] = released + 3
+    torch.save(checkpoint, stage / "checkpoint.pt")
+    train(None, stage, resume=True, progress=False, log=lambda _: None)
+    on_gpu(stage / "log.jsonl", after=released)
+    rows = [json.loads(line) for line in (stage / "log.jsonl").read_text().splitlines()]
+    timed = [row for row in rows if "wall_s" in row]
+    gpu = timed[-1]["wall_s"] - [row for row in timed if row["step"] <= released][-1]["wall_s"]
+    scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
+    release_models.main(["tiny=" + str(stage), "--weights", str(tmp_path / "weights")])
+    record = json.loads((tmp_path / "weights" / "models.json").read_text())["tiny"]
+    assert round(gpu / 3600, 2) < round(timed[-1]["wall_s"] / 3600, 2)
+    assert record["releases"][-1]["stage_gpu_hours"] == round(gpu / 3600, 2)
+    assert record["cumulative"]["gpu_hours"] == round(gpu / 3600, 2)
+    assert record["training"]["gpu_hours"] == round(gpu / 3600, 2)
+
+
 def test_split_hours_takes_each_rows_time_on_its_devices_clock(tmp_path, release_models):
     rows = (
         {"step": 0, "val_psnr_noisy": 20.0},
