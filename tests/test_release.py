@@ -295,13 +295,9 @@ def on_gpu(log, after=0):
     log.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def test_a_run_moved_between_cpu_and_gpu_counts_each_part_on_its_own_clock(
-    images, tmp_path, monkeypatch, release_models
-):
-    # A GPU lending carries a CPU run on (gpu_stage.sh FORK_DIR): its steps since the last
-    # release ran on both, and each logged stretch counts on its device's clock (CPU time on
-    # the CPU, wall on the GPU). Once, this was refused. Clocks that tick 3 minutes a reading
-    # (both), so that the hours show at two decimals.
+def ticking_clocks(monkeypatch):
+    """Training's clocks (wall and CPU) tick 3 minutes a reading, so that a tiny run's hours
+    show at two decimals."""
     import itertools
 
     import fdn.training as training
@@ -309,10 +305,31 @@ def test_a_run_moved_between_cpu_and_gpu_counts_each_part_on_its_own_clock(
     for clock in ("monotonic", "process_time"):
         ticks = itertools.count(0, 180)
         monkeypatch.setattr(training.time, clock, lambda ticks=ticks: float(next(ticks)))
+
+
+def timed_rows(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [row for row in rows if "wall_s" in row]
+
+
+def train_on(run_dir, iterations):
+    """The run resumed and trained on to ``iterations`` (its schedule lengthened)."""
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["training"]["iterations"] = iterations
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    train(None, run_dir, resume=True, progress=False, log=lambda _: None)
+
+
+def test_a_run_moved_between_cpu_and_gpu_counts_each_part_on_its_own_clock(
+    images, tmp_path, monkeypatch, release_models
+):
+    # A GPU lending carries a CPU run on (gpu_stage.sh FORK_DIR): its steps since the last
+    # release ran on both, and each logged stretch counts on its device's clock (CPU time on
+    # the CPU, wall on the GPU). Once, this was refused.
+    ticking_clocks(monkeypatch)
     moved = run(images, tmp_path, "moved")
     on_gpu(moved / "log.jsonl", after=3)
-    rows = [json.loads(line) for line in (moved / "log.jsonl").read_text().splitlines()]
-    timed = [row for row in rows if "wall_s" in row]
+    timed = timed_rows(moved)
     cpu = [row for row in timed if row["device"] == "cpu"][-1]["cpu_s"]
     gpu = timed[-1]["wall_s"] - [row for row in timed if row["step"] <= 3][-1]["wall_s"]
     scores(monkeypatch, release_models, [21.0, 21.0])
@@ -329,14 +346,8 @@ def test_a_run_moved_between_cpu_and_gpu_counts_each_part_on_its_own_clock(
 
     # The CPU carries the run on from there (as from a GPU lending) and it is released again:
     # that stage is CPU time since the release only, and the GPU hours stay as they were.
-    import torch
-
-    checkpoint = torch.load(moved / "checkpoint.pt", weights_only=True)
-    checkpoint["config"]["training"]["iterations"] = 9
-    torch.save(checkpoint, moved / "checkpoint.pt")
-    train(None, moved, resume=True, progress=False, log=lambda _: None)
-    rows = [json.loads(line) for line in (moved / "log.jsonl").read_text().splitlines()]
-    timed = [row for row in rows if "wall_s" in row]
+    train_on(moved, 9)
+    timed = timed_rows(moved)
     since = timed[-1]["cpu_s"] - [row for row in timed if row["step"] <= 6][-1]["cpu_s"]
     scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
     release_models.main(["tiny=" + str(moved), "--weights", str(tmp_path / "weights")])
@@ -355,26 +366,14 @@ def test_a_run_released_on_the_cpu_then_carried_on_by_a_gpu_counts_the_gpu_stret
     # The fourth lending: the colour run, released at a CPU step, went on alone on a GPU and
     # was released again. Its wall clock holds the CPU stretch before too, and all of it was
     # once counted as GPU hours (1.59 for the 0.14 the GPU trained).
-    import itertools
-
-    import torch
-
-    import fdn.training as training
-
-    for clock in ("monotonic", "process_time"):
-        ticks = itertools.count(0, 180)
-        monkeypatch.setattr(training.time, clock, lambda ticks=ticks: float(next(ticks)))
+    ticking_clocks(monkeypatch)
     stage = run(images, tmp_path, "stage")
     scores(monkeypatch, release_models, [21.0, 21.0])
     release_models.main(["tiny=" + str(stage), "--weights", str(tmp_path / "weights")])
-    checkpoint = torch.load(stage / "checkpoint.pt", weights_only=True)
-    released = checkpoint["step"]
-    checkpoint["config"]["training"]["iterations"] = released + 3
-    torch.save(checkpoint, stage / "checkpoint.pt")
-    train(None, stage, resume=True, progress=False, log=lambda _: None)
+    released = torch.load(stage / "checkpoint.pt", weights_only=True)["step"]
+    train_on(stage, released + 3)
     on_gpu(stage / "log.jsonl", after=released)
-    rows = [json.loads(line) for line in (stage / "log.jsonl").read_text().splitlines()]
-    timed = [row for row in rows if "wall_s" in row]
+    timed = timed_rows(stage)
     gpu = timed[-1]["wall_s"] - [row for row in timed if row["step"] <= released][-1]["wall_s"]
     scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
     release_models.main(["tiny=" + str(stage), "--weights", str(tmp_path / "weights")])
