@@ -52,6 +52,18 @@ def test_the_points_are_the_rows_with_the_key_in_steps_or_hours(tmp_path):
     assert [x for x, _ in losses.points] == [50, 100, 150, 200]
 
 
+def test_since_keeps_a_forks_own_stretch_and_counts_its_hours_from_the_fork(tmp_path):
+    # Forks of one run (a GPU lending's two networks) compared from the step they share: the
+    # parent's history left out, and time from that step, so that equal x is equal time.
+    run = fdn_run(tmp_path / "fork")
+    assert read_curve(run, since=100).points == ((100, 26.0), (200, 27.0))
+    assert read_curve(run, x="wall", since=100).points == ((0.0, 26.0), (1.0, 27.0))
+    # Between logged rows, hours from the last timed row at or before the step.
+    assert read_curve(run, x="cpu", since=150).points == ((1.0, 27.0),)
+    with pytest.raises(CurveError, match="from step 250 on"):
+        read_curve(run, since=250)
+
+
 def test_a_line_cut_short_and_null_values_are_skipped(tmp_path):
     run = fdn_run(tmp_path / "run")
     with (run / "log.jsonl").open("a") as log:
@@ -142,6 +154,8 @@ def test_cli_writes_the_svg(tmp_path, capsys):
     assert {"fdn", "faces-dncnn", "faces"} <= set(texts)
     printed = capsys.readouterr().out
     assert "fdn: 2 points, last val_psnr 27" in printed and f"curves: {out}" in printed
+    assert main([*argv, "--since", "150"]) == 0
+    assert "fdn: 1 points, last val_psnr 27" in capsys.readouterr().out
 
 
 def test_cli_a_missing_run_folder_is_one_line_and_nonzero(tmp_path, capsys):

@@ -427,9 +427,9 @@ def _curves(args: argparse.Namespace) -> int:
     runs = [parse_run(text) for text in args.runs]
     curves = []
     for label, path in runs:
-        curves.append(read_curve(path, args.y, args.x, label))
+        curves.append(read_curve(path, args.y, args.x, label, args.since))
         if args.y == "val_psnr":  # and those of the averages it keeps beside its own
-            curves += average_curves(path, args.x, label)
+            curves += average_curves(path, args.x, label, args.since)
     for curve in curves:
         print(
             f"{curve.label}: {len(curve.points)} points, last {args.y} {curve.points[-1][1]:.4g}"
@@ -1008,6 +1008,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the log key to draw, e.g. loss, nll, mse, lr (default: val_psnr)",
     )
     curves.add_argument("--title", metavar="TEXT", help="a title above the plot")
+    curves.add_argument(
+        "--since",
+        type=int,
+        metavar="STEP",
+        help="only the rows from STEP on, hours counted from it: forks of one run compared "
+        "from the step they share, their parent's history left out",
+    )
     curves.add_argument(
         "--hline",
         action="append",

@@ -146,11 +146,17 @@ def _number(value: object) -> float | None:
 
 
 def read_curve(
-    path: str | os.PathLike, y: str = "val_psnr", x: str = "step", label: str | None = None
+    path: str | os.PathLike,
+    y: str = "val_psnr",
+    x: str = "step",
+    label: str | None = None,
+    since: int | None = None,
 ) -> Curve:
     """The points of log key ``y`` against ``x`` (a name of :data:`X_AXES`) in a run folder's
     ``log.jsonl`` (or that file itself); rows without ``y`` (or without the time that ``x``
-    asks for, from a log resumed across versions) are left out.
+    asks for, from a log resumed across versions) are left out. ``since``: only the rows from
+    that step on (a fork's own stretch, its parent's history left out), and hours counted
+    from the last timed row at or before it, so that forks compare at equal time.
 
     Lines that are not JSON objects (one cut short by a kill) are skipped, as are rows whose
     ``y`` is null (non-finite when logged). Raises :class:`CurveError` when the log is
@@ -158,19 +164,28 @@ def read_curve(
     """
     log = _log_of(Path(path))
     name = label if label is not None else parse_run(str(path))[0]
-    return _curve(read_log(log), log, y, x, name)
+    return _curve(read_log(log), log, y, x, name, since)
 
 
-def _curve(rows: list[dict], log: Path, y: str, x: str, name: str) -> Curve:
+def _curve(
+    rows: list[dict], log: Path, y: str, x: str, name: str, since: int | None = None
+) -> Curve:
     """:func:`read_curve` of a log's rows, already read."""
     if x not in X_AXES:
         raise CurveError(f"unknown x axis {x!r}; known: {', '.join(X_AXES)}")
     key, unit, _ = X_AXES[x]
     noisy = next((v for r in rows if (v := _number(r.get("val_psnr_noisy"))) is not None), None)
+    origin = 0.0
+    if since is not None:
+        before = [row for row in rows if row.get("step", since + 1) <= since]
+        times = [t for row in before if (t := _number(row.get(key))) is not None]
+        origin = times[-1] if times and x != "step" else 0.0
+        rows = [row for row in rows if row.get("step", -1) >= since]
     valued = [row for row in rows if _number(row.get(y)) is not None]
     if not valued:
         logged = ", ".join(sorted({k for row in rows for k in row} - {"step"})) or "nothing"
-        raise CurveError(f"{log}: no rows with a value of {y!r} (the log has {logged})")
+        where = f" from step {since} on" if since is not None else ""
+        raise CurveError(f"{log}: no rows with a value of {y!r}{where} (the log has {logged})")
     timed = [row for row in valued if _number(row.get(key)) is not None]
     if not timed:
         if x == "step":
@@ -178,7 +193,7 @@ def _curve(rows: list[dict], log: Path, y: str, x: str, name: str) -> Curve:
         raise CurveError(
             f"{log}: no {key} in its rows: the log predates time logging; plot it against steps"
         )
-    points = tuple((row[key] / unit, float(row[y])) for row in timed)
+    points = tuple(((row[key] - origin) / unit, float(row[y])) for row in timed)
     return Curve(name, log, points, noisy)
 
 
@@ -241,11 +256,11 @@ def ramp_end(decay: float) -> int:
 
 
 def average_curves(
-    path: str | os.PathLike, x: str = "step", label: str | None = None
+    path: str | os.PathLike, x: str = "step", label: str | None = None, since: int | None = None
 ) -> list[Curve]:
     """The validation PSNR of each moving average a run keeps beside its own
     (``training.ema_extra``: the log's ``val_psnr_ema<decay>``), a curve each, labelled
-    ``LABEL, average DECAY``; none for a run without them."""
+    ``LABEL, average DECAY``; none for a run without them (``since``: as in :func:`read_curve`)."""
     name = label if label is not None else parse_run(str(path))[0]
     log = _log_of(Path(path))
     rows = read_log(log)
@@ -253,7 +268,9 @@ def average_curves(
     # The noisy input's line is the run's own curve's to draw.
     return [
         replace(
-            _curve(rows, log, key, x, f"{name}, average {key.removeprefix(AVERAGE_PREFIX)}"),
+            _curve(
+                rows, log, key, x, f"{name}, average {key.removeprefix(AVERAGE_PREFIX)}", since
+            ),
             noisy_psnr=None,
         )
         for key in keys
