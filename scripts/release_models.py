@@ -162,9 +162,15 @@ def step_batches(run_dir: Path, since: int, until: int, batch_size: int) -> list
     return stretches
 
 
+def batch_patches(stretches: list[list[int]]) -> int:
+    """The training patches of ``[batch, steps]`` stretches (step_batches, a record's
+    ``batches``)."""
+    return sum(batch * steps for batch, steps in stretches)
+
+
 def stage_patches(run_dir: Path, since: int, until: int, batch_size: int) -> int:
     """The training patches of the run's steps ``since`` < step <= ``until`` (step_batches)."""
-    return sum(batch * steps for batch, steps in step_batches(run_dir, since, until, batch_size))
+    return batch_patches(step_batches(run_dir, since, until, batch_size))
 
 
 def patches_since(
@@ -182,7 +188,7 @@ def patches_since(
     if released is None:  # a record from before the batches were kept: a continuation
         return stage_patches(run_dir, previous["training"]["run"]["iterations"], steps, batch_size)
     mine = stage_patches(run_dir, 0, steps, batch_size)
-    return mine - sum(batch * count for batch, count in released)
+    return mine - batch_patches(released)
 
 
 def patches_seen(record: dict) -> int:
