@@ -326,12 +326,24 @@ class StepSampler(Sampler[int]):
         return (self.stop - self.start) * self.batch
 
 
-def load_validation(config: TrainConfig) -> list[tuple[str, Tensor, Tensor]]:
-    """``(name, noisy, clean)`` validation images, ``(1, C, H, W)``, with fixed-seed noise."""
+def load_validation(config: TrainConfig, seen: int = 0) -> list[tuple[str, Tensor, Tensor]]:
+    """``(name, noisy, clean)`` validation images, ``(1, C, H, W)``, with fixed-seed noise.
+
+    ``seen``: instead, that many of the images the run trains on (a fixed choice, whatever
+    the seed), under the same protocol (crop, noise, seeds): what a model scores on images it
+    has learned from, against the held-back ones (``scripts/memorisation.py``).
+    """
     settings = config.validation
-    if settings.every == 0:
+    if seen:
+        root, items = _training_items(config)
+        kept = holdout_split(items, config.data.holdout)[0]
+        if seen > len(kept):
+            raise DataError(f"{root}: {seen} training images asked for, {len(kept)} there")
+        chosen = np.sort(np.random.default_rng(20221210).permutation(len(kept))[:seen])
+        items = [kept[i] for i in chosen.tolist()]
+    elif settings.every == 0:
         return []
-    if settings.folder:
+    elif settings.folder:
         root = config.resolve(settings.folder)
         if config.data.kind == "paired":
             items = find_pairs(root)
@@ -342,7 +354,7 @@ def load_validation(config: TrainConfig) -> list[tuple[str, Tensor, Tensor]]:
         items = holdout_split(items, config.data.holdout)[1]
     else:
         return []
-    if settings.max_images:
+    if settings.max_images and not seen:
         items = items[: settings.max_images]
     channels = config.model.in_channels
     images = []
