@@ -154,6 +154,14 @@ def _training_items(config: TrainConfig) -> tuple[Path, list[tuple[Path, Path]]]
     return root, [(path, path) for path in list_images(root)]
 
 
+def _training_split(config: TrainConfig) -> tuple[Path, list, list]:
+    """``(root, kept, held)``: the training folder, the items a run trains on and the ones
+    ``data.holdout`` holds back for validation."""
+    root, items = _training_items(config)
+    kept, held = holdout_split(items, config.data.holdout)
+    return root, kept, held
+
+
 SYNTHETIC_COUNT, SYNTHETIC_SIZE = 40, 96
 
 
@@ -241,7 +249,7 @@ class TrainingPatches(Dataset):
         self.sigma = data.sigma
         self.sigma_range = data.sigma_range
         self.noise = noise_from_config(data)  # None for paired (real) noise
-        self.items = holdout_split(_training_items(config)[1], data.holdout)[0]
+        self.items = _training_split(config)[1]
         # Every image is decoded in full now: one corrupt past its header would otherwise
         # crash the step that draws it, and every resume at the same step. While they fit
         # in CACHE_BYTES, the decoded images are kept, which spares a JPEG decode per patch;
@@ -335,8 +343,7 @@ def load_validation(config: TrainConfig, seen: int = 0) -> list[tuple[str, Tenso
     """
     settings = config.validation
     if seen:
-        root, items = _training_items(config)
-        kept = holdout_split(items, config.data.holdout)[0]
+        root, kept, _ = _training_split(config)
         if seen > len(kept):
             raise DataError(f"{root}: {seen} training images asked for, {len(kept)} there")
         chosen = np.sort(np.random.default_rng(20221210).permutation(len(kept))[:seen])
@@ -350,8 +357,7 @@ def load_validation(config: TrainConfig, seen: int = 0) -> list[tuple[str, Tenso
         else:
             items = [(path, path) for path in list_images(root)]
     elif config.data.holdout:
-        root, items = _training_items(config)
-        items = holdout_split(items, config.data.holdout)[1]
+        root, _, items = _training_split(config)
     else:
         return []
     if settings.max_images and not seen:
