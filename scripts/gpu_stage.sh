@@ -22,6 +22,10 @@
 # with RESUME=1 continues both runs from RUNS exactly (`fdn train --resume`, its Adam state
 # and schedule kept) for its BUDGET_S, and OUT gets the runs as they are then. Released once,
 # at the end, like any stage. A fresh stage in each call would restart the warm-up and Adam.
+#
+# COMPILE (default off) is every run's training.compile: cudagraphs (inductor and CUDA graphs)
+# for a step bound by the host's kernel launches, as the bundled models' is on a GPU. A fork
+# that fails compiled before its first checkpoint runs again eager for the time left.
 set -u
 BUDGET=${1:-480}
 BATCH=${2:-128}
@@ -38,12 +42,14 @@ mkdir -p "$R" "$OUT"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"
 PRECISION=bf16
+COMPILE=${COMPILE:-off}
 init() { if [ -n "${INIT_DIR:-}" ]; then echo $INIT_DIR/$1/model.safetensors; else echo fdn-$1-blind; fi; }
 
 common() {
   echo --set data.root=${DATA:-$PWD/gpu/data} --set training.device=$DEVICE --set data.workers=$WORKERS \
     --set training.threads=2 --set training.batch_size=$BATCH --set optim.lr=$LR \
-    --set optim.warmup=300 --set training.precision=$PRECISION --no-progress
+    --set optim.warmup=300 --set training.precision=$PRECISION --set training.compile=$COMPILE \
+    --no-progress
 }
 
 probe() {  # name steps
@@ -87,7 +93,7 @@ paper_probe() {  # the paper's network's images/s here, in PAPER_PROBE_S seconds
     --set data.root=${DATA:-$PWD/gpu/data} --set validation.folder= --set data.holdout=32 \
     --set training.device=$DEVICE --set data.workers=$WORKERS --set training.batch_size=$BATCH \
     --set training.precision=$PRECISION --set training.time_limit=$limit \
-    --set training.log_every=10 --set validation.every=100000 --no-progress > $R/paper.out 2>&1
+    --set training.compile=$COMPILE --set training.log_every=10 --set validation.every=100000 --no-progress > $R/paper.out 2>&1
   echo "paper network (${PAPER_CONFIG:-configs/natural_color_blind.toml}, batch $BATCH, $PRECISION):" \
     "$(rate paper) images/s, $(tail -n 1 $R/paper/log.jsonl | $PY -c \
     "import json,sys; print(json.loads(sys.stdin.read())['step'])") steps"
@@ -103,7 +109,8 @@ if [ "$RESUME" = 1 ]; then
     local limit=$(limit_after $R/$1)
     timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --resume $R/$1 \
       --set training.time_limit=$limit --set data.root=${DATA:-$PWD/gpu/data} \
-      --set training.device=$DEVICE --set data.workers=$WORKERS --no-progress >> $R/$1.out 2>&1
+      --set training.device=$DEVICE --set data.workers=$WORKERS --set training.compile=$COMPILE \
+      --no-progress >> $R/$1.out 2>&1
     echo "$1 exit $?"
   }
   echo "resuming both runs for $LEFT s"
@@ -132,15 +139,31 @@ if [ -n "${FORK_DIR:-}" ]; then
   for name in $NAMES ${GROW:-}; do
     [ -f $FORK_DIR/$name/checkpoint.pt.xz ] && xz -d -f $FORK_DIR/$name/checkpoint.pt.xz
   done
-  fork() {  # name out [--set ...]: the run in FORK_DIR/name carried on into R/out
-    local limit=$(limit_after $FORK_DIR/$1) name=$1 out=$2
-    shift 2
-    timeout --foreground -k 30 -s TERM $(( LEFT + 90 )) $PY -m fdn train --fork $FORK_DIR/$name \
-      --out $R/$out --set data.root=${DATA:-$PWD/gpu/data} --set training.device=$DEVICE \
-      --set data.workers=$WORKERS --set training.threads=2 --set training.batch_size=$BATCH \
-      --set training.time_limit=$limit --set training.precision=$PRECISION "$@" \
-      --no-progress > $R/$out.out 2>&1
-    echo "$out exit $?"
+  fork_as() {  # compile seconds name out [--set ...]: the run in FORK_DIR/name carried on
+    local compile=$1 seconds=$2 name=$3 out=$4
+    local limit=$(LEFT=$seconds limit_after $FORK_DIR/$name)
+    shift 4
+    timeout --foreground -k 30 -s TERM $(( seconds + 90 )) $PY -m fdn train \
+      --fork $FORK_DIR/$name --out $R/$out --set data.root=${DATA:-$PWD/gpu/data} \
+      --set training.device=$DEVICE --set data.workers=$WORKERS --set training.threads=2 \
+      --set training.batch_size=$BATCH --set training.time_limit=$limit \
+      --set training.precision=$PRECISION --set training.compile=$compile "$@" \
+      --no-progress >> $R/$out.out 2>&1
+  }
+  fork() {  # name out [--set ...]: into R/out, compiled as COMPILE says, else eager
+    fork_as $COMPILE $LEFT "$@"
+    local code=$?
+    local left=$(( BUDGET - 45 - ($(date +%s) - T0) ))
+    # Only a fork that failed before its first checkpoint (in compiling, most likely).
+    if [ $code != 0 ] && [ "$COMPILE" != off ] && [ ! -f $R/$2/checkpoint.pt ] \
+      && [ $left -gt 60 ]; then
+      echo "$2: failed with training.compile=$COMPILE (exit $code), again eager for $left s:"
+      tail -n 5 $R/$2.out
+      rm -rf $R/$2
+      fork_as off $left "$@"
+      code=$?
+    fi
+    echo "$2 exit $code"
   }
   echo "forking $NAMES ${GROW:+and $GROW grown to the paper network }for $LEFT s at batch $BATCH"
   for name in $NAMES; do fork $name $name & done

@@ -120,6 +120,21 @@ def test_a_fork_call_carries_the_cpu_runs_on_at_the_gpu_batch(tmp_path, monkeypa
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_fork_that_fails_compiled_trains_eager(tmp_path, monkeypatch):
+    # COMPILE is each fork's training.compile; one that fails before its first checkpoint (here
+    # a choice the config refuses, which also shows that COMPILE reaches the fork; on a GPU, a
+    # step that does not compile) trains eager for the time left.
+    runs = stopped_runs(tmp_path, monkeypatch, names=("color",))
+    settings = {"NAMES": "color", "COMPILE": "nonsense"}
+    done = gpu_stage(
+        tmp_path, 150, 3, ("color",), FORK_DIR=str(runs), RUNS=str(tmp_path / "gpu"), **settings
+    )
+    assert "failed with training.compile=nonsense" in done.stdout and "again eager" in done.stdout
+    checkpoint = torch.load(tmp_path / "out" / "color" / CHECKPOINT, weights_only=True)
+    assert checkpoint["step"] == 4 and checkpoint["config"]["training"]["compile"] == "off"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_a_fork_call_may_carry_one_run_on_and_grow_it_into_the_paper_network(
     tmp_path, monkeypatch
 ):

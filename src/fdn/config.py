@@ -160,7 +160,13 @@ class TrainingConfig:
     of every Nth step (the moving average where ``ema`` is on, as validation scores it and a
     release ships it) as ``kept/step-N.safetensors``: a run scored between its validations,
     and a fork compared with its parent at equal patches (``scripts/score_heldback.py``); it
-    may be set on a resumed run.
+    may be set on a resumed run. ``compile`` runs the training loss (forward and backward)
+    through ``torch.compile``: ``"inductor"`` generates fused kernels, ``"cudagraphs"`` adds
+    CUDA graphs on a GPU (mode ``reduce-overhead``: the step is replayed with one launch, where
+    a small network's step is bound by the host launching its thousands of kernels), and
+    ``"check"`` only captures the step (backend ``aot_eager``, no code generated): whether it
+    compiles as one graph, in seconds. It compiles once per run, on the first step after a
+    start or resume, and may be changed on a resumed run; on a CPU it has been slower.
     """
 
     iterations: int = 300_000
@@ -177,6 +183,7 @@ class TrainingConfig:
     time_limit: float = 0.0
     time_limit_clock: str = "wall"
     keep_every: int = 0
+    compile: str = "off"
 
 
 @dataclass
@@ -223,6 +230,7 @@ _CHOICES = {
     ("data", "augment"): ("none", "flip", "flip_rot"),
     ("training", "device"): ("auto", "cpu", "cuda"),
     ("training", "precision"): ("fp32", "bf16", "auto"),
+    ("training", "compile"): ("off", "inductor", "cudagraphs", "check"),
     ("optim", "schedule"): ("step", "cosine", "wsd"),
     ("optim", "reconstruction"): RECONSTRUCTIONS,
     ("training", "time_limit_clock"): ("wall", "cpu"),
@@ -415,6 +423,8 @@ RESUMABLE = (
     "training.ema_extra",
     # So does keeping model files of the steps between validations.
     "training.keep_every",
+    # And compiling the step, which changes its speed (and its rounding), not its arithmetic.
+    "training.compile",
 )
 
 

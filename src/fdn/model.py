@@ -207,7 +207,7 @@ class StepOfFlow(SequentialFlow):
         assert isinstance(coupling, AffineCoupling)
         actnorm.log_scale.zero_()
         actnorm.bias.zero_()
-        actnorm.initialized.fill_(True)
+        actnorm.mark_initialized()
         conv.weight.copy_(torch.eye(conv.weight.shape[0], dtype=conv.weight.dtype))
         for subnet in (coupling.g1, coupling.g2, coupling.g3):
             subnet.last.weight.zero_()

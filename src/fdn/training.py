@@ -201,9 +201,13 @@ def _fdn_loss(
     """FDN's objective (spec 6.4): lambda1 * NLL(noisy) + lambda2 * L1(decode(z_hat), clean)
     (or the config's other reconstruction measure);
     the dequantisation noise is drawn from the run's seed and the step, for exact resumes."""
-    generator = torch.Generator(device=noisy.device).manual_seed(
-        config.training.seed * 7919 + step
-    )
+    # Only a dequantised run reads the step: a compiled step (training.compile) that never
+    # reads it is not compiled again as it changes.
+    generator = None
+    if _dequantize(config):
+        generator = torch.Generator(device=noisy.device).manual_seed(
+            config.training.seed * 7919 + step
+        )
     o = config.optim
     terms = fdn_loss(
         typing.cast("FDN", model),
@@ -242,6 +246,14 @@ class _Objective(nn.Module):
 
     def forward(self, noisy: Tensor, clean: Tensor, step: int) -> dict[str, Tensor]:
         return step_loss(self.model, self.config, noisy, clean, step)
+
+
+# training.compile: torch.compile's backend and mode for each choice.
+_COMPILE: dict[str, tuple[str, str | None]] = {
+    "inductor": ("inductor", None),
+    "cudagraphs": ("inductor", "reduce-overhead"),
+    "check": ("aot_eager", None),
+}
 
 
 @torch.no_grad()
@@ -531,6 +543,10 @@ def _start(
     objective: nn.Module = _Objective(model, config)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
+    if settings.compile != "off":
+        backend, mode = _COMPILE[settings.compile]
+        compiled = torch.compile(objective, backend=backend, mode=mode)
+        objective = typing.cast("nn.Module", compiled)
     loader = DataLoader(
         patches,
         batch_size=settings.batch_size,
@@ -557,6 +573,9 @@ def _step(
     if run.config.training.precision == "bf16":
         noisy = noisy.contiguous(memory_format=torch.channels_last)
         clean = clean.contiguous(memory_format=torch.channels_last)
+    if run.config.training.compile == "cudagraphs":
+        # A new step: the graphs' outputs of the last one (read by now) may be overwritten.
+        torch.compiler.cudagraph_mark_step_begin()
     with precision_context(run.config.training.precision, run.device):
         terms = run.objective(noisy, clean, step)
     run.optimizer.zero_grad(set_to_none=True)

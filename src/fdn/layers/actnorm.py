@@ -2,6 +2,8 @@ r"""ActNorm: a per-channel affine map with a data-dependent initialisation (pape
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -45,6 +47,9 @@ class ActNorm(InvertibleLayer):
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(False))
+        # The buffer's True, once seen, kept on the Python side: reading the buffer is a device
+        # sync per layer per step on a GPU, and under torch.compile a break in the graph.
+        self._seen_initialized = False
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -53,15 +58,26 @@ class ActNorm(InvertibleLayer):
         std = x.std(dim=(0, 2, 3), keepdim=True, correction=0)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.bias.copy_(-mean / (std + self.eps))
+        self.mark_initialized()
+
+    def mark_initialized(self) -> None:
+        """Declares the parameters set (by :meth:`initialize`, or by their maker)."""
         self.initialized.fill_(True)
+        self._seen_initialized = True
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._seen_initialized = bool(self.initialized)  # read once, as it is loaded
 
     def _logdet(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
         return (height * width * self.log_scale.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not self.initialized:
-            self.initialize(x)
+        if self.training and not self._seen_initialized:
+            if not self.initialized:
+                self.initialize(x)
+            self._seen_initialized = True
         return x * self.log_scale.exp() + self.bias, self._logdet(x)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
