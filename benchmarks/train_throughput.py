@@ -1,7 +1,8 @@
 r"""Training throughput: FDN's fast path (bf16 + channels-last) against float32, and DnCNN.
 
 Run: ``python benchmarks/train_throughput.py [--config configs/bundled_color_blind.toml]
-[--device cpu|cuda] [--threads 1] [--steps 7] [--batch 16] [--patch 64] [--profile 15]``.
+[--device cpu|cuda] [--threads 1] [--steps 7] [--batch 16] [--patch 64] [--profile 15]
+[--compile inductor|cudagraphs]``.
 
 Every variant takes one optimisation step in turn (the trainer's own loss, autocast and
 layout; Adam; gradient clipping), round after round, so that a machine whose speed drifts
@@ -27,13 +28,14 @@ import torch
 from fdn import runtime
 from fdn.config import load_config
 from fdn.denoising import precision_context
-from fdn.training import _Objective, build_model
+from fdn.training import _Objective, build_model, compile_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_step(config, device: torch.device, batch: int, patch: int) -> Callable[[int], None]:  # noqa: ANN001
-    """One training step of ``config``'s model on a fixed random batch."""
+    """One training step of ``config``'s model on a fixed random batch (compiled as its
+    ``training.compile`` says, on the first call)."""
     model = build_model(config).to(device).train()
     fast = config.training.precision == "bf16"
     channels = config.model.in_channels
@@ -42,7 +44,7 @@ def make_step(config, device: torch.device, batch: int, patch: int) -> Callable[
     if fast:
         model.to(memory_format=torch.channels_last)
         clean, noisy = (t.contiguous(memory_format=torch.channels_last) for t in (clean, noisy))
-    objective = _Objective(model, config)
+    objective = compile_objective(_Objective(model, config), config.training.compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
 
     def step(index: int) -> None:
@@ -67,6 +69,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="print each variant's top N ops"
     )
+    parser.add_argument(
+        "--compile",
+        choices=("inductor", "cudagraphs"),
+        help="add FDN with training.compile so, in bf16 on a GPU and float32 on a CPU: its "
+        "speed-up over the same path eager, and the seconds of its two warm-up rounds",
+    )
     args = parser.parse_args()
     runtime.tune_allocator()  # as every fdn command does: fdn train runs this way
     torch.set_num_threads(args.threads)
@@ -81,8 +89,16 @@ def main() -> None:
             args.config, ["model.kind='dncnn'", "training.precision='fp32'"]
         ),
     }
+    # The compiled step at the precision a run takes on this device (bf16 on a GPU, float32
+    # on this project's CPUs), against the same path eager.
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    eager = {"fp32": "fdn_fp32", "bf16": "fdn_bf16_channels_last"}[precision]
+    if args.compile:
+        settings = [f"training.precision='{precision}'", f"training.compile='{args.compile}'"]
+        variants[f"{eager}_compiled"] = load_config(args.config, settings)
     steps = {name: make_step(config, device, batch, patch) for name, config in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
+    warm_up = dict.fromkeys(steps, 0.0)
     for round_ in range(args.steps + 2):
         for name, step in steps.items():
             if device.type == "cuda":
@@ -93,6 +109,8 @@ def main() -> None:
                 torch.cuda.synchronize()
             if round_ >= 2:
                 times[name].append(time.perf_counter() - start)
+            else:
+                warm_up[name] += time.perf_counter() - start
     results: dict = {
         "config": Path(args.config).name,
         "model": {k: v for k, v in base.model.__dict__.items() if not k.startswith("dncnn")},
@@ -114,6 +132,10 @@ def main() -> None:
     seconds = {name: results[name]["seconds_per_iteration"] for name in times}
     results["fast_path_speedup"] = seconds["fdn_fp32"] / seconds["fdn_bf16_channels_last"]
     results["fdn_fp32_over_dncnn_time"] = seconds["fdn_fp32"] / seconds["dncnn_fp32"]
+    if args.compile:
+        results["compile"] = args.compile
+        results["compiled_speedup"] = seconds[eager] / seconds[f"{eager}_compiled"]
+        results["compiled_warm_up_s"] = warm_up[f"{eager}_compiled"]
     print(json.dumps(results, indent=2))
     if args.profile:
         profile(steps, args.steps + 2, args.profile)

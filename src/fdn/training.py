@@ -256,6 +256,15 @@ _COMPILE: dict[str, tuple[str, str | None]] = {
 }
 
 
+def compile_objective(objective: nn.Module, choice: str) -> nn.Module:
+    """``objective`` through ``torch.compile`` as ``training.compile = choice`` says (``"off"``:
+    itself); it compiles on its first call."""
+    if choice == "off":
+        return objective
+    backend, mode = _COMPILE[choice]
+    return typing.cast("nn.Module", torch.compile(objective, backend=backend, mode=mode))
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module, images: list[tuple[str, Tensor, Tensor]], device: torch.device
@@ -543,10 +552,7 @@ def _start(
     objective: nn.Module = _Objective(model, config)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
-    if settings.compile != "off":
-        backend, mode = _COMPILE[settings.compile]
-        compiled = torch.compile(objective, backend=backend, mode=mode)
-        objective = typing.cast("nn.Module", compiled)
+    objective = compile_objective(objective, settings.compile)
     loader = DataLoader(
         patches,
         batch_size=settings.batch_size,
