@@ -93,7 +93,8 @@ paper_probe() {  # the paper's network's images/s here, in PAPER_PROBE_S seconds
     --set data.root=${DATA:-$PWD/gpu/data} --set validation.folder= --set data.holdout=32 \
     --set training.device=$DEVICE --set data.workers=$WORKERS --set training.batch_size=$BATCH \
     --set training.precision=$PRECISION --set training.time_limit=$limit \
-    --set training.compile=$COMPILE --set training.log_every=10 --set validation.every=100000 --no-progress > $R/paper.out 2>&1
+    --set training.compile=$COMPILE --set training.log_every=10 --set validation.every=100000 \
+    --no-progress > $R/paper.out 2>&1
   echo "paper network (${PAPER_CONFIG:-configs/natural_color_blind.toml}, batch $BATCH, $PRECISION):" \
     "$(rate paper) images/s, $(tail -n 1 $R/paper/log.jsonl | $PY -c \
     "import json,sys; print(json.loads(sys.stdin.read())['step'])") steps"
