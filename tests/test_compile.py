@@ -1,7 +1,5 @@
 """training.compile: the training step through torch.compile, one graph compiled once."""
 
-import json
-
 import pytest
 import torch
 
@@ -10,6 +8,7 @@ from fdn.config import ConfigError, config_for_resume, load_config
 from fdn.layers import ActNorm
 from fdn.training import _Objective, train
 from test_training import small_config
+from test_training_fast import losses
 
 from helpers import make_images, mild_model
 
@@ -17,11 +16,6 @@ from helpers import make_images, mild_model
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     return make_images(tmp_path_factory.mktemp("data"), counts=(("train", 8), ("val", 2)))
-
-
-def losses(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return [row["loss"] for row in rows if "loss" in row]
 
 
 def test_a_loaded_models_training_loss_is_one_graph(tmp_path):
