@@ -63,6 +63,7 @@ def test_the_status_of_a_run_in_the_background(tmp_path):
     assert "0.9995 28.270, 0.9998 -" in text
     assert "next validation: step 3,000, in about 3.5 h of training" in text
     assert "next at step 2,500, in about 1.0 h of training" in text
+    assert "min after the last" not in text  # a config older than training.checkpoint_minutes
     # (1 + n) / (10 + n) at n = 2,300: 0.99610, 257 steps; 0.999 from update 8,990 on.
     assert (
         "the run's own average: decay 0.999 from step 8,990; at step 2,300 its ramp holds it"
@@ -188,3 +189,14 @@ def test_the_runs_among_other_folders_are_shown_and_the_others_named(tmp_path, c
 def test_a_log_without_steps_is_an_error(tmp_path):
     with pytest.raises(StatusError, match="no training steps logged yet"):
         run_status(run_folder(tmp_path, [{"step": 0, "val_psnr_noisy": 20.0}]))
+
+
+def test_the_status_names_a_timed_checkpoint(tmp_path):
+    config = CONFIG.replace(
+        "checkpoint_every = 250", "checkpoint_every = 250\ncheckpoint_minutes = 10"
+    )
+    folder = run_folder(tmp_path, [{"step": 50, "loss": -0.1, "wall_s": 900.0}], config)
+    text = format_status(run_status(folder))
+    assert (
+        "checkpoint: none yet; next at step 250" in text and ", or 10 min after the last" in text
+    )

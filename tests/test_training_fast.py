@@ -432,6 +432,8 @@ def test_holdout_of_everything_is_an_error():
         ("training.ema=1.0", "training.ema"),
         ("data.holdout=-1", "data.holdout"),
         ("optim.reconstruction='l3'", "optim.reconstruction"),
+        ("training.checkpoint_minutes=-1", "training.checkpoint_minutes: must be >= 0"),
+        ("training.checkpoint_minutes=nan", "training.checkpoint_minutes: must be a finite"),
     ],
 )
 def test_new_keys_are_checked(images, tmp_path, override, message):

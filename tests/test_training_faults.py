@@ -103,6 +103,34 @@ def test_resume_after_a_hard_kill_logs_each_step_once(images, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize(
+    ("minutes", "saved"),
+    [
+        (0, [4, 6]),  # off: every checkpoint_every steps, and at the end
+        (30, [4, 6]),  # the default: nothing more in a run of seconds
+        (1e-9, [1, 2, 3, 4, 5, 6]),  # due after every step
+    ],
+)
+def test_checkpoint_minutes_adds_checkpoints_by_wall_time(
+    images, tmp_path, monkeypatch, minutes, saved
+):
+    # What a kill -9 loses is what came after the last checkpoint: with slow steps,
+    # checkpoint_every alone can leave an hour or more unsaved (the bundled CPU runs did).
+    steps = []
+    save = training._Run.save_checkpoint
+
+    def recorded(run, step, seconds):
+        steps.append(step)
+        save(run, step, seconds)
+
+    monkeypatch.setattr(training._Run, "save_checkpoint", recorded)
+    overrides = ("validation.every=0", "training.checkpoint_every=4")
+    config = small_config(images, tmp_path, *overrides, f"training.checkpoint_minutes={minutes}")
+    quiet(config, tmp_path / "run")
+    assert steps == saved
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["step"] == 6
+
+
 def test_a_new_run_in_a_folder_with_an_old_log_starts_a_new_log(images, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

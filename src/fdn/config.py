@@ -134,6 +134,12 @@ class OptimConfig:
 class TrainingConfig:
     """The loop: length, batch, seed, and how often to log and checkpoint.
 
+    A checkpoint is written every ``checkpoint_every`` steps and, besides, once
+    ``checkpoint_minutes`` of wall time (0: never) have passed since the last one, so that a
+    run killed outright (a machine reclaimed, the OOM killer: signals that cannot be caught,
+    unlike SIGINT and SIGTERM, which save one at once) loses at most that much of its
+    training, however slow its steps.
+
     ``init`` starts from a trained model's weights (a bundled name or a ``.safetensors``
     file) with a fresh optimiser; its architecture must equal ``[model]``'s. ``precision =
     "bf16"`` runs the convolutions in bfloat16 (autocast; the flow's own arithmetic and its
@@ -174,6 +180,7 @@ class TrainingConfig:
     seed: int = 10
     log_every: int = 100
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 30.0
     device: str = "auto"
     threads: int = 0
     init: str = ""
@@ -335,6 +342,7 @@ def _validate(config: TrainConfig) -> None:
         ("training.threads", t.threads),
         ("training.time_limit", t.time_limit),
         ("training.keep_every", t.keep_every),
+        ("training.checkpoint_minutes", t.checkpoint_minutes),
         ("validation.every", v.every),
         ("validation.sigma", v.sigma),
         ("validation.max_images", v.max_images),
@@ -419,6 +427,7 @@ RESUMABLE = (
     "training.time_limit_clock",
     "training.log_every",
     "training.checkpoint_every",
+    "training.checkpoint_minutes",
     # More moving averages only watch the steps (a longer horizon tried on a run as it goes).
     "training.ema_extra",
     # So does keeping model files of the steps between validations.

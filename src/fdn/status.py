@@ -78,6 +78,7 @@ class RunStatus:
     threads: int = 0
     kept: tuple[int, ...] = ()
     keep_every: int = 0
+    checkpoint_minutes: float = 0.0
     ramps: bool = True
 
     @property
@@ -134,6 +135,8 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
         averages=averages,
         validate_every=int(config.get("validation", {}).get("every", 0)),
         checkpoint_every=int(training.get("checkpoint_every", 0)),
+        # Absent from the configs of runs older than the key, which had no such checkpoints.
+        checkpoint_minutes=float(training.get("checkpoint_minutes", 0.0)),
         last_row=last,
         logged_s_ago=now - log_path.stat().st_mtime,
         checkpoint_s_ago=now - checkpoint.stat().st_mtime if checkpoint.is_file() else None,
@@ -245,7 +248,8 @@ def format_status(status: RunStatus) -> str:
         written = (
             "none yet" if s.checkpoint_s_ago is None else f"written {_ago(s.checkpoint_s_ago)}"
         )
-        lines.append(f"  checkpoint: {written}; next at {_next(s, s.checkpoint_every)}")
+        timed = f", or {s.checkpoint_minutes:g} min after the last" if s.checkpoint_minutes else ""
+        lines.append(f"  checkpoint: {written}; next at {_next(s, s.checkpoint_every)}{timed}")
     if s.kept or s.keep_every:
         kept = f"{len(s.kept)}, the last {kept_path(Path(), s.kept[-1])}" if s.kept else "none"
         every = f" (every {s.keep_every:,} steps)" if s.keep_every else ""

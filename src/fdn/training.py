@@ -647,6 +647,9 @@ def train(
         dynamic_ncols=True,
     )
     window_start, window_images = time.perf_counter(), 0
+    # Wall time of the last checkpoint (or of the start), for training.checkpoint_minutes.
+    # perf_counter, not the run's clocks: only rank 0 writes, and nothing else reads it.
+    saved_at = time.perf_counter()
     # Training time counts across resumes (the checkpoint keeps it), so a time limit is the
     # run's budget however many times it was stopped, and the log can plot PSNR against time.
     clocks = {"wall": time.monotonic, "cpu": time.process_time}
@@ -742,8 +745,11 @@ def train(
                 path = kept_path(run.run_dir, done)
                 path.parent.mkdir(exist_ok=True)
                 _save_model_file(run.shipped, path)
-            if done % settings.checkpoint_every == 0 or last:
+            minutes = settings.checkpoint_minutes
+            due = bool(minutes) and time.perf_counter() - saved_at >= 60 * minutes
+            if done % settings.checkpoint_every == 0 or last or due:
                 run.save_checkpoint(done, spent())
+                saved_at = time.perf_counter()
             if last and done < settings.iterations:
                 run.say(
                     f"step {done}: time limit of {settings.time_limit:g} minutes "
