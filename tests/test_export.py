@@ -118,8 +118,9 @@ def test_the_bundled_model_exports_to_one_file_that_runs_as_pytorch_does(
 
 def test_export_onnx_writes_the_file_it_names(tmp_path, onnx, monkeypatch):
     # export_onnx's own contract, without the exporter's minute: the program it is handed is
-    # saved at the path, whole, and the path is returned.
-    calls = []
+    # saved at the path, whole, and the path is returned; `fdn export FILE` hands it the
+    # denoise of the model in that file.
+    calls, graphs = [], []
 
     class Program:
         def save(self, path, external_data):
@@ -127,6 +128,7 @@ def test_export_onnx_writes_the_file_it_names(tmp_path, onnx, monkeypatch):
             Path(path).write_bytes(b"onnx")
 
     def fake_export(graph, args, **options):
+        graphs.append(graph)
         calls.append((type(graph).__name__, tuple(args[0].shape[:2]), options["dynamo"]))
         return Program()
 
@@ -135,6 +137,14 @@ def test_export_onnx_writes_the_file_it_names(tmp_path, onnx, monkeypatch):
     assert path == tmp_path / "sub" / "m.onnx" and path.read_bytes() == b"onnx"
     assert calls == [("DenoiseGraph", (2, 3), True), False]
     assert [p.name for p in path.parent.iterdir()] == ["m.onnx"]
+
+    fdn.save_model(small_model(), tmp_path / "small.safetensors")
+    assert main(["export", str(tmp_path / "small.safetensors"), str(tmp_path / "f.onnx")]) == 0
+    assert (tmp_path / "f.onnx").read_bytes() == b"onnx"
+    noisy = sample(45, 38)
+    with torch.no_grad():
+        expected = fdn.load_model(tmp_path / "small.safetensors").denoise(noisy)
+        assert (graphs[-1](noisy) - expected).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("spec", ["fdn-no-such-model", "missing.safetensors", "not-a-model"])
