@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_SIGMAS",
     "DEVICE_NAMES",
     "ENSEMBLE_SIZES",
+    "EXPORTERS",
     "NOISE_ESTIMATORS",
     "PRECISIONS",
     "RECONSTRUCTIONS",
@@ -52,6 +53,10 @@ STRENGTHS = (0.0, 2.0)
 # How many flips and rotations a self-ensemble averages (fdn.ensemble.self_ensemble; 1: off):
 # the first 2, 4 or all 8 of fdn.ensemble.dihedral's order.
 ENSEMBLE_SIZES = (1, 2, 4, 8)
+
+# fdn export's (and fdn.export.export_onnx's) PyTorch ONNX exporters, the default first:
+# TorchScript's trace (seconds) and dynamo's torch.export capture (a minute or two; fdn.export).
+EXPORTERS = ("torchscript", "dynamo")
 
 # fdn eval's and fdn compare's baselines: the keys of fdn.denoisers.BASELINE_FACTORIES
 # (tests/test_denoisers.py keeps them equal).

@@ -24,6 +24,7 @@ from fdn.choices import (
     BASELINES,
     DEFAULT_NOISE_ESTIMATOR,
     ENSEMBLE_SIZES,
+    EXPORTERS,
     NOISE_ESTIMATORS,
     PRECISIONS,
     WEIGHTS_ENV,
@@ -443,7 +444,7 @@ def _curves(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from fdn.export import export_onnx
 
-    path = export_onnx(args.model, args.out)
+    path = export_onnx(args.model, args.out, args.exporter)
     print(f"ONNX: {path} (input 'noisy', (B, C, H, W) float32 in [0, 1], any H, W >= 3)")
     return 0
 
@@ -949,6 +950,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("model", metavar="MODEL", help="a bundled model name or a model file")
     export.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    export.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default=EXPORTERS[0],
+        help="PyTorch's TorchScript exporter (seconds; deprecated by PyTorch) or its dynamo "
+        "exporter (a minute or two; for a PyTorch without the other); the same graph "
+        "(default: %(default)s)",
+    )
     export.set_defaults(run=_export)
 
     ablate = commands.add_parser(
