@@ -65,7 +65,8 @@ def test_the_bundled_model_exports_to_one_file_that_runs_as_pytorch_does(
 ):
     out = tmp_path / "out" / "color.onnx"
     assert main(["export", "fdn-color-blind", str(out)]) == 0
-    assert str(out) in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert str(out) in said and "any H, W >= 3" in said
     assert [p.name for p in out.parent.iterdir()] == ["color.onnx"]
     model = fdn.load_model("fdn-color-blind")
 
@@ -151,6 +152,20 @@ def test_fdn_export_of_a_model_file_writes_that_model_and_nothing_else(tmp_path,
     assert export_onnx(model, tmp_path / "obj.onnx") == tmp_path / "obj.onnx"
     assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
     assert_matches_pytorch(model, tmp_path / "obj.onnx", [(1, 9, 10)])
+
+
+def test_a_deeper_model_says_its_smallest_size_and_takes_it(tmp_path, onnx, capsys):
+    # Three blocks: a size multiple of 8, so a side of 4 would need a reflection of 4 pixels,
+    # more than a side of 4 has; 5 is the smallest the graph takes (and says it takes).
+    model = fdn.FDN(hidden_channels=4, steps_per_block=1, num_blocks=3)
+    fdn.save_model(randomize(model, seed=3, shape=(2, 3, 16, 16)), tmp_path / "deep.safetensors")
+    out = tmp_path / "deep.onnx"
+    assert main(["export", str(tmp_path / "deep.safetensors"), str(out)]) == 0
+    assert "any H, W >= 5" in capsys.readouterr().out
+    loaded = fdn.load_model(tmp_path / "deep.safetensors")
+    assert_matches_pytorch(loaded, out, [(1, 5, 5), (1, 5, 12), (2, 9, 17)])
+    with pytest.raises(Exception, match="Pad"):
+        run_onnx(out, sample(4, 9))
 
 
 def test_a_failed_export_leaves_the_previous_file_and_no_temporary_one(

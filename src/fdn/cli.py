@@ -442,10 +442,12 @@ def _curves(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from fdn.export import export_onnx
+    from fdn.export import export_onnx, load_for_export, smallest_size
 
-    path = export_onnx(args.model, args.out, args.exporter)
-    print(f"ONNX: {path} (input 'noisy', (B, C, H, W) float32 in [0, 1], any H, W >= 3)")
+    model = load_for_export(args.model)
+    path = export_onnx(model, args.out, args.exporter)
+    smallest = smallest_size(model.config.size_multiple)
+    print(f"ONNX: {path} (input 'noisy', (B, C, H, W) float32 in [0, 1], any H, W >= {smallest})")
     return 0
 
 

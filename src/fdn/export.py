@@ -3,9 +3,10 @@ r"""``fdn export``: the denoise graph of an FDN as an ONNX file, for onnxruntime
 The graph is :meth:`FDN.denoise` at strength 1 in float32: reflect-pad the bottom and right
 edges to a multiple of ``config.size_multiple``, encode, zero z_N, decode, crop, clamp to
 [0, 1]. Its input ``noisy`` is a ``(B, C, H, W)`` float32 batch in [0, 1] with the batch,
-height and width dynamic, so one file takes any size of at least 3 x 3 (``FDN.denoise``
-replicate-pads images too small to reflect; the graph always reflects). The padding is in
-the graph, so callers pass images as they are.
+height and width dynamic, so one file takes any size of at least :func:`smallest_size` (3 x 3
+for a size multiple of 4, as the bundled models', 5 x 5 for 8: a reflection needs pads
+shorter than the side, and ``FDN.denoise`` replicate-pads images too small to reflect where
+the graph always reflects). The padding is in the graph, so callers pass images as they are.
 
 Each invertible 1x1 convolution's inverse is computed at export, in float64 as
 :class:`~fdn.layers.InvConv1x1` computes it, and stored as a constant convolution weight, so
@@ -48,6 +49,7 @@ __all__ = [
     "load_for_export",
     "onnx_session",
     "require_onnx",
+    "smallest_size",
 ]
 
 _EXTRA = f"pip install '{DISTRIBUTION}[onnx]'"
@@ -60,6 +62,13 @@ def require_onnx(*packages: str) -> None:
             __import__(package)
         except ImportError:
             raise ImportError(f"ONNX export and runtime need {package}: {_EXTRA}") from None
+
+
+def smallest_size(multiple: int) -> int:
+    """The smallest height and width an exported graph takes, for a model's size multiple: a
+    side s < multiple is reflect-padded by multiple - s, and a reflection needs pads of at most
+    s - 1."""
+    return multiple // 2 + 1
 
 
 class _FixedInvConv1x1(InvertibleLayer):
@@ -174,7 +183,7 @@ def export_onnx(
                 (example,),
                 input_names=["noisy"],
                 output_names=["denoised"],
-                dynamic_shapes={"noisy": _symbolic_sizes()},
+                dynamic_shapes={"noisy": _symbolic_sizes(model.config.size_multiple)},
                 dynamo=True,
                 external_data=False,
                 verbose=False,
@@ -199,12 +208,13 @@ def _export_torchscript(graph: DenoiseGraph, example: Tensor, path: Path) -> Non
     )
 
 
-def _symbolic_sizes() -> dict[int, Any]:
-    """The dynamo exporter's dynamic batch, height and width (at least 3)."""
+def _symbolic_sizes(multiple: int) -> dict[int, Any]:
+    """The dynamo exporter's dynamic batch, height and width (at least smallest_size)."""
+    smallest = smallest_size(multiple)
     return {
         0: torch.export.Dim("batch"),
-        2: torch.export.Dim("height", min=3),
-        3: torch.export.Dim("width", min=3),
+        2: torch.export.Dim("height", min=smallest),
+        3: torch.export.Dim("width", min=smallest),
     }
 
 
