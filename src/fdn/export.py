@@ -12,15 +12,16 @@ Each invertible 1x1 convolution's inverse is computed at export, in float64 as
 :class:`~fdn.layers.InvConv1x1` computes it, and stored as a constant convolution weight, so
 the graph holds no matrix inverse and no log-determinant.
 
-Two of PyTorch's exporters write the same graph (outputs within 3e-7 of each other, and as fast
-in onnxruntime): ``"torchscript"`` (the default), which traces the graph once on an example and
-records the size arithmetic of the padding and cropping as ONNX operators, in about 3 s for a
-bundled model on one CPU thread; and ``"dynamo"`` (``torch.onnx.export(dynamo=True)``, PyTorch's
-default since 2.9), which captures it with ``torch.export`` on symbolic sizes and takes 75-95 s
-for the same model, almost all of it in that symbolic reasoning. PyTorch has deprecated the
-TorchScript exporter; ``"dynamo"`` is here for the version that drops it. Exporting needs the
-``onnx`` package (``"dynamo"`` also ``onnxscript``), running the file ``onnxruntime``: all
-three are the ``onnx`` extra.
+Two of PyTorch's exporters write the same graph (outputs within 3e-7 of each other on
+random images, and as fast in onnxruntime): ``"torchscript"`` (the default), which traces the
+graph once on an example and records the size arithmetic of the padding and cropping as ONNX
+operators, in 2.9 s for a bundled model on one CPU thread; and ``"dynamo"``
+(``torch.onnx.export(dynamo=True)``, PyTorch's default since 2.9), which captures it with
+``torch.export`` on symbolic sizes and takes 64 s for the same model (22x; up to 95 s on a
+busy machine), almost all of it in that symbolic reasoning (``benchmarks/export_speed.py``).
+PyTorch has deprecated the TorchScript exporter; ``"dynamo"`` is here for the version that
+drops it. Exporting needs the ``onnx`` package (``"dynamo"`` also ``onnxscript``), running the
+file ``onnxruntime``: all three are the ``onnx`` extra.
 """
 
 from __future__ import annotations
