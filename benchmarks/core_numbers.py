@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fdn import FDN
+from fdn.bench import median_seconds
 from fdn.info import count_parameters, denoise_flops
 
 from helpers import randomize
@@ -37,14 +36,9 @@ def denoise_seconds(threads: int, size: int, repeats: int) -> float:
     torch.manual_seed(0)
     model = randomize(FDN(), shape=(4, 3, 32, 32), scale=0.02).float()
     y = torch.rand(1, 3, size, size)
-    times = []
     with torch.no_grad():
         model.denoise(y)  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model.denoise(y)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return median_seconds(lambda: model.denoise(y), repeats)
 
 
 def main() -> None:

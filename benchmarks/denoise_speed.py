@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from fdn import FDN, denoise_image, save_model, tune_allocator
+from fdn.bench import median_seconds
 
 
 def paper_model() -> FDN:
@@ -45,12 +45,7 @@ def seconds_per_megapixel(model: FDN, size: int, threads: int, repeats: int) -> 
     torch.set_num_threads(threads)
     image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     denoise_image(image, model)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        denoise_image(image, model)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / (size * size / 1e6)
+    return median_seconds(lambda: denoise_image(image, model), repeats) / (size * size / 1e6)
 
 
 def peak_rss_of(command: list[str]) -> tuple[float, float]:

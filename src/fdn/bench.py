@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from fdn.baselines.dncnn import DnCNN
     from fdn.model import FDN
 
-__all__ = ["bench", "device_name", "measure"]
+__all__ = ["bench", "device_name", "measure", "median_seconds"]
 
 
 def _is_cuda(device: str) -> bool:
@@ -92,6 +92,16 @@ def _rss_bytes() -> int:
         return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``run`` (warm it up first if it needs it)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def measure(
     method: str,
     size: int,
@@ -146,11 +156,7 @@ def measure(
                 torch.cuda.synchronize(device)
 
     run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+    seconds = median_seconds(run, repeats)
     if _is_cuda(device) and method != "bm3d":
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
@@ -158,7 +164,7 @@ def measure(
     return {
         "method": method,
         "size": size,
-        "seconds": statistics.median(times),
+        "seconds": seconds,
         "peak_memory_mb": max(peak, 0) / 2**20,
         "allocator": "tuned" if runtime.allocator_tuned() else "default",
     }
