@@ -44,7 +44,7 @@ import torch
 
 from fdn.atomic import update_json
 from fdn.config import TrainConfig
-from fdn.curves import Curve, plot_curves, read_log
+from fdn.curves import Curve, kept_path, kept_steps, plot_curves, read_log
 from fdn.data import load_validation
 from fdn.ensemble import ensemble_name
 from fdn.model import FDN
@@ -69,32 +69,82 @@ _RECONSTRUCTION_NAMES = {"l1": "L1", "l2": "L2", "psnr": "PSNR loss"}
 
 
 def trained_model(
-    run_dir: Path, average: float | None = None
+    run_dir: Path, average: float | None = None, kept: int | None = None
 ) -> tuple[FDN, TrainConfig, int, str | None]:
     """The run's model (its moving average when it has one, or with ``average``, the one of
-    that decay it keeps beside it: ``training.ema_extra``), config, iterations, and the id
-    that names the run across resumes (None for a checkpoint from before ids)."""
+    that decay it keeps beside it: ``training.ema_extra``; or with ``kept``, the model file it
+    kept at that step: ``training.keep_every``), config, iterations, and the id that names the
+    run across resumes (None for a checkpoint from before ids)."""
+    if kept is not None and average is not None:
+        raise SystemExit(f"{run_dir}: a kept model is the run's own average; --average is not one")
     try:
         model, checkpoint = checkpoint_model(run_dir / CHECKPOINT, average)
     except TrainingError as error:
         raise SystemExit(str(error)) from None
-    config = checkpoint["config"]
+    config, steps = checkpoint["config"], checkpoint["step"]
     if average is not None:
         config.training.ema = average  # what the released model is, in its record
-    return typing.cast("FDN", model), config, checkpoint["step"], checkpoint.get("run_id")
+    if kept is not None:
+        # A model kept between validations may score best, and the run has trained on past
+        # it by the time it was scored: its log and config still describe it up to its step.
+        path = kept_path(run_dir, kept)
+        if not path.is_file():
+            steps_kept = ", ".join(map(str, kept_steps(run_dir))) or "none"
+            raise SystemExit(f"{path}: no model kept at step {kept} (kept: {steps_kept})")
+        if kept > steps:
+            raise SystemExit(
+                f"{path}: the run's checkpoint is at step {steps}, before the kept model's; "
+                "resume the run past it first (its log must reach the step)"
+            )
+        kept_model = load_model(path)
+        if kept_model.config != typing.cast("FDN", model).config:
+            raise SystemExit(f"{path}: not the network of {run_dir / CHECKPOINT}")
+        model, steps = kept_model, kept
+    return typing.cast("FDN", model), config, steps, checkpoint.get("run_id")
 
 
-def training_seconds(run_dir: Path, batch_size: int, clock: str = "cpu") -> float:
+def _rows_until(rows: list[dict], until: int | None) -> list[dict]:
+    """A log's rows up to the first at or past step ``until`` (the one whose stretch holds
+    it), all of them when None."""
+    if until is None:
+        return rows
+    kept = []
+    for row in rows:
+        kept.append(row)
+        if row["step"] >= until:
+            break
+    return kept
+
+
+def _clock_at(rows: list[dict], key: str, until: int | None) -> float | None:
+    """The log's clock ``key`` at step ``until`` (its last value when None), linear between
+    the rows either side of the step; None when no row has it."""
+    timed = [row for row in _rows_until(rows, until) if key in row]
+    if not timed:
+        return None
+    last = timed[-1]
+    if until is None or last["step"] <= until:
+        return float(last[key])
+    # A run's clocks start at 0 at step 0 (split_hours).
+    before = timed[-2] if len(timed) > 1 else {"step": 0, key: 0.0}
+    share = (until - before["step"]) / (last["step"] - before["step"])
+    return float(before[key] + share * (last[key] - before[key]))
+
+
+def training_seconds(
+    run_dir: Path, batch_size: int, clock: str = "cpu", until: int | None = None
+) -> float:
     """Time spent training, the run's own across resumes: the log's ``cpu_s`` (CPU time of the
     training process, all its threads) or ``wall_s``, or for a log from before those were
     kept, the time of its steps from their throughput. A run stopped and resumed in a later
-    session does not count the time in between (file times would)."""
+    session does not count the time in between (file times would). With ``until``, the time
+    up to that step (between two rows, in proportion)."""
     rows = read_log(run_dir / "log.jsonl")
-    timed = [row for row in rows if f"{clock}_s" in row]
-    if timed:
-        return float(timed[-1][f"{clock}_s"])
+    seconds_at = _clock_at(rows, f"{clock}_s", until)
+    if seconds_at is not None:
+        return seconds_at
     seconds, last_step = 0.0, 0
-    for row in rows:
+    for row in _rows_until(rows, until):
         if "images_per_s" in row and row["images_per_s"] > 0:
             seconds += (row["step"] - last_step) * batch_size / row["images_per_s"]
         last_step = row["step"]
@@ -106,12 +156,14 @@ def training_seconds(run_dir: Path, batch_size: int, clock: str = "cpu") -> floa
 CLOCKS = {"cpu": ("cpu_hours", "cpu"), "cuda": ("gpu_hours", "wall")}
 
 
-def run_devices(run_dir: Path, config: TrainConfig, since: int) -> list[str]:
-    """What the run's steps after ``since`` ran on ("cpu", "cuda" or both), from its log (the
-    config's device for a log from before rows named it)."""
+def run_devices(
+    run_dir: Path, config: TrainConfig, since: int, until: int | None = None
+) -> list[str]:
+    """What the run's steps after ``since`` (up to ``until``) ran on ("cpu", "cuda" or both),
+    from its log (the config's device for a log from before rows named it)."""
     devices = {
         row["device"]
-        for row in read_log(run_dir / "log.jsonl")
+        for row in _rows_until(read_log(run_dir / "log.jsonl"), until)
         if "device" in row and row["step"] > since
     }
     if devices:
@@ -119,23 +171,30 @@ def run_devices(run_dir: Path, config: TrainConfig, since: int) -> list[str]:
     return ["cuda" if config.training.device.startswith("cuda") else "cpu"]
 
 
-def split_hours(run_dir: Path, since: int, unnamed: str | None = None) -> dict[str, float]:
-    """The hours of the run's steps after ``since`` on each device's clock, from the log's
-    row-to-row increments of ``cpu_s`` and ``wall_s``: a stretch that moved between devices
-    (a GPU lending carrying a CPU run on, ``scripts/gpu_stage.sh`` with FORK_DIR, and the CPU
-    carrying on from it) counts each row's time on the clock of the device it ran on. Rows
-    from before the log named the device count as ``unnamed`` (skipped when None)."""
+def split_hours(
+    run_dir: Path, since: int, unnamed: str | None = None, until: int | None = None
+) -> dict[str, float]:
+    """The hours of the run's steps after ``since`` (up to ``until``) on each device's clock,
+    from the log's row-to-row increments of ``cpu_s`` and ``wall_s``: a stretch that moved
+    between devices (a GPU lending carrying a CPU run on, ``scripts/gpu_stage.sh`` with
+    FORK_DIR, and the CPU carrying on from it) counts each row's time on the clock of the
+    device it ran on. Rows from before the log named the device count as ``unnamed`` (skipped
+    when None); the row whose stretch holds ``until`` counts in proportion."""
     hours: dict[str, float] = {}
-    before = {"wall_s": 0.0, "cpu_s": 0.0}  # a run's clocks start at 0 (a fork's: its parent's)
-    for row in read_log(run_dir / "log.jsonl"):
+    # A run's clocks start at 0 (a fork's: its parent's).
+    before = {"step": 0, "wall_s": 0.0, "cpu_s": 0.0}
+    for row in _rows_until(read_log(run_dir / "log.jsonl"), until):
         if "wall_s" not in row or "cpu_s" not in row:
             continue
         device = row.get("device", unnamed)
+        share = 1.0
+        if until is not None and row["step"] > until > before["step"]:
+            share = (until - before["step"]) / (row["step"] - before["step"])
         if row["step"] > since and device is not None:
             clock, kind = CLOCKS[device]
-            spent = row[f"{kind}_s"] - before[f"{kind}_s"]
+            spent = (row[f"{kind}_s"] - before[f"{kind}_s"]) * share
             hours[clock] = hours.get(clock, 0.0) + spent / 3600
-        before = row
+        before = {"step": 0, **row}
     return hours
 
 
@@ -231,14 +290,16 @@ def release(
     data_root: str | None,
     continues: bool = False,
     average: float | None = None,
+    kept: int | None = None,
 ) -> bool:
     """Releases ``run_dir`` as ``name`` into ``weights`` and ``table`` when it beats the current
     release on the run's held-back images; returns whether it did.
 
     ``continues`` says the run started from the current release although its ``init`` names
     a file that is not here (a copy of the release on the GPU machine that trained it);
-    ``average`` picks one of the run's moving averages beside its own (trained_model)."""
-    model, config, steps, run_id = trained_model(run_dir, average)
+    ``average`` picks one of the run's moving averages beside its own, ``kept`` the model it
+    kept at that step (trained_model): its steps and hours are the run's up to that step."""
+    model, config, steps, run_id = trained_model(run_dir, average, kept)
     if data_root:
         config.data.root = data_root
     # The same run released again (it went on training after its release): only what it did
@@ -250,7 +311,7 @@ def release(
     if steps <= done_steps:
         raise SystemExit(f"{run_dir}: released at step {done_steps} already; nothing new since")
     iterations = steps - done_steps
-    devices = run_devices(run_dir, config, done_steps)
+    devices = run_devices(run_dir, config, done_steps, steps)
     if not config.data.holdout or config.validation.folder:
         raise SystemExit(f"{run_dir}: no held-back images (data.holdout) to judge the model on")
     images = load_validation(config)
@@ -296,19 +357,25 @@ def release(
     # this stage's hours: since the last release on one device, or split row by row.
     batch = config.training.batch_size
     clocks = [CLOCKS[device] for device in devices]
-    run_hours = {clock: training_seconds(run_dir, batch, kind) / 3600 for clock, kind in clocks}
+    run_hours = {
+        clock: training_seconds(run_dir, batch, kind, steps) / 3600 for clock, kind in clocks
+    }
     # A run that ever moved between devices is split row by row even where this stage ran on
     # one: a GPU stretch after a CPU release has the CPU stretch in its wall clock too.
-    moved = len(run_devices(run_dir, config, 0)) > 1
+    moved = len(run_devices(run_dir, config, 0, steps)) > 1
     if len(devices) == 1 and not moved:
         clock = clocks[0][0]
         stage = {clock: run_hours[clock] - (last_run.get(clock, 0.0) if again else 0.0)}
     else:
-        stage = split_hours(run_dir, done_steps)
+        stage = split_hours(run_dir, done_steps, until=steps)
     # Shown: each device's own hours where the run ever moved (its raw CPU clock also counts
     # the GPU process's CPU time), else the run's clock. Rows from before the log named the
     # device were CPU steps: every GPU stretch was logged with it.
-    shown = {"cpu_hours": 0.0, **split_hours(run_dir, 0, unnamed="cpu")} if moved else run_hours
+    shown = (
+        {"cpu_hours": 0.0, **split_hours(run_dir, 0, unnamed="cpu", until=steps)}
+        if moved
+        else run_hours
+    )
     before = previous.get("cumulative", {}) if continued else {}
     if continued and not before:  # a record from before cumulative accounting
         before = {
@@ -544,14 +611,26 @@ def main(argv: list[str] | None = None) -> int:
         help="release the runs' moving average of this decay, one they keep beside their own "
         "(training.ema_extra), instead of their own",
     )
+    parser.add_argument(
+        "--kept",
+        type=int,
+        metavar="STEP",
+        help="release the model the run kept at STEP (training.keep_every) instead of its "
+        "checkpoint's: one that scored best between validations (one run only)",
+    )
     args = parser.parse_args(argv)
+    if args.kept is not None and len(args.runs) != 1:
+        parser.error("--kept STEP names one run's step: give exactly one NAME=RUN_DIR")
     table_path = args.weights / "models.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
     changed = []
     for entry in args.runs:
         name, run_dir = entry.split("=", 1)
         run = Path(run_dir)
-        if release(name, run, table, args.weights, args.data_root, args.continues, args.average):
+        released = release(
+            name, run, table, args.weights, args.data_root, args.continues, args.average, args.kept
+        )
+        if released:
             changed.append(name)
     scored = {
         "psnr_db": args.psnr,

@@ -689,3 +689,83 @@ def test_release_of_an_average_kept_beside_the_runs_own(
         return sum((released[n].float() - state[n]).abs().sum().item() for n in weights_of)
 
     assert distance(kept) < 0.1 * distance(own)
+
+
+def test_a_model_kept_between_validations_is_released_with_the_runs_history_to_its_step(
+    images, tmp_path, monkeypatch, release_models
+):
+    # The model a run kept at step 4 (training.keep_every) scored best on the held-back
+    # images, but the run trained on to 6: --kept 4 releases that file, counting the run's
+    # steps, patches and hours up to step 4 only; a later release of the run adds the rest.
+    ticking_clocks(monkeypatch)
+    weights = tmp_path / "weights"
+    kept = run(images, tmp_path, "kept", "training.keep_every=2", "optim.lr=1e-2")
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    release_models.main(["tiny=" + str(kept), "--weights", str(weights), "--kept", "4"])
+    record = json.loads((weights / "models.json").read_text())["tiny"]
+    assert record["training"]["iterations"] == 4 and record["cumulative"]["iterations"] == 4
+    assert record["cumulative"]["patches"] == 4 * 2  # small_config's batch of 2
+    at_4 = next(row for row in timed_rows(kept) if row["step"] == 4)
+    assert record["training"]["run"]["cpu_hours"] == pytest.approx(at_4["cpu_s"] / 3600)
+    assert record["releases"][-1]["stage_cpu_hours"] == round(at_4["cpu_s"] / 3600, 2)
+    released = load_model(weights / "tiny.safetensors").state_dict()
+    step_4 = load_model(kept / "kept" / "step-4.safetensors").state_dict()
+    step_6 = load_model(kept / "kept" / "step-6.safetensors").state_dict()
+    floats = [name for name, value in step_4.items() if value.is_floating_point()]
+
+    def distance(state):
+        return sum((released[n].float() - state[n]).abs().sum().item() for n in floats)
+
+    assert distance(step_4) < 0.01 * distance(step_6)  # float16 storage aside, step 4's
+
+    # The run's checkpoint (step 6) released after it: only steps 5 and 6 are new.
+    scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
+    release_models.main(["tiny=" + str(kept), "--weights", str(weights)])
+    record = json.loads((weights / "models.json").read_text())["tiny"]
+    assert [line["stage_iterations"] for line in record["releases"]] == [4, 2]
+    assert record["cumulative"]["iterations"] == 6 and record["cumulative"]["patches"] == 12
+
+
+def test_a_kept_release_is_refused_clearly_when_it_cannot_be_one(
+    images, tmp_path, release_models, capsys
+):
+    weights = tmp_path / "weights"
+    kept = run(images, tmp_path, "kept", "training.keep_every=3")
+
+    def refused(*extra):
+        with pytest.raises(SystemExit) as stop:
+            release_models.main(["tiny=" + str(kept), "--weights", str(weights), *extra])
+        return str(stop.value)
+
+    assert re.search(
+        r"step-4\.safetensors: no model kept at step 4 \(kept: 3, 6\)", refused("--kept", "4")
+    )
+    assert "--average" in refused("--kept", "3", "--average", "0.5")
+    # A kept file past the checkpoint (a kill between the two): the log may not reach it.
+    torch.save({**torch.load(kept / "checkpoint.pt", weights_only=True), "step": 2}, kept / "x.pt")
+    (kept / "x.pt").replace(kept / "checkpoint.pt")
+    assert "checkpoint is at step 2, before the kept model" in refused("--kept", "3")
+    with pytest.raises(SystemExit):
+        release_models.main(["a=" + str(kept), "b=" + str(kept), "--kept", "3"])
+    assert "exactly one NAME=RUN_DIR" in capsys.readouterr().err
+    assert not (weights / "models.json").exists()
+
+
+def test_the_hours_to_a_step_between_log_rows_are_in_proportion(tmp_path, release_models):
+    rows = (
+        {"step": 0, "val_psnr_noisy": 20.0},
+        {"step": 50, "device": "cpu", "wall_s": 1000.0, "cpu_s": 400.0},
+        {"step": 100, "device": "cpu", "wall_s": 2000.0, "cpu_s": 900.0},
+        {"step": 150, "device": "cuda", "wall_s": 2100.0, "cpu_s": 1000.0},
+        {"step": 200, "device": "cuda", "wall_s": 2160.0, "cpu_s": 1090.0},
+    )
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    assert release_models.training_seconds(tmp_path, 16, until=75) == 650.0
+    assert release_models.training_seconds(tmp_path, 16, "wall", until=100) == 2000.0
+    assert release_models.training_seconds(tmp_path, 16, until=20) == 160.0  # from 0
+    assert release_models.training_seconds(tmp_path, 16, until=500) == 1090.0  # the last
+    hours = release_models.split_hours(tmp_path, since=50, until=125)
+    assert hours == pytest.approx({"cpu_hours": 500.0 / 3600, "gpu_hours": 50.0 / 3600})
+    config = type("Config", (), {})  # a log that names its devices needs no config
+    assert release_models.run_devices(tmp_path, config, 50, until=100) == ["cpu"]
+    assert release_models.run_devices(tmp_path, config, 50, until=101) == ["cpu", "cuda"]
