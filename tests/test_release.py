@@ -384,16 +384,19 @@ def test_a_run_released_on_the_cpu_then_carried_on_by_a_gpu_counts_the_gpu_stret
     assert record["training"]["gpu_hours"] == round(gpu / 3600, 2)
 
 
+# A run's log that moved from the CPU to a GPU and back (its clocks at each row).
+MOVED_LOG = (
+    {"step": 0, "val_psnr_noisy": 20.0},
+    {"step": 50, "device": "cpu", "wall_s": 1000.0, "cpu_s": 400.0},
+    {"step": 100, "device": "cpu", "wall_s": 2000.0, "cpu_s": 900.0},
+    {"step": 150, "device": "cuda", "wall_s": 2100.0, "cpu_s": 1000.0},
+    {"step": 200, "device": "cuda", "wall_s": 2160.0, "cpu_s": 1090.0},
+    {"step": 250, "device": "cpu", "wall_s": 3160.0, "cpu_s": 1590.0},
+)
+
+
 def test_split_hours_takes_each_rows_time_on_its_devices_clock(tmp_path, release_models):
-    rows = (
-        {"step": 0, "val_psnr_noisy": 20.0},
-        {"step": 50, "device": "cpu", "wall_s": 1000.0, "cpu_s": 400.0},
-        {"step": 100, "device": "cpu", "wall_s": 2000.0, "cpu_s": 900.0},
-        {"step": 150, "device": "cuda", "wall_s": 2100.0, "cpu_s": 1000.0},
-        {"step": 200, "device": "cuda", "wall_s": 2160.0, "cpu_s": 1090.0},
-        {"step": 250, "device": "cpu", "wall_s": 3160.0, "cpu_s": 1590.0},
-    )
-    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(row) for row in MOVED_LOG))
     hours = release_models.split_hours(tmp_path, since=50)
     assert hours == pytest.approx({"cpu_hours": 1000.0 / 3600, "gpu_hours": 160.0 / 3600})
     hours = release_models.split_hours(tmp_path, since=100)
@@ -752,18 +755,11 @@ def test_a_kept_release_is_refused_clearly_when_it_cannot_be_one(
 
 
 def test_the_hours_to_a_step_between_log_rows_are_in_proportion(tmp_path, release_models):
-    rows = (
-        {"step": 0, "val_psnr_noisy": 20.0},
-        {"step": 50, "device": "cpu", "wall_s": 1000.0, "cpu_s": 400.0},
-        {"step": 100, "device": "cpu", "wall_s": 2000.0, "cpu_s": 900.0},
-        {"step": 150, "device": "cuda", "wall_s": 2100.0, "cpu_s": 1000.0},
-        {"step": 200, "device": "cuda", "wall_s": 2160.0, "cpu_s": 1090.0},
-    )
-    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(row) for row in MOVED_LOG))
     assert release_models.training_seconds(tmp_path, 16, until=75) == 650.0
     assert release_models.training_seconds(tmp_path, 16, "wall", until=100) == 2000.0
     assert release_models.training_seconds(tmp_path, 16, until=20) == 160.0  # from 0
-    assert release_models.training_seconds(tmp_path, 16, until=500) == 1090.0  # the last
+    assert release_models.training_seconds(tmp_path, 16, until=500) == 1590.0  # the last
     hours = release_models.split_hours(tmp_path, since=50, until=125)
     assert hours == pytest.approx({"cpu_hours": 500.0 / 3600, "gpu_hours": 50.0 / 3600})
     config = type("Config", (), {})  # a log that names its devices needs no config
