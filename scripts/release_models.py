@@ -103,32 +103,31 @@ def trained_model(
     return typing.cast("FDN", model), config, steps, checkpoint.get("run_id")
 
 
-def _rows_until(rows: list[dict], until: int | None) -> list[dict]:
-    """A log's rows up to the first at or past step ``until`` (the one whose stretch holds
-    it), all of them when None."""
+def _log_until(run_dir: Path, until: int | None = None) -> list[dict]:
+    """The run's log rows (all when ``until`` is None) as if the run had stopped at step
+    ``until``: the row whose stretch holds it ends there, its clocks (``wall_s``, ``cpu_s``)
+    in proportion between their values either side (a run's clocks start at 0 at step 0),
+    so that every count read from the log (time, devices, hours) is the run's up to the step."""
+    rows = read_log(run_dir / "log.jsonl")
     if until is None:
         return rows
-    kept = []
+    cut: list[dict] = []
+    clocks = {"wall_s": (0, 0.0), "cpu_s": (0, 0.0)}  # each clock's last (step, value)
     for row in rows:
-        kept.append(row)
-        if row["step"] >= until:
+        if row["step"] <= until:
+            cut.append(row)
+            clocks.update({key: (row["step"], row[key]) for key in clocks if key in row})
+            continue
+        if cut and cut[-1]["step"] == until:  # a row ends at the step: nothing of the next
             break
-    return kept
-
-
-def _clock_at(rows: list[dict], key: str, until: int | None) -> float | None:
-    """The log's clock ``key`` at step ``until`` (its last value when None), linear between
-    the rows either side of the step; None when no row has it."""
-    timed = [row for row in _rows_until(rows, until) if key in row]
-    if not timed:
-        return None
-    last = timed[-1]
-    if until is None or last["step"] <= until:
-        return float(last[key])
-    # A run's clocks start at 0 at step 0 (split_hours).
-    before = timed[-2] if len(timed) > 1 else {"step": 0, key: 0.0}
-    share = (until - before["step"]) / (last["step"] - before["step"])
-    return float(before[key] + share * (last[key] - before[key]))
+        end = {**row, "step": until}
+        for key, (step, value) in clocks.items():
+            if key in row:
+                share = (until - step) / (row["step"] - step)
+                end[key] = value + share * (row[key] - value)
+        cut.append(end)
+        break
+    return cut
 
 
 def training_seconds(
@@ -139,12 +138,12 @@ def training_seconds(
     kept, the time of its steps from their throughput. A run stopped and resumed in a later
     session does not count the time in between (file times would). With ``until``, the time
     up to that step (between two rows, in proportion)."""
-    rows = read_log(run_dir / "log.jsonl")
-    seconds_at = _clock_at(rows, f"{clock}_s", until)
-    if seconds_at is not None:
-        return seconds_at
+    rows = _log_until(run_dir, until)
+    timed = [row for row in rows if f"{clock}_s" in row]
+    if timed:
+        return float(timed[-1][f"{clock}_s"])
     seconds, last_step = 0.0, 0
-    for row in _rows_until(rows, until):
+    for row in rows:
         if "images_per_s" in row and row["images_per_s"] > 0:
             seconds += (row["step"] - last_step) * batch_size / row["images_per_s"]
         last_step = row["step"]
@@ -163,7 +162,7 @@ def run_devices(
     from its log (the config's device for a log from before rows named it)."""
     devices = {
         row["device"]
-        for row in _rows_until(read_log(run_dir / "log.jsonl"), until)
+        for row in _log_until(run_dir, until)
         if "device" in row and row["step"] > since
     }
     if devices:
@@ -179,22 +178,18 @@ def split_hours(
     between devices (a GPU lending carrying a CPU run on, ``scripts/gpu_stage.sh`` with
     FORK_DIR, and the CPU carrying on from it) counts each row's time on the clock of the
     device it ran on. Rows from before the log named the device count as ``unnamed`` (skipped
-    when None); the row whose stretch holds ``until`` counts in proportion."""
+    when None); the row whose stretch holds ``until`` counts in proportion (_log_until)."""
     hours: dict[str, float] = {}
-    # A run's clocks start at 0 (a fork's: its parent's).
-    before = {"step": 0, "wall_s": 0.0, "cpu_s": 0.0}
-    for row in _rows_until(read_log(run_dir / "log.jsonl"), until):
+    before = {"wall_s": 0.0, "cpu_s": 0.0}  # a run's clocks start at 0 (a fork's: its parent's)
+    for row in _log_until(run_dir, until):
         if "wall_s" not in row or "cpu_s" not in row:
             continue
         device = row.get("device", unnamed)
-        share = 1.0
-        if until is not None and row["step"] > until > before["step"]:
-            share = (until - before["step"]) / (row["step"] - before["step"])
         if row["step"] > since and device is not None:
             clock, kind = CLOCKS[device]
-            spent = (row[f"{kind}_s"] - before[f"{kind}_s"]) * share
+            spent = row[f"{kind}_s"] - before[f"{kind}_s"]
             hours[clock] = hours.get(clock, 0.0) + spent / 3600
-        before = {"step": 0, **row}
+        before = row
     return hours
 
 
