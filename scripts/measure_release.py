@@ -17,14 +17,18 @@ machine), each step's output in ``OUT/lane1.log`` and ``OUT/lane2.log``:
   CBSD68 and for BSD68 on an AVX2 CPU), added to the record (``release_models.py
   --psnr-ensemble``) for the model card's self-ensemble sentence.
 
+Lane 1 ends with what the model card shows of the releases: the figure of a blind model's
+releases against BM3D, drawn again (``release_models.py --figure``, :data:`RELEASE_FIGURES`),
+and the table of releases with the new row last (``release_models.py --table``, in its log).
+
     OMP_NUM_THREADS=1 nice python scripts/measure_release.py fdn-grey-blind \
         --data-root ../shared/data --out ~/fdn-runs/measure-grey
 
 The folders come from the record: its training data (``training.data``) and the test sets it
 was scored on (``psnr_db``, under ``DATA_ROOT/test``; right after a release, those of the last
 release scored), or ``--test-sets``. About an hour for
-the grey model on an AVX2 CPU. ``--dry-run`` prints the steps. Then the model card's numbers:
-``release_models.py --table NAME`` prints its row (``docs/training.md``, "Releases").
+the grey model on an AVX2 CPU. ``--dry-run`` prints the steps. Then the model card's prose, by hand
+(``docs/training.md``, "Releases").
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ from fdn.pretrained import DEFAULT_MODELS, MODELS_JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMAS = ("15", "25", "50")
+# The model card's figure of each blind model's releases, one point per release scored.
+RELEASE_FIGURES = {
+    "fdn-color-blind": "docs/figures/releases-color.svg",
+    "fdn-grey-blind": "docs/figures/releases-grey.svg",
+}
 
 
 def _record(name: str, table_path: Path) -> dict:
@@ -125,6 +134,10 @@ def lanes(
             DEFAULT_DIFFERS,
         ),
     ]
+    if name in RELEASE_FIGURES:
+        figure = ROOT / RELEASE_FIGURES[name]
+        lane1.append((_python(release, "--figure", name, str(figure)), None))
+    lane1.append((_python(release, "--table", name), None))
     # The guard is set on the training folder; the test sets are only reported on (--measure:
     # how many of their images it warns about, the README's table).
     guard = ("--write", "--data", f"{name}={train}", "--measure", *(f"{name}={t}" for t in tests))

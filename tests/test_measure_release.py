@@ -34,15 +34,19 @@ def test_the_steps_follow_the_record(tmp_path, capsys, measure_release):
     lines = dry_run(measure_release, capsys, "fdn-grey-blind", root, table, tmp_path / "out")
     lane1 = [line for line in lines if line.startswith("lane1: ")]
     lane2 = [line for line in lines if line.startswith("lane2: ")]
-    assert len(lane1) == 5 and len(lane2) == 2
+    assert len(lane1) == 7 and len(lane2) == 2
     assert f"fit_strength.py fdn-grey-blind --data-root {root}" in lane1[0]
     # Strength 1 on every test set the record was scored on, then into the record.
     assert f"--data {root / 'test' / 'BSD68'} {root / 'test' / 'Set12'}" in lane1[1]
     assert lane1[1].endswith("--strength 1") and "--psnr fdn-grey-blind=" in lane1[2]
     # The default strength only where the curve can change the scores.
     assert all(
-        line.endswith("(if a strength curve below 1 at the test sigmas)") for line in lane1[3:]
+        line.endswith("(if a strength curve below 1 at the test sigmas)") for line in lane1[3:5]
     )
+    # Then what the model card shows of the releases: its figure drawn again, and the table.
+    figure = measure_release.ROOT / "docs" / "figures" / "releases-grey.svg"
+    assert lane1[5].endswith(f"release_models.py --figure fdn-grey-blind {figure}")
+    assert lane1[6].endswith("release_models.py --table fdn-grey-blind")
     assert (
         f"ood_calibration.py --write --data fdn-grey-blind={root / 'train' / 'Train400'}"
         in (lane2[0])
@@ -96,6 +100,10 @@ def test_only_the_noise_estimators_models_get_a_noise_fit(tmp_path, capsys, meas
     lines = dry_run(measure_release, capsys, "my-faces", root, table, tmp_path / "out")
     assert not any("noise_estimation" in line for line in lines)
     assert sum(line.startswith("lane2: ") for line in lines) == 1
+    # Nor a figure of releases (the model card has none for it); its table all the same.
+    assert not any("--figure" in line for line in lines)
+    lane1 = [line for line in lines if line.startswith("lane1: ")]
+    assert lane1[-1].endswith("release_models.py --table my-faces")
 
 
 def test_a_missing_folder_is_named(tmp_path, capsys, measure_release):

@@ -526,19 +526,19 @@ def test_the_model_card_shows_each_blind_models_releases_as_models_json_has_them
     assert release_models.release_table(model_record(name)) in card
 
 
-@pytest.mark.parametrize(
-    ("name", "figure"), [("fdn-color-blind", "color"), ("fdn-grey-blind", "grey")]
-)
+@pytest.mark.parametrize("name", ["fdn-color-blind", "fdn-grey-blind"])
 def test_the_model_cards_release_figures_are_drawn_from_models_json(
-    name, figure, tmp_path, release_models
+    name, tmp_path, release_models
 ):
-    # Drawn again after each release: `release_models.py --figure NAME docs/figures/...`.
+    # Drawn again after each release by scripts/measure_release.py (`release_models.py
+    # --figure NAME docs/figures/...`), which names each figure.
     from fdn.pretrained import model_record
 
+    figure = load_script("measure_release").RELEASE_FIGURES[name]
     drawn = release_models.release_figure(model_record(name), tmp_path / "f.svg", name)
-    docs = release_models.WEIGHTS.parents[2] / "docs"
-    assert drawn.read_text() == (docs / "figures" / f"releases-{figure}.svg").read_text()
-    assert f"figures/releases-{figure}.svg" in (docs / "model-card.md").read_text()
+    root = release_models.WEIGHTS.parents[2]
+    assert drawn.read_text() == (root / figure).read_text()
+    assert figure.removeprefix("docs/") in (root / "docs" / "model-card.md").read_text()
 
 
 @pytest.mark.parametrize(
