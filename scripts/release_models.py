@@ -315,7 +315,11 @@ def release(
     if previous is not None:
         current = load_model(weights / previous["file"])
         baseline = validate(current, images, device)
-        print(f"{name}: held-back PSNR {score:.3f} dB, release {baseline:.3f} dB")
+        # Four decimals: the comparison is unrounded, and releases now differ in the fourth.
+        print(
+            f"{name}: held-back PSNR {score:.4f} dB, release {baseline:.4f} dB "
+            f"({score - baseline:+.4f})"
+        )
         if score <= baseline:
             print(f"{name}: not released (no better than the current release)")
             return False
@@ -330,7 +334,8 @@ def release(
             best, best_baseline = (float(np.mean(rows[key]["best"])) for key in ("run", "release"))
             print(
                 f"{name}: at the best strength per sigma (losses {', '.join(sorted(losses))}): "
-                f"held-back PSNR {best:.3f} dB, release {best_baseline:.3f} dB"
+                f"held-back PSNR {best:.4f} dB, release {best_baseline:.4f} dB "
+                f"({best - best_baseline:+.4f})"
             )
             if best <= best_baseline:
                 print(f"{name}: not released (no better than the release at the best strength)")

@@ -37,7 +37,7 @@ def scores(monkeypatch, module, values):
     monkeypatch.setattr(module, "validate", lambda model, images, device: queue.pop(0))
 
 
-def test_release_then_refuse_then_continue(images, tmp_path, monkeypatch, release_models):
+def test_release_then_refuse_then_continue(images, tmp_path, monkeypatch, capsys, release_models):
     weights = tmp_path / "weights"
     first = run(images, tmp_path, "first")
     # No release yet: the run is scored (model, then its float16 copy) and released.
@@ -51,11 +51,14 @@ def test_release_then_refuse_then_continue(images, tmp_path, monkeypatch, releas
     assert load_model(stored).config.hidden_channels == 4
 
     # A run no better than the release on the held-back images leaves everything as it was.
+    # Short by 0.0004 dB, it is told so: three decimals would show the two scores equal.
     second = run(images, tmp_path, "second", f"training.init='{stored}'")
     before = stored.read_bytes(), (weights / "models.json").read_text()
-    scores(monkeypatch, release_models, [20.9, 21.0])
+    capsys.readouterr()
+    scores(monkeypatch, release_models, [20.9996, 21.0])
     release_models.main(["tiny=" + str(second), "--weights", str(weights)])
     assert (stored.read_bytes(), (weights / "models.json").read_text()) == before
+    assert "held-back PSNR 20.9996 dB, release 21.0000 dB (-0.0004)" in capsys.readouterr().out
 
     # A better one that continued the release adds its iterations to the record's.
     scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
