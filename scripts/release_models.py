@@ -477,11 +477,12 @@ def release(
 
 def add_psnr(table: dict, name: str, results: Path, key: str = "psnr_db") -> None:
     """Adds an ``fdn eval`` results file's means for ``name`` to its record under ``key``,
-    and, for ``psnr_db`` (strength 1, the protocol every release is compared by), to its last
-    release line. ``psnr_db_default``: the same at the model's default strength (its strength
-    curve's, ``scripts/fit_strength.py``), what ``fdn denoise`` gives; the model card's
-    results table shows it where there is one. ``psnr_db_ensemble``: at the default strength
-    with the x8 self-ensemble (``fdn eval --ensemble``), the model card's best case."""
+    and, for the keys of :data:`RELEASE_LINE_SCORES`, to its last release line (the table of
+    releases). ``psnr_db``: at strength 1, the protocol every release is compared by.
+    ``psnr_db_default``: the same at the model's default strength (its strength curve's,
+    ``scripts/fit_strength.py``), what ``fdn denoise`` gives; the model card's results table
+    shows it where there is one. ``psnr_db_ensemble``: at the default strength with the x8
+    self-ensemble (``fdn eval --ensemble``), the model card's best case."""
     # fdn eval names the model's column after it, and after its ensemble with --ensemble.
     method = ensemble_name(name) if key == "psnr_db_ensemble" else name
     scores: dict = {}
@@ -493,9 +494,14 @@ def add_psnr(table: dict, name: str, results: Path, key: str = "psnr_db") -> Non
     record = table[name]
     for dataset, values in scores.items():
         record.setdefault(key, {}).setdefault(dataset, {}).update(values)
-        if key == "psnr_db" and record.get("releases"):
-            line = record["releases"][-1].setdefault("psnr_db", {})
+        if key in RELEASE_LINE_SCORES and record.get("releases"):
+            line = record["releases"][-1].setdefault(key, {})
             line.setdefault(dataset, {}).update(values)
+
+
+# The test-set scores each release line keeps, and its column in the table of releases: one
+# pass at strength 1 (the gaps are taken from it), and the x8 self-ensemble where measured.
+RELEASE_LINE_SCORES = {"psnr_db": "s15 / s25 / s50", "psnr_db_ensemble": "x8 ensemble"}
 
 
 # What the bundled models are measured against (PSNR dB at sigma 15, 25, 50; `fdn eval`,
@@ -508,14 +514,19 @@ REFERENCES = {
 
 def release_table(record: dict) -> str:
     """A Markdown table of a model's releases: iterations and CPU hours so far, held-back
-    PSNR, test-set PSNR and the gap to the references (negative: still below)."""
+    PSNR, test-set PSNR and the gap to the references (negative: still below), and the x8
+    self-ensemble's PSNR where any release has it."""
     dataset = next(iter(record.get("psnr_db", {})), None)
     references = REFERENCES.get(dataset, {})
+    releases = record.get("releases", [])
+    ensemble = dataset is not None and any("psnr_db_ensemble" in line for line in releases)
     header = ["release", "iterations", "patches", "CPU hours (+ GPU)", "held-back PSNR"]
     if dataset:
         header += [f"{dataset} s15 / s25 / s50", *(f"vs {name}" for name in references)]
+    if ensemble:
+        header.append(f"{dataset} {RELEASE_LINE_SCORES['psnr_db_ensemble']}")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for line in record.get("releases", []):
+    for line in releases:
         row = [
             line["date"],
             f"{line['iterations']:,}",
@@ -527,15 +538,23 @@ def release_table(record: dict) -> str:
         if dataset:
             scores = line.get("psnr_db", {}).get(dataset, {})
             values = [scores.get(f"sigma{s}") for s in (15, 25, 50)]
-            row.append(" / ".join("-" if v is None else f"{v:.2f}" for v in values))
+            row.append(scores_cell(scores))
             for reference in references.values():
                 gaps = [
                     "-" if v is None else f"{v - r:+.2f}"
                     for v, r in zip(values, reference, strict=True)
                 ]
                 row.append(" / ".join(gaps))
+        if ensemble:
+            row.append(scores_cell(line.get("psnr_db_ensemble", {}).get(dataset, {})))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def scores_cell(scores: dict) -> str:
+    """``{"sigma15": ..., ...}`` as the table's "33.35 / 30.80 / 27.62" ("-" where missing)."""
+    values = [scores.get(f"sigma{sigma}") for sigma in (15, 25, 50)]
+    return " / ".join("-" if value is None else f"{value:.2f}" for value in values)
 
 
 def release_figure(record: dict, out: Path, name: str) -> Path:

@@ -189,6 +189,12 @@ def test_test_set_scores_go_to_the_record_and_its_last_release(tmp_path, release
     release_models.add_psnr(table, "m", results, "psnr_db_default")
     assert table["m"]["psnr_db_default"] == {"CBSD68": {"sigma25": 30.12}}
     assert "psnr_db_default" not in table["m"]["releases"][-1]
+    # The x8 self-ensemble: the record, and the line, for the table's column.
+    results.write_text(
+        json.dumps({"means": [{"method": "m x8", "dataset": "CBSD68", "sigma": 25, "psnr": 30.3}]})
+    )
+    release_models.add_psnr(table, "m", results, "psnr_db_ensemble")
+    assert table["m"]["releases"][-1]["psnr_db_ensemble"] == {"CBSD68": {"sigma25": 30.3}}
 
 
 def test_the_command_line_puts_each_kind_of_score_under_its_key(tmp_path, release_models):
@@ -206,8 +212,12 @@ def test_the_command_line_puts_each_kind_of_score_under_its_key(tmp_path, releas
     assert record["psnr_db"] == {"CBSD68": {"sigma15": 30.0}}
     assert record["psnr_db_default"] == {"CBSD68": {"sigma15": 30.1}}
     assert record["psnr_db_ensemble"] == {"CBSD68": {"sigma15": 30.3}}
-    # Only strength 1, the protocol releases are compared by, goes to the release line.
-    assert record["releases"][-1] == {"psnr_db": {"CBSD68": {"sigma15": 30.0}}}
+    # Strength 1, the protocol releases are compared by, and the ensemble go to the release
+    # line; the default strength does not (the table's gaps are at strength 1).
+    assert record["releases"][-1] == {
+        "psnr_db": {"CBSD68": {"sigma15": 30.0}},
+        "psnr_db_ensemble": {"CBSD68": {"sigma15": 30.3}},
+    }
     # A results file without the model's column is refused, not added as nothing.
     with pytest.raises(SystemExit, match="no scores of 'm x8'"):
         release_models.main([*argv[:2], "--psnr-ensemble", f"m={tmp_path / 'one.json'}"])
@@ -230,6 +240,15 @@ def test_the_release_table_shows_the_gap_to_the_references(release_models):
     assert "| 2026-11-25 | 6,000 | 96,000 | 2.50 | 29.341 | 32.10 / 29.81 / 26.85 |" in table
     assert "-1.46 / -0.99 / -0.61" in table  # against CBM3D
     assert "-1.69 / -1.37 / -1.14" in table  # against FFDNet
+    assert "ensemble" not in table  # no release has one: no column
+    # A second release with its x8 self-ensemble measured: a column, "-" for the first.
+    second = dict(record["releases"][0], date="2026-11-26")
+    second["psnr_db_ensemble"] = {"CBSD68": {"sigma15": 32.31, "sigma25": 30.0, "sigma50": 27.0}}
+    record["releases"].append(second)
+    rows = release_models.release_table(record).splitlines()
+    assert rows[0].endswith("| CBSD68 x8 ensemble |") and rows[1].count("---") == 9
+    assert rows[2].endswith("| -1.69 / -1.37 / -1.14 | - / - / - |")
+    assert rows[3].endswith("| -1.69 / -1.37 / -1.14 | 32.31 / 30.00 / 27.00 |")
 
 
 def test_the_release_figure_draws_each_sigmas_gap_after_each_scored_release(
