@@ -49,7 +49,7 @@ from fdn.data import load_validation
 from fdn.ensemble import ensemble_name
 from fdn.model import FDN
 from fdn.serialization import load_model, save_model
-from fdn.training import CHECKPOINT, TrainingError, checkpoint_model, validate
+from fdn.training import CHECKPOINT, TrainingError, checkpoint_model, validation_psnrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_heldback import best_strength_scores
@@ -311,14 +311,18 @@ def release(
         raise SystemExit(f"{run_dir}: no held-back images (data.holdout) to judge the model on")
     images = load_validation(config)
     device = torch.device("cpu")
-    score = validate(model, images, device)
+    scores = validation_psnrs(model, images, device)
+    score = float(np.mean(scores))
     if previous is not None:
         current = load_model(weights / previous["file"])
-        baseline = validate(current, images, device)
-        # Four decimals: the comparison is unrounded, and releases now differ in the fourth.
+        baselines = validation_psnrs(current, images, device)
+        baseline = float(np.mean(baselines))
+        # Four decimals: the comparison is unrounded, and releases now differ in the fourth;
+        # with the difference's standard error over the images, to tell a gain from noise.
         print(
             f"{name}: held-back PSNR {score:.4f} dB, release {baseline:.4f} dB "
-            f"({score - baseline:+.4f})"
+            f"({score - baseline:+.4f}, standard error "
+            f"{paired_standard_error(scores, baselines):.4f} over {len(scores)} images)"
         )
         if score <= baseline:
             print(f"{name}: not released (no better than the current release)")
@@ -348,7 +352,7 @@ def release(
         or init == name
         or (Path(init).is_file() and sha256(Path(init)) == previous["sha256"])
     )
-    half = validate(_stored_half(model), images, device)
+    half = float(np.mean(validation_psnrs(_stored_half(model), images, device)))
     target = weights / f"{name}.safetensors"
     storage = "float16" if abs(half - score) < 0.01 else "float32"
     save_model(model, target, dtype=torch.float16 if storage == "float16" else None)
@@ -473,6 +477,16 @@ def release(
         if previous and previous.get(key):
             print(f"{name}: now measure its {key} again: {command.format(name=name)}")
     return True
+
+
+def paired_standard_error(scores: list[float], baselines: list[float]) -> float:
+    """The standard error of the mean of ``scores - baselines``, image by image (the same
+    noisy images for both): how far the mean difference could move on other images like
+    these. NaN for fewer than two."""
+    differences = np.subtract(scores, baselines)
+    if len(differences) < 2:
+        return float("nan")
+    return float(np.std(differences, ddof=1) / np.sqrt(len(differences)))
 
 
 def add_psnr(table: dict, name: str, results: Path, key: str = "psnr_db") -> None:

@@ -2,6 +2,7 @@
 images, and the record sums the iterations and hours of every stage."""
 
 import json
+import math
 import re
 
 import pytest
@@ -33,8 +34,14 @@ def run(images, tmp_path, name, *overrides):
 
 
 def scores(monkeypatch, module, values):
+    # Each value as two images' PSNRs of that mean (differences between two runs' constant).
     queue = list(values)
-    monkeypatch.setattr(module, "validate", lambda model, images, device: queue.pop(0))
+
+    def validation_psnrs(model, images, device):
+        value = queue.pop(0)
+        return [value - 0.1, value + 0.1]
+
+    monkeypatch.setattr(module, "validation_psnrs", validation_psnrs)
 
 
 def test_release_then_refuse_then_continue(images, tmp_path, monkeypatch, capsys, release_models):
@@ -58,7 +65,8 @@ def test_release_then_refuse_then_continue(images, tmp_path, monkeypatch, capsys
     scores(monkeypatch, release_models, [20.9996, 21.0])
     release_models.main(["tiny=" + str(second), "--weights", str(weights)])
     assert (stored.read_bytes(), (weights / "models.json").read_text()) == before
-    assert "held-back PSNR 20.9996 dB, release 21.0000 dB (-0.0004)" in capsys.readouterr().out
+    told = "held-back PSNR 20.9996 dB, release 21.0000 dB (-0.0004, standard error 0.0000 over 2"
+    assert told in capsys.readouterr().out
 
     # A better one that continued the release adds its iterations to the record's.
     scores(monkeypatch, release_models, [21.5, 21.0, 21.5])
@@ -160,9 +168,9 @@ def test_a_release_keeps_what_others_wrote_while_it_scored(
         table = json.loads(path.read_text())
         table["other"]["strength_curve"] = {"sigmas": [1.0], "strengths": [0.5]}
         path.write_text(json.dumps(table))
-        return 21.0
+        return [21.0]
 
-    monkeypatch.setattr(release_models, "validate", score_and_a_write_meanwhile)
+    monkeypatch.setattr(release_models, "validation_psnrs", score_and_a_write_meanwhile)
     assert release_models.main([f"tiny={first}", "--weights", str(weights)]) == 0
     table = json.loads(path.read_text())
     assert table["tiny"]["holdout"]["psnr_db"] == 21.0
@@ -174,6 +182,15 @@ def test_a_run_without_held_back_images_is_refused(images, tmp_path, release_mod
     train(config, tmp_path / "run", progress=False, log=lambda _: None)
     with pytest.raises(SystemExit, match=r"data\.holdout"):
         release_models.main(["tiny=" + str(tmp_path / "run"), "--weights", str(tmp_path)])
+
+
+def test_the_held_back_gain_has_its_standard_error_over_the_images(release_models):
+    # Differences 0, 1, 2, 3: mean 1.5, sample standard deviation sqrt(5/3), over sqrt(4).
+    error = release_models.paired_standard_error([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0])
+    assert error == pytest.approx((5 / 3) ** 0.5 / 2)
+    # Paired: a gain the same on every image is certain however far apart the images are.
+    assert release_models.paired_standard_error([20.0, 30.0], [19.0, 29.0]) == 0.0
+    assert math.isnan(release_models.paired_standard_error([20.0], [19.0]))
 
 
 def test_test_set_scores_go_to_the_record_and_its_last_release(tmp_path, release_models):

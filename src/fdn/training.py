@@ -90,6 +90,7 @@ __all__ = [
     "step_loss",
     "train",
     "validate",
+    "validation_psnrs",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -266,20 +267,26 @@ def compile_objective(objective: nn.Module, choice: str) -> nn.Module:
 
 
 @torch.no_grad()
-def validate(
+def validation_psnrs(
     model: nn.Module, images: list[tuple[str, Tensor, Tensor]], device: torch.device
-) -> float:
-    """Mean PSNR (spec 7.3 convention) of the model's denoised validation images.
+) -> list[float]:
+    """PSNR (spec 7.3 convention) of each of the model's denoised validation images, in order.
 
     It denoises with a copy, so the model is left exactly as it was: eval mode would put its
     weights in channels-last (the fast path), and a run that went on training them so would
     round differently from one resumed from its checkpoint.
     """
     denoiser = typing.cast("FDN | DnCNN", copy.deepcopy(model).eval())
-    scores = [
+    return [
         psnr(denoiser.denoise(noisy.to(device)).cpu(), clean).item() for _, noisy, clean in images
     ]
-    return float(np.mean(scores))
+
+
+def validate(
+    model: nn.Module, images: list[tuple[str, Tensor, Tensor]], device: torch.device
+) -> float:
+    """Mean PSNR of the model's denoised validation images (:func:`validation_psnrs`)."""
+    return float(np.mean(validation_psnrs(model, images, device)))
 
 
 def _save_model_file(model: nn.Module, path: Path) -> None:
