@@ -87,12 +87,14 @@ def test_the_ensemble_is_scored_only_when_asked_and_goes_to_its_own_key(
     assert "--ensemble" not in capsys.readouterr().out
     assert measure_release.main([*argv, "--ensemble"]) == 0
     lane2 = [x for x in capsys.readouterr().out.splitlines() if x.startswith("lane2: ")]
-    # After the guard and the noise fit; the default strength (no --strength), then the record.
-    assert len(lane2) == 4 and "ood_calibration" in lane2[0]
+    # After the guard and the noise fit; the default strength (no --strength), then the record
+    # and the table of releases again, its new row now with the ensemble's scores.
+    assert len(lane2) == 5 and "ood_calibration" in lane2[0]
     assert " eval --model fdn-grey-blind " in lane2[2] and lane2[2].endswith("--ensemble")
     assert "--strength" not in lane2[2]
     ensemble = tmp_path / "out" / "ensemble" / "results.json"
     assert lane2[3].endswith(f"--psnr-ensemble fdn-grey-blind={ensemble}")
+    assert lane2[4].endswith("release_models.py --table fdn-grey-blind")
 
 
 def test_only_the_noise_estimators_models_get_a_noise_fit(tmp_path, capsys, measure_release):
