@@ -319,10 +319,12 @@ def release(
         baseline = float(np.mean(baselines))
         # Four decimals: the comparison is unrounded, and releases now differ in the fourth;
         # with the difference's standard error over the images, to tell a gain from noise.
+        better = sum(a > b for a, b in zip(scores, baselines, strict=True))
         print(
             f"{name}: held-back PSNR {score:.4f} dB, release {baseline:.4f} dB "
             f"({score - baseline:+.4f}, standard error "
-            f"{paired_standard_error(scores, baselines):.4f} over {len(scores)} images)"
+            f"{paired_standard_error(scores, baselines):.4f} over {len(scores)} images; "
+            f"better on {better})"
         )
         if score <= baseline:
             print(f"{name}: not released (no better than the current release)")

@@ -65,7 +65,8 @@ def test_release_then_refuse_then_continue(images, tmp_path, monkeypatch, capsys
     scores(monkeypatch, release_models, [20.9996, 21.0])
     release_models.main(["tiny=" + str(second), "--weights", str(weights)])
     assert (stored.read_bytes(), (weights / "models.json").read_text()) == before
-    told = "held-back PSNR 20.9996 dB, release 21.0000 dB (-0.0004, standard error 0.0000 over 2"
+    told = "20.9996 dB, release 21.0000 dB (-0.0004, standard error 0.0000 over 2 images; better"
+    told += " on 0)"
     assert told in capsys.readouterr().out
 
     # A better one that continued the release adds its iterations to the record's.
