@@ -552,25 +552,26 @@ def release_table(record: dict) -> str:
             f"{line['holdout_psnr_db']:.3f}",
         ]
         if dataset:
-            scores = line.get("psnr_db", {}).get(dataset, {})
-            values = [scores.get(f"sigma{s}") for s in (15, 25, 50)]
-            row.append(scores_cell(scores))
+            values = sigma_values(line.get("psnr_db", {}).get(dataset, {}))
+            row.append(cell(values))
             for reference in references.values():
-                gaps = [
-                    "-" if v is None else f"{v - r:+.2f}"
-                    for v, r in zip(values, reference, strict=True)
-                ]
-                row.append(" / ".join(gaps))
+                pairs = zip(values, reference, strict=True)
+                gaps = [None if v is None else v - r for v, r in pairs]
+                row.append(cell(gaps, "+.2f"))
         if ensemble:
-            row.append(scores_cell(line.get("psnr_db_ensemble", {}).get(dataset, {})))
+            row.append(cell(sigma_values(line.get("psnr_db_ensemble", {}).get(dataset, {}))))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def scores_cell(scores: dict) -> str:
-    """``{"sigma15": ..., ...}`` as the table's "33.35 / 30.80 / 27.62" ("-" where missing)."""
-    values = [scores.get(f"sigma{sigma}") for sigma in (15, 25, 50)]
-    return " / ".join("-" if value is None else f"{value:.2f}" for value in values)
+def sigma_values(scores: dict) -> list[float | None]:
+    """``{"sigma15": ..., ...}``'s values at sigma 15, 25 and 50 (None where missing)."""
+    return [scores.get(f"sigma{sigma}") for sigma in (15, 25, 50)]
+
+
+def cell(values: list[float | None], spec: str = ".2f") -> str:
+    """The table's "33.35 / 30.80 / 27.62" ("-" where a value is missing)."""
+    return " / ".join("-" if value is None else format(value, spec) for value in values)
 
 
 def release_figure(record: dict, out: Path, name: str) -> Path:
