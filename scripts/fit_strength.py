@@ -58,39 +58,51 @@ def check_strengths(strengths: tuple) -> None:
         raise SystemExit("the strengths must include 1 (the baseline)")
 
 
-@torch.no_grad()
 def scores(
     model: FDN,
     images: list[tuple[str, torch.Tensor, torch.Tensor]],
     strengths: tuple,
     patience: int = PATIENCE,
 ) -> tuple[np.ndarray, float]:
-    """Mean PSNR of the images at each strength, and their mean residual sigma at strength 1.
+    """Mean PSNR of the images at each strength (:func:`image_scores`' rows; NaN for the
+    strengths skipped), and their mean residual sigma at strength 1."""
+    grid, residual = image_scores(model, images, strengths, patience)
+    return grid.mean(axis=1), residual
+
+
+@torch.no_grad()
+def image_scores(
+    model: FDN,
+    images: list[tuple[str, torch.Tensor, torch.Tensor]],
+    strengths: tuple,
+    patience: int = PATIENCE,
+) -> tuple[np.ndarray, float]:
+    """The PSNR of each image at each strength, shape ``(strengths, images)``, and the
+    images' mean residual sigma at strength 1.
 
     Each image is encoded once; the strengths are decoded from the highest down, and after
     ``patience`` strengths in a row without a better mean (0: never) the rest are skipped:
-    their means are NaN."""
+    their rows are NaN."""
     check_strengths(strengths)
     encoded = []
     for _, noisy, clean in images:
         z, _ = model.encode(model.pad(noisy))
         encoded.append((z, noisy, clean))
-    means = np.full(len(strengths), np.nan)
+    grid = np.full((len(strengths), len(images)), np.nan)
     residuals, best, since_best = [], -np.inf, 0
     for k in sorted(range(len(strengths)), key=lambda k: -strengths[k]):
-        row = []
-        for z, noisy, clean in encoded:
+        for i, (z, noisy, clean) in enumerate(encoded):
             height, width = noisy.shape[-2:]
             denoised = model.decode(model.disentangle(z, strengths[k]))[..., :height, :width]
             denoised = denoised.clamp(0, 1)
-            row.append(psnr(denoised, clean).item())
+            grid[k, i] = psnr(denoised, clean).item()
             if strengths[k] == 1.0:
                 residuals.append(residual_sigma(noisy, denoised).item())
-        means[k] = np.mean(row)
-        best, since_best = (means[k], 0) if means[k] > best else (best, since_best + 1)
+        mean = grid[k].mean()
+        best, since_best = (mean, 0) if mean > best else (best, since_best + 1)
         if patience and since_best >= patience:
             break
-    return means, float(np.mean(residuals))
+    return grid, float(np.mean(residuals))
 
 
 def fit(

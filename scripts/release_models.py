@@ -47,6 +47,7 @@ from fdn.config import TrainConfig
 from fdn.curves import Curve, kept_path, kept_steps, plot_curves, read_log
 from fdn.data import load_validation
 from fdn.ensemble import ensemble_name
+from fdn.metrics import paired_difference
 from fdn.model import FDN
 from fdn.serialization import load_model, save_model
 from fdn.training import CHECKPOINT, TrainingError, checkpoint_model, validation_psnrs
@@ -319,12 +320,9 @@ def release(
         baseline = float(np.mean(baselines))
         # Four decimals: the comparison is unrounded, and releases now differ in the fourth;
         # with the difference's standard error over the images, to tell a gain from noise.
-        better = sum(a > b for a, b in zip(scores, baselines, strict=True))
         print(
             f"{name}: held-back PSNR {score:.4f} dB, release {baseline:.4f} dB "
-            f"({score - baseline:+.4f}, standard error "
-            f"{paired_standard_error(scores, baselines):.4f} over {len(scores)} images; "
-            f"better on {better})"
+            f"({paired_difference(scores, baselines)})"
         )
         if score <= baseline:
             print(f"{name}: not released (no better than the current release)")
@@ -479,16 +477,6 @@ def release(
         if previous and previous.get(key):
             print(f"{name}: now measure its {key} again: {command.format(name=name)}")
     return True
-
-
-def paired_standard_error(scores: list[float], baselines: list[float]) -> float:
-    """The standard error of the mean of ``scores - baselines``, image by image (the same
-    noisy images for both): how far the mean difference could move on other images like
-    these. NaN for fewer than two."""
-    differences = np.subtract(scores, baselines)
-    if len(differences) < 2:
-        return float("nan")
-    return float(np.std(differences, ddof=1) / np.sqrt(len(differences)))
 
 
 def add_psnr(table: dict, name: str, results: Path, key: str = "psnr_db") -> None:

@@ -13,7 +13,10 @@ noise, as its validation drew them; never a test set).
     OMP_NUM_THREADS=1 python scripts/score_heldback.py ~/fdn-runs/grey9-psnr \
         fdn-grey-blind ~/fdn-runs/grey9-psnr/best.safetensors --data-root ../shared/data
 
-prints a row per model (the best strength in brackets) and the two means. A model may also be
+prints a row per model (the best strength in brackets) and the two means, then how each
+model after the first differs from it image by image, at strength 1 and at the best strength:
+the mean difference, its standard error and on how many images it is better (the release
+decision's figures, ``scripts/release_models.py``). A model may also be
 a run's checkpoint, ``RUN/checkpoint.pt`` (its moving average, as a release takes it, at any
 step, not only at a validation) or ``RUN/checkpoint.pt@0.9995`` (the average of that decay it
 keeps beside its own, ``training.ema_extra``); ``RUN/checkpoint.pt@raw`` is the weights the
@@ -32,13 +35,14 @@ import torch
 
 from fdn.config import TrainConfig, load_config
 from fdn.data import DataError, load_validation_by_sigma
+from fdn.metrics import paired_difference
 from fdn.model import FDN
 from fdn.runstate import load_checkpoint
 from fdn.serialization import load_model
 from fdn.training import TrainingError, checkpoint_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fit_strength import check_strengths, scores
+from fit_strength import check_strengths, image_scores
 
 SIGMAS = (15.0, 25.0, 50.0)
 STRENGTHS = tuple(round(0.6 + 0.05 * k, 2) for k in range(9))  # 0.6, 0.65, ..., 1
@@ -52,7 +56,9 @@ def best_strength_scores(
 ) -> dict[str, dict]:
     """Per model: ``{"strength_1": [...], "best": [...], "best_strength": [...]}`` over
     ``sigmas``, the mean PSNR of ``config``'s held-back images (its validation's, with the
-    sigma set to each in turn; ``config`` is left as it was)."""
+    sigma set to each in turn; ``config`` is left as it was), and under ``"images_1"`` and
+    ``"images_best"`` each image's PSNR, sigma after sigma, at strength 1 and at its sigma's
+    best strength (:func:`comparisons`)."""
     check_strengths(strengths)
     try:
         images_by_sigma = load_validation_by_sigma(config, sigmas)
@@ -60,13 +66,19 @@ def best_strength_scores(
         raise SystemExit(str(error)) from None
     results = {}
     for key, model in models.items():
-        row: dict[str, list] = {"strength_1": [], "best": [], "best_strength": []}
+        row: dict[str, list] = {
+            key: [] for key in ("strength_1", "best", "best_strength", "images_1", "images_best")
+        }
         for sigma in sigmas:
-            means, _ = scores(model.eval(), images_by_sigma[float(sigma)], strengths)
+            grid, _ = image_scores(model.eval(), images_by_sigma[float(sigma)], strengths)
+            means = grid.mean(axis=1)
             best = int(np.nanargmax(means))  # the strengths the walk skipped are NaN
-            row["strength_1"].append(float(means[strengths.index(1.0)]))
+            one = strengths.index(1.0)
+            row["strength_1"].append(float(means[one]))
             row["best"].append(float(means[best]))
             row["best_strength"].append(strengths[best])
+            row["images_1"] += grid[one].tolist()
+            row["images_best"] += grid[best].tolist()
         results[key] = row
     return results
 
@@ -142,6 +154,19 @@ def table(results: dict[str, dict], sigmas: tuple = SIGMAS) -> str:
     return "\n".join(lines)
 
 
+def comparisons(results: dict[str, dict]) -> list[str]:
+    """A line per model after the first: how it differs from the first, image by image over
+    every sigma, at strength 1 and at the best strengths (:func:`fdn.metrics.paired_difference`:
+    the mean difference, its standard error, on how many images it is better)."""
+    (first, base), *others = results.items()
+    return [
+        f"{spec} against {first}: strength 1 "
+        f"{paired_difference(row['images_1'], base['images_1'])}; best strength "
+        f"{paired_difference(row['images_best'], base['images_best'])}"
+        for spec, row in others
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a run folder (its config.toml) or a config")
@@ -156,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     config = args.run / "config.toml" if args.run.is_dir() else args.run
     sigmas = tuple(args.sigmas)
-    print(table(score(config, args.models, args.data_root, sigmas), sigmas))
+    results = score(config, args.models, args.data_root, sigmas)
+    print("\n".join([table(results, sigmas), *comparisons(results)]))
     return 0
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fdn.metrics import psnr, quantize, ssim
+from fdn.metrics import paired_difference, psnr, quantize, ssim
 
 metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is in the test extra")
 
@@ -93,3 +93,21 @@ def test_bad_inputs_raise():
         psnr(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(torch.rand(1, 1, 10, 30), torch.rand(1, 1, 10, 30))
+
+
+def test_a_paired_difference_has_its_standard_error_over_the_images():
+    # Differences 0, 1, 2, 3: mean 1.5, sample standard deviation sqrt(5/3), over sqrt(4).
+    difference = paired_difference([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0])
+    assert difference.mean == 1.5
+    assert difference.standard_error == pytest.approx((5 / 3) ** 0.5 / 2)
+    assert (difference.better, difference.count) == (3, 4)
+    # Paired: a gain the same on every image is certain however far apart the images are.
+    assert paired_difference([20.0, 30.0], [19.0, 29.0]).standard_error == 0.0
+    assert math.isnan(paired_difference([20.0], [19.0]).standard_error)
+    # A tie is not "better".
+    assert paired_difference([20.0, 21.0], [20.0, 20.5]).better == 1
+
+
+def test_a_paired_difference_needs_a_baseline_per_score():
+    with pytest.raises(ValueError, match="3 scores against 2 baselines"):
+        paired_difference([1.0, 2.0, 3.0], [1.0, 2.0])

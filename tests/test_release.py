@@ -2,7 +2,6 @@
 images, and the record sums the iterations and hours of every stage."""
 
 import json
-import math
 import re
 
 import pytest
@@ -183,15 +182,6 @@ def test_a_run_without_held_back_images_is_refused(images, tmp_path, release_mod
     train(config, tmp_path / "run", progress=False, log=lambda _: None)
     with pytest.raises(SystemExit, match=r"data\.holdout"):
         release_models.main(["tiny=" + str(tmp_path / "run"), "--weights", str(tmp_path)])
-
-
-def test_the_held_back_gain_has_its_standard_error_over_the_images(release_models):
-    # Differences 0, 1, 2, 3: mean 1.5, sample standard deviation sqrt(5/3), over sqrt(4).
-    error = release_models.paired_standard_error([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0])
-    assert error == pytest.approx((5 / 3) ** 0.5 / 2)
-    # Paired: a gain the same on every image is certain however far apart the images are.
-    assert release_models.paired_standard_error([20.0, 30.0], [19.0, 29.0]) == 0.0
-    assert math.isnan(release_models.paired_standard_error([20.0], [19.0]))
 
 
 def test_test_set_scores_go_to_the_record_and_its_last_release(tmp_path, release_models):

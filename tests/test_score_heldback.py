@@ -74,10 +74,29 @@ def test_the_command_prints_a_row_per_model_with_both_means(run, score_heldback,
     assert score_heldback.main([str(config_path), *files, "--sigmas", "25"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "| model | sigma 25: s1 / best | mean s1 | mean best |"
-    assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {file}" for file in files]
-    for line in lines[2:]:
+    rows = lines[2:4]
+    assert [line.split(" | ")[0] for line in rows] == [f"| {file}" for file in files]
+    for line in rows:
         mean_s1, mean_best = (float(cell) for cell in line.strip(" |").split(" | ")[-2:])
         assert mean_best >= mean_s1
+    # Then the second model against the first, image by image.
+    assert lines[4:] == [f"{files[1]} against {files[0]}: " + lines[4].split(": ", 1)[1]]
+    assert "strength 1 " in lines[4] and "over 2 images; better on" in lines[4]
+
+
+def test_the_comparison_is_image_by_image_against_the_first_model(run, score_heldback):
+    config_path, files = run
+    results = score_heldback.score(config_path, files, None, (10.0, 40.0), (0.5, 0.75, 1.0))
+    first, second = results[files[0]], results[files[1]]
+    # Two held-back images at each of two sigmas; their mean is the table's.
+    assert len(second["images_1"]) == 4
+    assert np.mean(second["images_1"][:2]) == pytest.approx(second["strength_1"][0])
+    assert np.mean(second["images_best"][2:]) == pytest.approx(second["best"][1])
+    differences = np.subtract(second["images_1"], first["images_1"])
+    line = score_heldback.comparisons(results)[0]
+    assert line.startswith(f"{files[1]} against {files[0]}: strength 1 {differences.mean():+.4f}")
+    error = np.std(differences, ddof=1) / 2
+    assert f"standard error {error:.4f} over 4 images; better on {(differences > 0).sum()}" in line
 
 
 def test_a_run_without_held_back_images_is_an_error(run, score_heldback, tmp_path):
@@ -121,11 +140,17 @@ def test_a_checkpoint_scores_as_the_model_files_of_its_averages(tmp_path, score_
 
 
 def test_the_best_is_the_best_the_walk_scored(run, score_heldback, monkeypatch):
-    # fit_strength.scores walks from strength 1 down and leaves what it skipped NaN: the best
-    # is among what it scored (np.argmax would take the first NaN's strength).
+    # fit_strength.image_scores walks from strength 1 down and leaves what it skipped NaN: the
+    # best is among what it scored (np.argmax would take the first NaN's strength).
     config_path, files = run
     strengths = (0.6, 0.7, 0.8, 0.9, 1.0)
-    walked = np.array([np.nan, np.nan, 29.9, 30.3, 30.1])
-    monkeypatch.setattr(score_heldback, "scores", lambda *_: (walked, 20.0))
+    walked = np.array([[np.nan] * 2, [np.nan] * 2, [29.8, 30.0], [30.2, 30.4], [30.0, 30.2]])
+    monkeypatch.setattr(score_heldback, "image_scores", lambda *_: (walked, 20.0))
     row = score_heldback.score(config_path, files[:1], None, (25.0,), strengths)[files[0]]
-    assert row == {"strength_1": [30.1], "best": [30.3], "best_strength": [0.9]}
+    assert row == {
+        "strength_1": [pytest.approx(30.1)],
+        "best": [pytest.approx(30.3)],
+        "best_strength": [0.9],
+        "images_1": [30.0, 30.2],
+        "images_best": [30.2, 30.4],
+    }
