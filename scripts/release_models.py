@@ -3,7 +3,9 @@ r"""Releases trained runs as the bundled models in ``src/fdn/weights`` (maintain
 For each ``NAME=RUN_DIR``, the run's model (the moving average when the run keeps one; the
 last checkpoint of a run that was stopped) is scored on the run's held-back validation images
 (``data.holdout``: the mean PSNR over ``validation.sigmas``), and so is the current release
-NAME. Only a run that scores higher replaces it: no test set decides anything. Where the run
+NAME. Only a run that scores higher, by at least ``--min-standard-errors`` (2) standard errors
+of the paired difference over the images, replaces it: no test set decides anything, and a
+gain the images' noise could give is not released. Where the run
 or the release was trained with a loss other than L1, the run must also score higher at the
 best strength per sigma (``scripts/score_heldback.py``), which strength 1 alone misjudges.
 A released model is stored in float16 when that costs under 0.01 dB on the same images (else
@@ -56,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_heldback import best_strength_scores
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "fdn" / "weights"
+MIN_STANDARD_ERRORS = 2.0  # the held-back gain a release needs, in its standard errors
 # What is calibrated for a release's weights after it (a key of its record), and the command
 # that measures it again into models.json (docs/training.md, "Releases").
 RECALIBRATIONS = {
@@ -287,9 +290,11 @@ def release(
     continues: bool = False,
     average: float | None = None,
     kept: int | None = None,
+    min_standard_errors: float = MIN_STANDARD_ERRORS,
 ) -> bool:
     """Releases ``run_dir`` as ``name`` into ``weights`` and ``table`` when it beats the current
-    release on the run's held-back images; returns whether it did.
+    release on the run's held-back images by at least ``min_standard_errors`` standard errors
+    of the paired difference (:func:`fdn.metrics.paired_difference`); returns whether it did.
 
     ``continues`` says the run started from the current release although its ``init`` names
     a file that is not here (a copy of the release on the GPU machine that trained it);
@@ -320,12 +325,21 @@ def release(
         baseline = float(np.mean(baselines))
         # Four decimals: the comparison is unrounded, and releases now differ in the fourth;
         # with the difference's standard error over the images, to tell a gain from noise.
-        print(
-            f"{name}: held-back PSNR {score:.4f} dB, release {baseline:.4f} dB "
-            f"({paired_difference(scores, baselines)})"
-        )
+        difference = paired_difference(scores, baselines)
+        print(f"{name}: held-back PSNR {score:.4f} dB, release {baseline:.4f} dB ({difference})")
         if score <= baseline:
             print(f"{name}: not released (no better than the current release)")
+            return False
+        # A gain under a standard error or so is the images' noise: the colour release of
+        # session 29 (+0.0004, standard error 0.0009) did not move CBSD68, the grey one
+        # (+0.0032, 0.0005) moved BSD68 +0.003 at every sigma (docs/training.md, "Releases").
+        # One held-back image has no standard error: there, any gain.
+        if difference.mean < min_standard_errors * difference.standard_error:
+            print(
+                f"{name}: not released (the gain is "
+                f"{difference.mean / difference.standard_error:.1f} standard errors, under "
+                f"--min-standard-errors {min_standard_errors:g})"
+            )
             return False
         # Strength 1 flatters a model trained with a loss other than L1: the PSNR loss's gain
         # there over L1 was 0.021 dB, and 0.002 once each had its best strength
@@ -642,7 +656,17 @@ def main(argv: list[str] | None = None) -> int:
         help="release the model the run kept at STEP (training.keep_every) instead of its "
         "checkpoint's: one that scored best between validations (one run only)",
     )
+    parser.add_argument(
+        "--min-standard-errors",
+        type=float,
+        default=MIN_STANDARD_ERRORS,
+        metavar="K",
+        help="release only a held-back gain of at least K standard errors of the paired "
+        f"difference over the images (default {MIN_STANDARD_ERRORS:g}; 0: any gain)",
+    )
     args = parser.parse_args(argv)
+    if args.min_standard_errors < 0:
+        parser.error("--min-standard-errors must be at least 0")
     if args.kept is not None and len(args.runs) != 1:
         parser.error("--kept STEP names one run's step: give exactly one NAME=RUN_DIR")
     table_path = args.weights / "models.json"
@@ -652,7 +676,15 @@ def main(argv: list[str] | None = None) -> int:
         name, run_dir = entry.split("=", 1)
         run = Path(run_dir)
         released = release(
-            name, run, table, args.weights, args.data_root, args.continues, args.average, args.kept
+            name,
+            run,
+            table,
+            args.weights,
+            args.data_root,
+            args.continues,
+            args.average,
+            args.kept,
+            args.min_standard_errors,
         )
         if released:
             changed.append(name)

@@ -33,12 +33,13 @@ def run(images, tmp_path, name, *overrides):
 
 
 def scores(monkeypatch, module, values):
-    # Each value as two images' PSNRs of that mean (differences between two runs' constant).
+    # Each value as two images' PSNRs of that mean (differences between two runs' constant),
+    # or a list: the images' PSNRs.
     queue = list(values)
 
     def validation_psnrs(model, images, device):
         value = queue.pop(0)
-        return [value - 0.1, value + 0.1]
+        return value if isinstance(value, list) else [value - 0.1, value + 0.1]
 
     monkeypatch.setattr(module, "validation_psnrs", validation_psnrs)
 
@@ -75,6 +76,33 @@ def test_release_then_refuse_then_continue(images, tmp_path, monkeypatch, capsys
     assert record["cumulative"]["iterations"] == 12
     assert [r["holdout_psnr_db"] for r in record["releases"]] == [21.0, 21.5]
     assert record["training"]["init"] == str(stored)
+
+
+def test_a_gain_within_the_images_noise_is_not_released(
+    images, tmp_path, monkeypatch, capsys, release_models
+):
+    weights = tmp_path / "weights"
+    scores(monkeypatch, release_models, [21.0, 21.0])
+    release_models.main([f"tiny={run(images, tmp_path, 'first')}", "--weights", str(weights)])
+    second = run(images, tmp_path, "second", f"training.init='{weights / 'tiny.safetensors'}'")
+    before = (weights / "models.json").read_text()
+    # +0.3 on one image, -0.2 on the other: +0.05, standard error 0.25, 0.2 of one.
+    run_scores, release_scores = [21.3, 20.8], [21.0, 21.0]
+    capsys.readouterr()
+    scores(monkeypatch, release_models, [run_scores, release_scores])
+    release_models.main([f"tiny={second}", "--weights", str(weights)])
+    assert (weights / "models.json").read_text() == before
+    out = capsys.readouterr().out
+    assert "(+0.0500, standard error 0.2500 over 2 images; better on 1)" in out
+    assert "not released (the gain is 0.2 standard errors, under --min-standard-errors 2)" in out
+    # Asked to release any gain, it does.
+    scores(monkeypatch, release_models, [run_scores, release_scores, run_scores])
+    arguments = [f"tiny={second}", "--weights", str(weights), "--min-standard-errors", "0"]
+    assert release_models.main(arguments) == 0
+    record = json.loads((weights / "models.json").read_text())["tiny"]
+    assert [r["holdout_psnr_db"] for r in record["releases"]] == [21.0, 21.05]
+    with pytest.raises(SystemExit):
+        release_models.main([f"tiny={second}", "--min-standard-errors", "-1"])
 
 
 def test_a_run_or_release_off_l1_must_also_win_at_the_best_strength(
