@@ -2,6 +2,7 @@
 
 import json
 import os
+from importlib.resources import files
 
 import pytest
 
@@ -200,3 +201,33 @@ def test_the_status_names_a_timed_checkpoint(tmp_path):
     assert (
         "checkpoint: none yet; next at step 250" in text and ", or 10 min after the last" in text
     )
+
+
+def test_a_run_from_a_bundled_model_is_shown_the_release_it_must_beat(tmp_path):
+    record = json.loads((files("fdn") / "weights" / "models.json").read_text())["fdn-grey-blind"]
+    held_back = record["holdout"]
+    count, train_folder = held_back["images"].split(" of ")
+    config = (
+        f'[training]\ninit = "fdn-grey-blind"\niterations = 4000\n\n[data]\ntrain = '
+        f'"{train_folder}"\nholdout = {count}\n\n[validation]\nevery = 500\nsigmas = '
+        f"{held_back['sigmas']}\n"
+    )
+    rows = [{"step": 500, "loss": -0.14, "val_psnr": held_back["psnr_db"] + 0.0123}]
+    status = run_status(run_folder(tmp_path, rows, config))
+    assert status.release == ("fdn-grey-blind", held_back["psnr_db"])
+    text = format_status(status)
+    assert (
+        f"to beat: fdn-grey-blind {held_back['psnr_db']:.3f} dB on the same held-back images; "
+        "best validation +0.012" in text
+    )
+    # Other held-back images, other sigmas or a model file: nothing to compare with.
+    others = (
+        config.replace(f"holdout = {count}", "holdout = 7"),
+        config.replace(f"sigmas = {held_back['sigmas']}", "sigmas = [10.0]"),
+        config.replace('"fdn-grey-blind"', '"runs/model.safetensors"'),
+    )
+    for k, other in enumerate(others):
+        assert other != config
+        (tmp_path / str(k)).mkdir()
+        status = run_status(run_folder(tmp_path / str(k), rows, other))
+        assert status.release is None and "to beat" not in format_status(status)

@@ -5,16 +5,20 @@ next validation, hours away on a CPU. :func:`run_status` reads what the run fold
 holds (``config.toml``, ``log.jsonl``, the files' times) and says how far it is, how fast it
 goes, what its validations scored (the moving averages kept beside its own too:
 ``training.ema_extra``), the models it keeps between validations (``training.keep_every``)
-and when its next validation and checkpoint come. It reads no
-checkpoint and imports no torch, so it is cheap to run while the run trains.
+and when its next validation and checkpoint come; for a run from a bundled model (``--init
+NAME``) scored on the same held-back images as its release, that release's score, which
+``scripts/release_models.py`` asks the run to beat. It reads no checkpoint and imports no
+torch, so it is cheap to run while the run trains.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from fdn.curves import (
@@ -80,6 +84,7 @@ class RunStatus:
     keep_every: int = 0
     checkpoint_minutes: float = 0.0
     ramps: bool = True
+    release: tuple[str, float] | None = None
 
     @property
     def best(self) -> tuple[int, float] | None:
@@ -150,7 +155,28 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
         # An average from trained weights does not ramp (fdn.optim.WeightAverage); runs from
         # --init checkpointed before 2026-11-28 did, which only their checkpoint says.
         ramps=not training.get("init"),
+        release=_release_score(config),
     )
+
+
+def _release_score(config: dict) -> tuple[str, float] | None:
+    """``(name, held-back PSNR)`` of the bundled model the run started from, as its record
+    in ``models.json`` says now (a later release of it included), where that record was
+    scored on the run's held-back images at the run's validation sigmas; else None."""
+    name = config.get("training", {}).get("init")
+    table = resources.files("fdn") / "weights" / "models.json"
+    if not isinstance(name, str) or not table.is_file():
+        return None
+    holdout = json.loads(table.read_text()).get(name, {}).get("holdout", {})
+    data, validation = config.get("data", {}), config.get("validation", {})
+    sigmas = validation.get("sigmas") or [validation.get("sigma")]
+    same = (
+        not validation.get("max_images")
+        and not validation.get("folder")
+        and holdout.get("images") == f"{data.get('holdout')} of {data.get('train')}"
+        and holdout.get("sigmas") == [float(sigma) for sigma in sigmas]
+    )
+    return (name, float(holdout["psnr_db"])) if same and "psnr_db" in holdout else None
 
 
 def _window(rows: list[dict], *keys: str) -> tuple[dict, dict] | None:
@@ -229,6 +255,10 @@ def format_status(status: RunStatus) -> str:
         )
     else:
         lines.append("  validation: none yet")
+    if s.release:
+        name, score = s.release
+        ahead = f"; best validation {s.best[1] - score:+.3f}" if s.best else ""
+        lines.append(f"  to beat: {name} {score:.3f} dB on the same held-back images{ahead}")
     # Its count of updates is the run's steps, near enough.
     if s.ema and s.ramps and (decay := ramped_decay(s.ema, s.step)) < s.ema:
         lines.append(
