@@ -67,7 +67,7 @@ def best_strength_scores(
     results = {}
     for key, model in models.items():
         row: dict[str, list] = {
-            key: [] for key in ("strength_1", "best", "best_strength", "images_1", "images_best")
+            name: [] for name in ("strength_1", "best", "best_strength", "images_1", "images_best")
         }
         for sigma in sigmas:
             grid, _ = image_scores(model.eval(), images_by_sigma[float(sigma)], strengths)

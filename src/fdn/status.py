@@ -62,6 +62,8 @@ class RunStatus:
     ``training.threads`` (0: PyTorch's default). ``kept`` are the steps whose models the run
     keeps in ``kept/`` (``training.keep_every``, every ``keep_every`` steps; 0: none).
     ``ramps`` is whether the run's own average ramps its decay up: not from ``--init``.
+    ``release`` is ``(name, held-back PSNR)`` of the bundled model the run started from where
+    its record was scored on the run's held-back images and sigmas (None elsewhere).
     """
 
     run_dir: Path
