@@ -215,11 +215,16 @@ def test_a_run_from_a_bundled_model_is_shown_the_release_it_must_beat(tmp_path):
     rows = [{"step": 500, "loss": -0.14, "val_psnr": held_back["psnr_db"] + 0.0123}]
     status = run_status(run_folder(tmp_path, rows, config))
     assert status.release == ("fdn-grey-blind", held_back["psnr_db"])
+    (tmp_path / "hair").mkdir()
     text = format_status(status)
     assert (
         f"to beat: fdn-grey-blind {held_back['psnr_db']:.3f} dB on the same held-back images; "
         "best validation +0.012" in text
     )
+    # A validation a hair under the record's three decimals leads by nothing, not by -0.000.
+    rows = [{"step": 500, "loss": -0.14, "val_psnr": held_back["psnr_db"] - 0.0002}]
+    text = format_status(run_status(run_folder(tmp_path / "hair", rows, config)))
+    assert "best validation +0.000" in text
     # Other held-back images, other sigmas or a model file: nothing to compare with.
     others = (
         config.replace(f"holdout = {count}", "holdout = 7"),

@@ -259,7 +259,8 @@ def format_status(status: RunStatus) -> str:
         lines.append("  validation: none yet")
     if s.release:
         name, score = s.release
-        ahead = f"; best validation {s.best[1] - score:+.3f}" if s.best else ""
+        # The record keeps three decimals: a lead that rounds to nothing is +0.000, not -0.000.
+        ahead = f"; best validation {round(s.best[1] - score, 3) + 0.0:+.3f}" if s.best else ""
         lines.append(f"  to beat: {name} {score:.3f} dB on the same held-back images{ahead}")
     # Its count of updates is the run's steps, near enough.
     if s.ema and s.ramps and (decay := ramped_decay(s.ema, s.step)) < s.ema:
