@@ -206,11 +206,15 @@ def test_the_status_names_a_timed_checkpoint(tmp_path):
 def test_a_run_from_a_bundled_model_is_shown_the_release_it_must_beat(tmp_path):
     record = json.loads((files("fdn") / "weights" / "models.json").read_text())["fdn-grey-blind"]
     held_back = record["holdout"]
-    count, train_folder = held_back["images"].split(" of ")
+    # The release's stage drew its held-back images so; a run from it validating alike.
+    data, validation = record["stage_config"]["data"], record["stage_config"]["validation"]
+    count = data["holdout"]
     config = (
         f'[training]\ninit = "fdn-grey-blind"\niterations = 4000\n\n[data]\ntrain = '
-        f'"{train_folder}"\nholdout = {count}\n\n[validation]\nevery = 500\nsigmas = '
-        f"{held_back['sigmas']}\n"
+        f'"{data["train"]}"\nholdout = {count}\n\n[validation]\nevery = 500\n'
+        f'folder = "{validation["folder"]}"\nmax_images = {validation["max_images"]}\n'
+        f"crop = {validation['crop']}\nseed = {validation['seed']}\n"
+        f"sigmas = {held_back['sigmas']}\n"
     )
     rows = [{"step": 500, "loss": -0.14, "val_psnr": held_back["psnr_db"] + 0.0123}]
     status = run_status(run_folder(tmp_path, rows, config))
@@ -225,9 +229,10 @@ def test_a_run_from_a_bundled_model_is_shown_the_release_it_must_beat(tmp_path):
     rows = [{"step": 500, "loss": -0.14, "val_psnr": held_back["psnr_db"] - 0.0002}]
     text = format_status(run_status(run_folder(tmp_path / "hair", rows, config)))
     assert "best validation +0.000" in text
-    # Other held-back images, other sigmas or a model file: nothing to compare with.
+    # Other held-back images, crops, sigmas or a model file: nothing to compare with.
     others = (
         config.replace(f"holdout = {count}", "holdout = 7"),
+        config.replace(f"crop = {validation['crop']}", f"crop = {validation['crop'] + 64}"),
         config.replace(f"sigmas = {held_back['sigmas']}", "sigmas = [10.0]"),
         config.replace('"fdn-grey-blind"', '"runs/model.safetensors"'),
     )

@@ -161,24 +161,43 @@ def run_status(run_dir: str | os.PathLike, now: float | None = None) -> RunStatu
     )
 
 
+# What picks a run's held-back images and their noise (fdn.data.load_validation): a run and a
+# release whose stage agreed on all of these were scored on the same noisy images.
+_HELD_BACK_KEYS = (
+    ("data", "train"),
+    ("data", "holdout"),
+    ("validation", "folder"),
+    ("validation", "max_images"),
+    ("validation", "crop"),
+    ("validation", "seed"),
+)
+
+
 def _release_score(config: dict) -> tuple[str, float] | None:
     """``(name, held-back PSNR)`` of the bundled model the run started from, as its record
-    in ``models.json`` says now (a later release of it included), where that record was
-    scored on the run's held-back images at the run's validation sigmas; else None."""
+    in ``models.json`` says now (a later release of it included), where that release's stage
+    (its ``stage_config``) drew the same held-back images and sigmas as the run; else None."""
     name = config.get("training", {}).get("init")
     table = resources.files("fdn") / "weights" / "models.json"
     if not isinstance(name, str) or not table.is_file():
         return None
-    holdout = json.loads(table.read_text()).get(name, {}).get("holdout", {})
-    data, validation = config.get("data", {}), config.get("validation", {})
+    record = json.loads(table.read_text()).get(name, {})
+    stage = record.get("stage_config", {})
+    same = all(
+        config.get(section, {}).get(key) == stage.get(section, {}).get(key)
+        for section, key in _HELD_BACK_KEYS
+    ) and _validation_sigmas(config) == _validation_sigmas(stage)
+    score = record.get("holdout", {}).get("psnr_db")
+    if not (same and config.get("data", {}).get("holdout") and score):
+        return None
+    return name, float(score)
+
+
+def _validation_sigmas(config: dict) -> list[float]:
+    """The sigmas validation scores at: ``validation.sigmas``, else ``[validation.sigma]``."""
+    validation = config.get("validation", {})
     sigmas = validation.get("sigmas") or [validation.get("sigma")]
-    same = (
-        not validation.get("max_images")
-        and not validation.get("folder")
-        and holdout.get("images") == f"{data.get('holdout')} of {data.get('train')}"
-        and holdout.get("sigmas") == [float(sigma) for sigma in sigmas]
-    )
-    return (name, float(holdout["psnr_db"])) if same and "psnr_db" in holdout else None
+    return [float(sigma) for sigma in sigmas if sigma is not None]
 
 
 def _window(rows: list[dict], *keys: str) -> tuple[dict, dict] | None:
